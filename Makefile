@@ -1,0 +1,36 @@
+# The README's commands. Each target creates .venv and installs mailstream on first use.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test unit integration lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP) ## embedded broker, a worker and synthetic traffic; Ctrl-C stops all
+	$(VENV)/bin/mailstream demo
+
+test: $(STAMP) ## the whole suite: unit tests, then integration tests on a real broker
+	$(PY) -m pytest tests
+
+unit: $(STAMP) ## unit tests of the pure core only
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP) ## integration tests only (real broker, real worker processes)
+	$(PY) -m pytest tests/integration
+
+lint: $(STAMP) ## ruff and mypy
+	$(VENV)/bin/ruff check mailstream agents tables tests
+	$(VENV)/bin/mypy mailstream agents tables
+
+clean: ## remove the virtualenv, demo state and caches
+	rm -rf $(VENV) .demo data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,7 @@
+"""``python -m mailstream``: the same as the ``mailstream`` command."""
+
+import sys
+
+from mailstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,253 @@
+"""The ``mailstream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from mailstream.config import CONFIG_ENV, Config, load_config
+from mailstream.exceptions import MailstreamError
+
+DESCRIPTION = """\
+mailstream: event-driven email automation on Kafka.
+
+commands:
+  demo      embedded broker + one worker + synthetic traffic; Ctrl-C stops all
+  broker    run the embedded Kafka-compatible broker and create the topics
+  worker    run a worker (ingest, state tables, HTTP API and metrics)
+  emit      send one event
+  loadgen   send a realistic mix of synthetic events
+  dlq       print dead-lettered messages with their reasons
+  check     validate a config file without starting anything
+"""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+def _export_config_path(args: argparse.Namespace) -> None:
+    if getattr(args, "config", None):
+        os.environ[CONFIG_ENV] = os.path.abspath(args.config)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = load_config(args.file or args.config)
+    where = args.file or args.config or os.environ.get(CONFIG_ENV) or "<defaults>"
+    print(f"{where}: ok")
+    print(f"  broker      {config.broker.url} (embedded: {config.broker.embedded})")
+    print(f"  topics      {', '.join(config.topics.all_names())} x{config.topics.partitions}")
+    print(f"  web         {config.web_url}")
+    print(f"  data dir    {config.data_dir}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from mailstream.broker import EmbeddedBroker, ensure_topics
+
+    config = _config(args)
+    broker = EmbeddedBroker(args.host, args.port)
+    stop = False
+
+    def _stop(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    broker.start()
+    try:
+        asyncio.run(
+            ensure_topics(
+                broker.bootstrap_servers,
+                config.topics.all_names(),
+                config.topics.partitions,
+                config.topics.replication,
+            )
+        )
+        print(f"broker ready at {broker.url} (pid {broker.process.pid if broker.process else '?'})")
+        print(f"topics: {', '.join(config.topics.all_names())} ({config.topics.partitions} partitions)")
+        sys.stdout.flush()
+        while not stop and broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.2)
+        if not stop:
+            print("the broker process exited", file=sys.stderr)
+            return 1
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    if args.web_port is not None:
+        os.environ["MAILSTREAM_WEB_PORT"] = str(args.web_port)
+    if args.data_dir is not None:
+        os.environ["MAILSTREAM_DATA_DIR"] = args.data_dir
+    _export_config_path(args)
+    config = load_config()  # fail here, with the key path, before Faust starts
+    from faust import Worker
+
+    from mailstream.broker import ensure_topics
+
+    asyncio.run(
+        ensure_topics(
+            config.bootstrap_servers,
+            config.topics.all_names(),
+            config.topics.partitions,
+            config.topics.replication,
+        )
+    )
+
+    import agents.ingest  # noqa: F401  (registers the agent)
+    import mailstream.web  # noqa: F401  (registers the views)
+    from mailstream.app import app
+
+    worker = Worker(app, loglevel=config.log_level)
+    worker.execute_from_commandline()
+    return 0
+
+
+async def _emit(args: argparse.Namespace) -> str:
+    from mailstream.producer import EventProducer
+
+    config = _config(args)
+    payload = orjson.loads(args.payload) if args.payload else {}
+    if not isinstance(payload, dict):
+        raise MailstreamError("--payload must be a JSON object")
+    async with EventProducer.from_config(config) as producer:
+        return await producer.emit(
+            args.event_type,
+            args.user,
+            payload,
+            event_id=args.event_id,
+            timestamp=args.timestamp,
+            tenant_id=args.tenant,
+            wait=True,
+        )
+
+
+def cmd_emit(args: argparse.Namespace) -> int:
+    try:
+        event_id = asyncio.run(_emit(args))
+    except orjson.JSONDecodeError as exc:
+        raise MailstreamError(f"--payload is not valid JSON: {exc}") from None
+    print(event_id)
+    return 0
+
+
+def cmd_loadgen(args: argparse.Namespace) -> int:
+    from mailstream.loadgen import run_loadgen
+    from mailstream.producer import EventProducer
+
+    config = _config(args)
+
+    async def run() -> int:
+        async with EventProducer.from_config(config, linger_ms=5) as producer:
+            return await run_loadgen(
+                producer,
+                rate=args.rate,
+                users=args.users,
+                count=args.count,
+                duration=args.duration,
+                duplicates=args.duplicates,
+                malformed=args.malformed,
+                seed=args.seed,
+            )
+
+    try:
+        sent = asyncio.run(run())
+    except KeyboardInterrupt:
+        return 0
+    print(f"sent {sent} events")
+    return 0
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from mailstream.dlq import read_dead_letters
+
+    config = _config(args)
+    for letter in asyncio.run(read_dead_letters(config, limit=args.limit, idle=args.idle)):
+        sys.stdout.buffer.write(orjson.dumps(letter) + b"\n")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mailstream.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailstream", description=DESCRIPTION, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--config", help=f"path to mailstream.yaml (default: ${CONFIG_ENV}, else built-in defaults)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate a config file without starting anything")
+    p.add_argument("file", nargs="?", help="the file to check (default: --config)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("broker", help="run the embedded broker and create the topics")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9092)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("worker", help="run a worker")
+    p.add_argument("--web-port", type=int, help="override web.port")
+    p.add_argument("--data-dir", help="override data_dir (each worker on a host needs its own)")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("emit", help="send one event")
+    p.add_argument("event_type")
+    p.add_argument("--user", required=True, help="the user id (also the message key)")
+    p.add_argument("--payload", help="a JSON object; for identify, the traits")
+    p.add_argument("--event-id", help="default: a new UUID")
+    p.add_argument("--timestamp", type=int, help="epoch milliseconds (default: now)")
+    p.add_argument("--tenant", help="tenant id (default: the config's default tenant)")
+    p.set_defaults(func=cmd_emit)
+
+    p = sub.add_parser("loadgen", help="send synthetic traffic")
+    p.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
+    p.add_argument("--users", type=int, default=500, help="distinct users (default 500)")
+    p.add_argument("--count", type=int, help="stop after this many events")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duplicates", type=float, default=0.0, help="share of re-sent events")
+    p.add_argument("--malformed", type=float, default=0.0, help="share of malformed events")
+    p.add_argument("--seed", type=int, help="random seed for a repeatable stream")
+    p.set_defaults(func=cmd_loadgen)
+
+    p = sub.add_parser("dlq", help="print dead letters as JSON lines")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    p.add_argument("--idle", type=float, default=2.0, help="stop after this long with nothing new")
+    p.set_defaults(func=cmd_dlq)
+
+    p = sub.add_parser("demo", help="broker, worker and synthetic traffic; Ctrl-C stops all")
+    p.add_argument("--port", type=int, default=9092, help="broker port (default 9092)")
+    p.add_argument("--web-port", type=int, default=6066, help="worker web port (default 6066)")
+    p.add_argument("--rate", type=float, default=100.0, help="synthetic events per second")
+    p.add_argument("--users", type=int, default=300)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except MailstreamError as exc:
+        print(f"mailstream {args.command}: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,164 @@
+"""Load and validate ``mailstream.yaml``; every error names the key path and the reason."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from mailstream.durations import parse_duration
+from mailstream.exceptions import ConfigError
+
+CONFIG_ENV = "MAILSTREAM_CONFIG"
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Section):
+    url: str = Field("kafka://127.0.0.1:9092", pattern=r"^kafka://[^\s/]+(,[^\s/]+)*$")
+    # tansu answers ListOffsets(latest) wrongly for multi-record batches, which makes
+    # Faust's table recovery miss the tail of a changelog; one record per batch avoids it.
+    embedded: bool = True
+    rebalance_timeout: Seconds = 3.0
+    # tansu holds a joining member for half the session timeout, so every worker start
+    # and every takeover after a crash waits about this long over two.
+    session_timeout: Seconds = 6.0
+    heartbeat_interval: Seconds = 1.0
+
+
+class TopicsConfig(_Section):
+    partitions: int = Field(4, ge=1, le=1024)
+    replication: int = Field(1, ge=1, le=16)
+    events: str = Field("mailstream.events", min_length=1)
+    dlq: str = Field("mailstream.dlq", min_length=1)
+    sends_transactional: str = Field("mailstream.sends.transactional", min_length=1)
+    sends_marketing: str = Field("mailstream.sends.marketing", min_length=1)
+    feedback: str = Field("mailstream.feedback", min_length=1)
+
+    def all_names(self) -> list[str]:
+        return [
+            self.events,
+            self.dlq,
+            self.sends_transactional,
+            self.sends_marketing,
+            self.feedback,
+        ]
+
+
+class IngestConfig(_Section):
+    dedup_window: Seconds = 86400.0
+    # Bounds a single user's dedup memory even inside the window.
+    dedup_max_ids_per_user: int = Field(20_000, ge=16)
+    max_event_bytes: int = Field(65_536, ge=256, le=10_000_000)
+    batch_size: int = Field(500, ge=1, le=100_000)
+    batch_within: Seconds = 0.05
+    default_tenant: str = Field("default", min_length=1, max_length=64)
+
+
+class WebConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(6066, ge=1, le=65535)
+    # The address other workers use to reach this one; defaults to http://host:port.
+    canonical_url: str | None = None
+
+
+class Config(_Section):
+    app_id: str = Field("mailstream", pattern=r"^[A-Za-z0-9._-]+$")
+    data_dir: Path = Path("data")
+    log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
+    broker: BrokerConfig = BrokerConfig()
+    topics: TopicsConfig = TopicsConfig()
+    ingest: IngestConfig = IngestConfig()
+    web: WebConfig = WebConfig()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.broker.url.removeprefix("kafka://")
+
+    @property
+    def web_url(self) -> str:
+        return self.web.canonical_url or f"http://{self.web.host}:{self.web.port}"
+
+
+# Environment variables that override one key each, for containers and tests.
+ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "MAILSTREAM_BROKER_URL": ("broker", "url"),
+    "MAILSTREAM_BROKER_EMBEDDED": ("broker", "embedded"),
+    "MAILSTREAM_APP_ID": ("app_id",),
+    "MAILSTREAM_DATA_DIR": ("data_dir",),
+    "MAILSTREAM_WEB_HOST": ("web", "host"),
+    "MAILSTREAM_WEB_PORT": ("web", "port"),
+    "MAILSTREAM_CANONICAL_URL": ("web", "canonical_url"),
+    "MAILSTREAM_PARTITIONS": ("topics", "partitions"),
+}
+
+
+def _apply_overrides(raw: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> None:
+    for var, path in ENV_OVERRIDES.items():
+        if var not in env:
+            continue
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{var}: cannot override {'.'.join(path)}: {part} is not a mapping")
+            node = child
+        node[path[-1]] = env[var]
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see mailstream.example.yaml)"
+        lines.append(f"{source}: {key}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(
+    raw: Any, source: str = "<config>", env: os._Environ[str] | dict[str, str] | None = None
+) -> Config:
+    """Validate an already-parsed mapping (plus environment overrides) into a Config."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {type(raw).__name__}")
+    _apply_overrides(raw, os.environ if env is None else env)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    env: os._Environ[str] | dict[str, str] | None = None,
+) -> Config:
+    """Load the config from ``path``, else ``$MAILSTREAM_CONFIG``, else the defaults."""
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get(CONFIG_ENV) or None
+    if path is None:
+        return parse_config({}, "<defaults>", env)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    return parse_config(raw, str(p), env)

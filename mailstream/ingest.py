@@ -1,0 +1,108 @@
+"""The ingest decision for a batch of raw messages: validate, deduplicate, fold into state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from mailstream.events import Event, Invalid, decode_event
+from mailstream.users import UserState, apply_event, user_key
+
+PROCESSED = "processed"
+DEDUPLICATED = "deduplicated"
+DEAD_LETTERED = "dead_lettered"
+OUTCOMES = (PROCESSED, DEDUPLICATED, DEAD_LETTERED)
+
+
+@dataclass(slots=True, frozen=True)
+class RawMessage:
+    """One consumed Kafka message, as the ingest core needs it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    message: RawMessage
+    code: str
+    reason: str
+
+
+@dataclass(slots=True, frozen=True)
+class IngestSettings:
+    max_event_bytes: int
+    default_tenant: str
+    dedup_window_s: float
+    dedup_max_ids: int
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a batch decided: the user states to write, the dead letters, and the outcomes."""
+
+    changed: dict[tuple[int, bytes], UserState] = field(default_factory=dict)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    # (outcome, event_type or reason code) -> count
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+    def count(self, outcome: str, label: str) -> None:
+        k = (outcome, label)
+        self.outcomes[k] = self.outcomes.get(k, 0) + 1
+
+
+def _key_problem(key: bytes | None, user_id: str) -> Invalid:
+    # A user's events must share one partition, or their state would be split.
+    hint = "key every event by its user_id so a user's events share a partition"
+    if key is None:
+        return Invalid("missing_key", f"message has no key: {hint}")
+    return Invalid(
+        "key_mismatch", f"message key {key[:80]!r} is not the user_id {user_id[:80]!r}: {hint}"
+    )
+
+
+# Loads the stored state of a user key in a partition, or None for a new user.
+StateLoader = Callable[[int, bytes], UserState | None]
+
+
+def ingest_batch(
+    messages: Sequence[RawMessage], load: StateLoader, now_ms: int, settings: IngestSettings
+) -> BatchResult:
+    """Decide every message of a batch in order; each ends in exactly one outcome.
+
+    A user touched several times in the batch is loaded once and written once.
+    """
+    result = BatchResult()
+    changed = result.changed
+    now_s = now_ms // 1000
+    for msg in messages:
+        decoded = decode_event(
+            msg.value, max_bytes=settings.max_event_bytes, default_tenant=settings.default_tenant
+        )
+        if isinstance(decoded, Invalid):
+            result.dead_letters.append(DeadLetter(msg, decoded.code, decoded.reason))
+            result.count(DEAD_LETTERED, decoded.code)
+            continue
+        if msg.key != decoded.user_id.encode():
+            problem = _key_problem(msg.key, decoded.user_id)
+            result.dead_letters.append(DeadLetter(msg, problem.code, problem.reason))
+            result.count(DEAD_LETTERED, problem.code)
+            continue
+        slot = (msg.partition, user_key(decoded.tenant_id, decoded.user_id))
+        state = changed.get(slot)
+        if state is None:
+            state = load(*slot) or UserState(decoded.tenant_id, decoded.user_id)
+        if state.seen.check_and_add(decoded.event_id, now_s):
+            result.count(DEDUPLICATED, decoded.event_type)
+            continue
+        apply_event(state, decoded)
+        changed[slot] = state
+        result.events.append(decoded)
+        result.count(PROCESSED, decoded.event_type)
+    for state in changed.values():
+        state.seen.prune(now_s, settings.dedup_window_s, settings.dedup_max_ids)
+    return result

@@ -1,0 +1,44 @@
+"""Domain metrics, beside Faust's own sensors in the same Prometheus registry."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS_CONSUMED = Counter(
+    "mailstream_events_consumed_total", "Event messages consumed from the events topic."
+)
+EVENT_OUTCOMES = Counter(
+    "mailstream_events_total",
+    "Consumed events by final outcome and event type (invalid events have type 'invalid').",
+    ["outcome", "event_type"],
+)
+DEAD_LETTERS = Counter(
+    "mailstream_dead_letters_total", "Messages sent to the dead-letter topic, by reason.", ["reason"]
+)
+BATCH_SECONDS = Histogram(
+    "mailstream_ingest_batch_seconds",
+    "Time to process one ingest batch, changelog acknowledgement included.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+CHANGELOG_RECORDS = Counter(
+    "mailstream_changelog_records_total", "State records written to table changelogs.", ["table"]
+)
+
+
+class LabelCap:
+    """Keeps a label's values bounded: after ``limit`` distinct values the rest are 'other'."""
+
+    def __init__(self, limit: int = 200) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._known:
+            return value
+        if len(self._known) < self.limit:
+            self._known.add(value)
+            return value
+        return "other"
+
+
+event_type_label = LabelCap()

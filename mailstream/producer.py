@@ -1,0 +1,92 @@
+"""EventProducer: the Python SDK for sending events to mailstream."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from mailstream.config import Config
+
+
+class EventProducer:
+    """Send events to ``mailstream.events``, keyed by user id.
+
+    Fills in ``event_id`` (a UUID) and ``timestamp`` (now, epoch ms) when absent::
+
+        async with EventProducer("127.0.0.1:9092") as producer:
+            await producer.identify("u1", {"email": "ada@example.com"})
+            await producer.emit("cart_updated", "u1", {"items": [...]})
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str = "127.0.0.1:9092",
+        topic: str = "mailstream.events",
+        *,
+        tenant_id: str | None = None,
+        **producer_options: Any,
+    ) -> None:
+        self.topic = topic
+        self.tenant_id = tenant_id
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **producer_options)
+
+    @classmethod
+    def from_config(cls, config: Config, **producer_options: Any) -> EventProducer:
+        return cls(config.bootstrap_servers, config.topics.events, **producer_options)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def __aenter__(self) -> EventProducer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def emit(
+        self,
+        event_type: str,
+        user_id: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        event_id: str | None = None,
+        timestamp: int | None = None,
+        metadata: dict[str, Any] | None = None,
+        tenant_id: str | None = None,
+        wait: bool = False,
+    ) -> str:
+        """Queue one event and return its id; ``wait=True`` returns once the broker has it."""
+        event: dict[str, Any] = {
+            "event_id": event_id or uuid.uuid4().hex,
+            "event_type": event_type,
+            "user_id": user_id,
+            "timestamp": timestamp if timestamp is not None else int(time.time() * 1000),
+            "payload": payload or {},
+            "metadata": metadata or {},
+        }
+        tenant = tenant_id or self.tenant_id
+        if tenant is not None:
+            event["tenant_id"] = tenant
+        await self.send_raw(user_id.encode(), orjson.dumps(event), wait=wait)
+        return str(event["event_id"])
+
+    async def identify(self, user_id: str, traits: dict[str, Any], **options: Any) -> str:
+        """Set traits (email, first_name, timezone, consent flags, ...) on a user."""
+        return await self.emit("identify", user_id, traits, **options)
+
+    async def send_raw(self, key: bytes | None, value: bytes, *, wait: bool = False) -> None:
+        """Send bytes as they are (for tools and tests that need malformed events)."""
+        future = await self._producer.send(self.topic, value, key=key)
+        if wait:
+            await future
+
+    async def flush(self) -> None:
+        await self._producer.flush()

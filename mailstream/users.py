@@ -1,0 +1,114 @@
+"""A user's state: traits, consent, activity and event counts, and how events change it."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mailstream.dedup import SeenIds
+from mailstream.events import CONSENT_FLAGS, Event, normalise_email
+
+_HEADER = struct.Struct("<BI")
+_FORMAT_VERSION = 1
+
+
+def user_key(tenant_id: str, user_id: str) -> bytes:
+    """The table key of a user. Tenant ids cannot hold the separator, so it splits one way."""
+    return f"{tenant_id}\x1f{user_id}".encode()
+
+
+def split_key(key: bytes) -> tuple[str, str]:
+    tenant, _, user = key.decode().partition("\x1f")
+    return tenant, user
+
+
+@dataclass(slots=True)
+class UserState:
+    tenant_id: str
+    user_id: str
+    traits: dict[str, Any] = field(default_factory=dict)
+    consent: dict[str, bool] = field(default_factory=dict)
+    first_seen: int | None = None
+    last_activity: int | None = None
+    events: dict[str, int] = field(default_factory=dict)
+    seen: SeenIds = field(default_factory=SeenIds)
+
+    def to_json(self) -> dict[str, Any]:
+        """The user's state as the API shows it (the dedup window is internal)."""
+        return {
+            "tenant_id": self.tenant_id,
+            "user_id": self.user_id,
+            "traits": self.traits,
+            "consent": self.consent,
+            "first_seen": self.first_seen,
+            "last_activity": self.last_activity,
+            "events": self.events,
+        }
+
+    def encode(self) -> bytes:
+        doc = orjson.dumps(
+            {
+                "t": self.tenant_id,
+                "u": self.user_id,
+                "tr": self.traits,
+                "c": self.consent,
+                "fs": self.first_seen,
+                "la": self.last_activity,
+                "ev": self.events,
+            }
+        )
+        return _HEADER.pack(_FORMAT_VERSION, len(doc)) + doc + self.seen.to_bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> UserState:
+        version, size = _HEADER.unpack_from(data)
+        if version != _FORMAT_VERSION:
+            raise ValueError(f"unknown user record format {version}")
+        view = memoryview(data)
+        start = _HEADER.size
+        doc = orjson.loads(view[start : start + size])
+        return cls(
+            tenant_id=doc["t"],
+            user_id=doc["u"],
+            traits=doc["tr"],
+            consent=doc["c"],
+            first_seen=doc["fs"],
+            last_activity=doc["la"],
+            events=doc["ev"],
+            seen=SeenIds.from_bytes(view[start + size :]),
+        )
+
+
+def merge_traits(state: UserState, traits: dict[str, Any]) -> None:
+    """Apply an identify's traits: a value sets, null removes, consent merges flag by flag."""
+    for name, value in traits.items():
+        if name == "consent":
+            for flag, granted in (value or {}).items():
+                if granted is None:
+                    state.consent.pop(flag, None)
+                else:
+                    state.consent[flag] = granted
+        elif value is None:
+            state.traits.pop(name, None)
+        elif name == "email":
+            state.traits["email"] = normalise_email(value)
+        else:
+            state.traits[name] = value
+
+
+def apply_event(state: UserState, event: Event) -> None:
+    """Fold one new (already deduplicated) event into the user's state."""
+    if state.first_seen is None or event.timestamp < state.first_seen:
+        state.first_seen = event.timestamp
+    if event.event_type == "identify":
+        merge_traits(state, event.payload)
+        return
+    if state.last_activity is None or event.timestamp > state.last_activity:
+        state.last_activity = event.timestamp
+    state.events[event.event_type] = state.events.get(event.event_type, 0) + 1
+
+
+__all__ = ["CONSENT_FLAGS", "UserState", "apply_event", "merge_traits", "split_key", "user_key"]
