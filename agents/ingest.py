@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from mailstream import metrics
 from mailstream.app import app, config, dlq_topic, events_topic
+from mailstream.backfill import Backfill
 from mailstream.ingest import (
     DEAD_LETTERED,
     BatchResult,
@@ -17,7 +17,9 @@ from mailstream.ingest import (
     IngestSettings,
     RawMessage,
     ingest_batch,
+    plan_offsets,
 )
+from mailstream.storage import PROGRESS_KEY
 from mailstream.users import UserState
 from tables.users import users
 
@@ -29,6 +31,7 @@ settings = IngestSettings(
     dedup_window_s=config.ingest.dedup_window,
     dedup_max_ids=config.ingest.dedup_max_ids_per_user,
 )
+backfill = Backfill(config.bootstrap_servers, config.topics.events)
 
 
 def load_user(partition: int, key: bytes) -> UserState | None:
@@ -47,34 +50,60 @@ def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
     ]
 
 
-async def publish(result: BatchResult) -> dict[int, dict[bytes, bytes]]:
-    """Send the batch's changelog records and dead letters; return once the broker has all."""
+async def complete(messages: list[RawMessage]) -> tuple[list[RawMessage], int]:
+    """The batch without replays, with any skipped offsets fetched and put in place."""
+    progress = {p: users.progress(p) for p in {m.partition for m in messages}}
+    plan = plan_offsets(messages, progress)
+    if not plan.missing:
+        return plan.fresh, plan.replayed
+    fetched: list[RawMessage] = []
+    for partition, ranges in plan.missing.items():
+        for start, end in ranges:
+            logger.warning(
+                "the consumer skipped offsets %d..%d of partition %d: reading them directly",
+                start, end - 1, partition,
+            )
+            fetched.extend(await backfill.fetch(partition, start, end))
+    metrics.BACKFILLED.inc(len(fetched))
+    merged = sorted(fetched + plan.fresh, key=lambda m: (m.partition, m.offset))
+    again = plan_offsets(merged, progress)
+    return again.fresh, plan.replayed
+
+
+async def publish(result: BatchResult, next_offsets: dict[int, int]) -> None:
+    """Send the batch's changelog records and dead letters; return once the broker has all.
+
+    Each partition's progress record goes last, after the user records it vouches for.
+    """
     producer = app.producer
     changelog = users.changelog_topic
-    encoded: dict[int, dict[bytes, bytes]] = {}
-    pending: list[Any] = []
+    encoded: dict[int, dict[bytes, bytes]] = {p: {} for p in next_offsets}
     for (partition, key), state in result.changed.items():
-        value = state.encode()
-        encoded.setdefault(partition, {})[key] = value
-        pending.append(await producer.send(changelog, key, value, partition, None, None))
+        encoded.setdefault(partition, {})[key] = state.encode()
+    for partition, nxt in next_offsets.items():
+        encoded[partition][PROGRESS_KEY] = str(nxt).encode()
+    pending: list[Any] = []
+    for partition, items in encoded.items():
+        for key, value in items.items():
+            pending.append(await producer.send(changelog, key, value, partition, None, None))
+    n_changelog = len(pending)
+    dlq = dlq_topic.get_topic_name()
     for dl in result.dead_letters:
         msg = dl.message
-        pending.append(
-            await producer.send(dlq_topic.get_topic_name(), msg.key, msg.value, None, None,
-                                dead_letter_headers(dl))
-        )
+        headers = dead_letter_headers(dl)
+        pending.append(await producer.send(dlq, msg.key, msg.value, None, None, headers))
     acked = await asyncio.gather(*pending)
     last_offsets: dict[int, int] = {}
-    for md in acked[: len(result.changed)]:
+    for md in acked[:n_changelog]:
         last_offsets[md.partition] = max(md.offset, last_offsets.get(md.partition, -1))
     for partition, items in encoded.items():
         users.write(partition, items, last_offsets[partition])
-    metrics.CHANGELOG_RECORDS.labels("users").inc(len(result.changed))
-    return encoded
+    metrics.CHANGELOG_RECORDS.labels("users").inc(n_changelog)
 
 
-def count(result: BatchResult, consumed: int) -> None:
+def count(result: BatchResult, consumed: int, replayed: int) -> None:
     metrics.EVENTS_CONSUMED.inc(consumed)
+    metrics.REPLAYED.inc(replayed)
     for (outcome, label), n in result.outcomes.items():
         if outcome == DEAD_LETTERED:
             metrics.DEAD_LETTERS.labels(label).inc(n)
@@ -90,14 +119,26 @@ async def ingest(stream: Any) -> None:
         config.ingest.batch_size, within=config.ingest.batch_within
     ):
         started = time.perf_counter()
-        events: Sequence[Any] = batch
         messages = [
             RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
-            for m in (event.message for event in events)
+            for m in (event.message for event in batch)
         ]
-        result = ingest_batch(messages, load_user, int(time.time() * 1000), settings)
-        await publish(result)
-        for event in events:
+        fresh, replayed = await complete(messages)
+        result = ingest_batch(fresh, load_user, int(time.time() * 1000), settings)
+        next_offsets: dict[int, int] = {}
+        for m in fresh:
+            next_offsets[m.partition] = m.offset + 1
+        if fresh:
+            await publish(result, next_offsets)
+        for event in batch:
             await stream.ack(event)
-        count(result, len(messages))
+        count(result, len(fresh), replayed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+@app.task
+async def _close_backfill_on_stop() -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await backfill.close()

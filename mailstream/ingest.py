@@ -55,6 +55,39 @@ class BatchResult:
         self.outcomes[k] = self.outcomes.get(k, 0) + 1
 
 
+@dataclass(slots=True)
+class OffsetPlan:
+    """Which messages of a batch to process, and which offsets are missing before them."""
+
+    fresh: list[RawMessage]
+    replayed: int
+    missing: dict[int, list[tuple[int, int]]]  # partition -> [start, end) ranges to fetch
+
+
+def plan_offsets(messages: Sequence[RawMessage], progress: dict[int, int | None]) -> OffsetPlan:
+    """Compare a batch with each partition's next unapplied offset.
+
+    Offsets below it were applied before (a replay after a crash or a rebalance) and are
+    dropped; offsets above it mean the consumer skipped messages, which must be fetched
+    and applied first. ``progress[p]`` is None for a partition never processed.
+    """
+    fresh: list[RawMessage] = []
+    replayed = 0
+    missing: dict[int, list[tuple[int, int]]] = {}
+    expected = dict(progress)
+    for msg in messages:
+        nxt = expected.get(msg.partition)
+        if nxt is not None:
+            if msg.offset < nxt:
+                replayed += 1
+                continue
+            if msg.offset > nxt:
+                missing.setdefault(msg.partition, []).append((nxt, msg.offset))
+        expected[msg.partition] = msg.offset + 1
+        fresh.append(msg)
+    return OffsetPlan(fresh, replayed, missing)
+
+
 def _key_problem(key: bytes | None, user_id: str) -> Invalid:
     # A user's events must share one partition, or their state would be split.
     hint = "key every event by its user_id so a user's events share a partition"

@@ -20,6 +20,15 @@ BATCH_SECONDS = Histogram(
     "Time to process one ingest batch, changelog acknowledgement included.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
+REPLAYED = Counter(
+    "mailstream_events_replayed_total",
+    "Messages delivered again after a restart or rebalance whose effect was already applied;"
+    " skipped, and not counted as consumed.",
+)
+BACKFILLED = Counter(
+    "mailstream_events_backfilled_total",
+    "Messages the consumer skipped that were read back directly from the events topic.",
+)
 CHANGELOG_RECORDS = Counter(
     "mailstream_changelog_records_total", "State records written to table changelogs.", ["table"]
 )

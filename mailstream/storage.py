@@ -20,6 +20,11 @@ import rocksdict
 from faust.types import TP
 
 
+# One per partition: the next events offset that partition's state has not yet applied.
+# The control byte keeps it apart from user keys, which always start with a tenant id.
+PROGRESS_KEY = b"\x00next-offset"
+
+
 class PartitionStore:
     """Read and write one RocksDB-backed Faust table by partition, bypassing its changelog."""
 
@@ -38,6 +43,10 @@ class PartitionStore:
         value = self._store._db_for_partition(partition).get(key)
         return None if value is None else bytes(value)
 
+    def progress(self, partition: int) -> int | None:
+        value = self.get(partition, PROGRESS_KEY)
+        return None if value is None else int(value)
+
     def write(self, partition: int, items: Mapping[bytes, bytes], changelog_offset: int) -> None:
         """Write one partition's batch atomically, with the changelog offset it reflects."""
         store = self._store
@@ -47,7 +56,8 @@ class PartitionStore:
         store._db_for_partition(partition).write(batch)
         key_index = store._key_index
         for key in items:
-            key_index[key] = partition
+            if key != PROGRESS_KEY:
+                key_index[key] = partition
         store.set_persisted_offset(TP(self.changelog_topic, partition), changelog_offset)
 
     def find(self, key: bytes) -> bytes | None:
@@ -65,10 +75,10 @@ class PartitionStore:
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key and value in the actively owned partitions (for tools, not hot paths)."""
-        offset_key = self._store.offset_key
+        internal = {self._store.offset_key, PROGRESS_KEY}
         for db in self._store._dbs_for_actives():
             for key, value in db.items():
-                if key != offset_key:
+                if key not in internal:
                     yield bytes(key), bytes(value)
 
 

@@ -45,10 +45,13 @@ def _is_me(url: URL) -> bool:
 
 @app.page("/health")
 async def health(web: View, request: Request) -> Response:
+    recovery = app.tables.recovery
+    ready = not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
     return json_response(
         web,
         {
             "status": "ok",
+            "ready": ready,
             "app_id": config.app_id,
             "url": str(app.conf.canonical_url),
             "partitions": users.active_partitions(),
