@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -59,7 +60,7 @@ class IngestConfig(_Section):
     max_event_bytes: int = Field(65_536, ge=256, le=10_000_000)
     batch_size: int = Field(500, ge=1, le=100_000)
     batch_within: Seconds = 0.05
-    default_tenant: str = Field("default", min_length=1, max_length=64)
+    default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 class WebConfig(_Section):
@@ -100,7 +101,11 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _apply_overrides(raw: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> None:
+def _apply_overrides(
+    raw: dict[str, Any], env: os._Environ[str] | dict[str, str]
+) -> dict[tuple[str, ...], str]:
+    """Write the overrides into ``raw``; return which key came from which variable."""
+    applied: dict[tuple[str, ...], str] = {}
     for var, path in ENV_OVERRIDES.items():
         if var not in env:
             continue
@@ -111,15 +116,22 @@ def _apply_overrides(raw: dict[str, Any], env: os._Environ[str] | dict[str, str]
                 raise ConfigError(f"{var}: cannot override {'.'.join(path)}: {part} is not a mapping")
             node = child
         node[path[-1]] = env[var]
+        applied[path] = var
+    return applied
 
 
-def _format_errors(source: str, exc: ValidationError) -> str:
+def _format_errors(
+    source: str, exc: ValidationError, overridden: dict[tuple[str, ...], str]
+) -> str:
     lines = []
     for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see mailstream.example.yaml)"
+            msg = "unknown key (check the spelling; the README lists every key)"
+        if loc in overridden:
+            msg += f" (set by ${overridden[loc]})"
         lines.append(f"{source}: {key}: {msg}")
     return "\n".join(lines)
 
@@ -132,11 +144,12 @@ def parse_config(
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {type(raw).__name__}")
-    _apply_overrides(raw, os.environ if env is None else env)
+    raw = copy.deepcopy(raw)
+    overridden = _apply_overrides(raw, os.environ if env is None else env)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(_format_errors(source, exc, overridden)) from None
 
 
 def load_config(

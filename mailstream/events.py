@@ -21,8 +21,12 @@ IDENTIFY = "identify"
 KNOWN_TRAITS = ("email", "first_name", "last_name", "timezone", "locale")
 CONSENT_FLAGS = ("marketing", "transactional")
 
-_EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_.:-]+$")
-_TENANT_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]+")
+_TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def valid_tenant(tenant: str) -> bool:
+    return _TENANT_RE.fullmatch(tenant) is not None
 
 
 @dataclass(slots=True)
@@ -117,7 +121,8 @@ def check_traits(traits: dict[str, Any]) -> Invalid | None:
             return Invalid("bad_timezone", f"payload.timezone must be a string, got {_type_name(tz)}")
         try:
             ZoneInfo(tz)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: a zone directory such as 'America', or a name too long for a path.
             return Invalid(
                 "bad_timezone",
                 f"payload.timezone {tz[:80]!r} is not an IANA time zone such as 'Europe/Paris'",
@@ -159,7 +164,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, default_tenant: str) -> E
     event_type = _string_field(doc, "event_type", MAX_EVENT_TYPE)
     if isinstance(event_type, Invalid):
         return event_type
-    if not _EVENT_TYPE_RE.match(event_type):
+    if not _EVENT_TYPE_RE.fullmatch(event_type):
         return Invalid(
             "bad_event_type",
             f"event_type {event_type[:80]!r} may hold only letters, digits and _ . : -",
@@ -179,7 +184,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, default_tenant: str) -> E
     tenant = doc.get("tenant_id")
     if tenant is None:
         tenant = default_tenant
-    elif not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+    elif not isinstance(tenant, str) or not valid_tenant(tenant):
         return Invalid(
             "bad_tenant", "tenant_id must be 1 to 64 letters, digits or _ . - when present"
         )

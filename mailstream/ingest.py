@@ -111,6 +111,7 @@ def ingest_batch(
     """
     result = BatchResult()
     changed = result.changed
+    loaded: dict[tuple[int, bytes], UserState] = {}  # read once, whether or not it changes
     now_s = now_ms // 1000
     for msg in messages:
         decoded = decode_event(
@@ -126,9 +127,10 @@ def ingest_batch(
             result.count(DEAD_LETTERED, problem.code)
             continue
         slot = (msg.partition, user_key(decoded.tenant_id, decoded.user_id))
-        state = changed.get(slot)
+        state = changed.get(slot) or loaded.get(slot)
         if state is None:
             state = load(*slot) or UserState(decoded.tenant_id, decoded.user_id)
+            loaded[slot] = state
         if state.seen.check_and_add(decoded.event_id, now_s):
             result.count(DEDUPLICATED, decoded.event_type)
             continue

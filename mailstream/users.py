@@ -83,9 +83,14 @@ class UserState:
 
 
 def merge_traits(state: UserState, traits: dict[str, Any]) -> None:
-    """Apply an identify's traits: a value sets, null removes, consent merges flag by flag."""
+    """Apply an identify's traits: a value sets, null removes, consent merges flag by flag.
+
+    ``consent: null`` removes every consent flag; ``consent: {marketing: null}`` just one.
+    """
     for name, value in traits.items():
         if name == "consent":
+            if value is None:
+                state.consent.clear()
             for flag, granted in (value or {}).items():
                 if granted is None:
                     state.consent.pop(flag, None)

@@ -133,7 +133,9 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
         if e["event_type"] == "identify":
             for name, value in e["payload"].items():
                 if name == "consent":
-                    for flag, v in value.items():
+                    if value is None:
+                        s["consent"].clear()
+                    for flag, v in (value or {}).items():
                         if v is None:
                             s["consent"].pop(flag, None)
                         else:

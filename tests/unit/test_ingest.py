@@ -18,6 +18,7 @@ from mailstream.ingest import (
     IngestSettings,
     RawMessage,
     ingest_batch,
+    plan_offsets,
 )
 from mailstream.users import UserState, split_key, user_key
 
@@ -398,12 +399,6 @@ def test_written_states_hold_at_most_dedup_max_ids() -> None:
     assert len(alice.seen) == 16
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ingest.py:96-103 caches a loaded state in `changed` only once an event is "
-    "processed, so every duplicate before that reloads and decodes the user's whole record "
-    "(a full replay after a crash decodes it once per message)",
-)
 def test_a_user_is_loaded_once_per_batch_even_when_its_events_are_duplicates() -> None:
     store = Store()
     store.run(batch(event("e1"), event("e2"), event("e3")))
@@ -414,12 +409,6 @@ def test_a_user_is_loaded_once_per_batch_even_when_its_events_are_duplicates() -
     assert store.loads[(0, user_key("default", "alice"))] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OSError,
-    reason="events.py:120 lets IsADirectoryError out of decode_event for timezone 'America', "
-    "so ingest_batch raises and the whole batch (and every replay of it) fails",
-)
 def test_one_poison_identify_is_dead_lettered_and_the_rest_of_the_batch_goes_on() -> None:
     messages = batch(
         event("e1"),
@@ -430,3 +419,46 @@ def test_one_poison_identify_is_dead_lettered_and_the_rest_of_the_batch_goes_on(
     result = Store().run(messages)
 
     assert result.outcomes == {(PROCESSED, "page_view"): 2, (DEAD_LETTERED, "bad_timezone"): 1}
+
+
+def _msgs(*offsets: tuple[int, int]) -> list[RawMessage]:
+    return [RawMessage("events", p, o, b"u", b"{}") for p, o in offsets]
+
+
+@pytest.mark.parametrize(
+    ("offsets", "progress", "fresh", "replayed", "missing"),
+    [
+        pytest.param([(0, 5), (0, 6)], {0: None}, [(0, 5), (0, 6)], 0, {}, id="first-batch-ever"),
+        pytest.param([(0, 5), (0, 6)], {0: 5}, [(0, 5), (0, 6)], 0, {}, id="contiguous"),
+        pytest.param([(0, 3), (0, 4), (0, 5)], {0: 5}, [(0, 5)], 2, {}, id="replay-dropped"),
+        pytest.param([(0, 3), (0, 4)], {0: 5}, [], 2, {}, id="all-replayed"),
+        pytest.param([(0, 7), (0, 8)], {0: 5}, [(0, 7), (0, 8)], 0, {0: [(5, 7)]},
+                     id="skipped-before-batch"),
+        pytest.param([(0, 5), (0, 9)], {0: 5}, [(0, 5), (0, 9)], 0, {0: [(6, 9)]},
+                     id="hole-inside-batch"),
+        pytest.param([(0, 5), (1, 3), (1, 4)], {0: 5, 1: 4}, [(0, 5), (1, 4)], 1, {},
+                     id="partitions-independent"),
+        pytest.param([(1, 2), (0, 9)], {0: 5, 1: 0}, [(1, 2), (0, 9)], 0,
+                     {1: [(0, 2)], 0: [(5, 9)]}, id="holes-in-two-partitions"),
+    ],
+)
+def test_plan_offsets_drops_replays_and_finds_holes(
+    offsets: list[tuple[int, int]],
+    progress: dict[int, int | None],
+    fresh: list[tuple[int, int]],
+    replayed: int,
+    missing: dict[int, list[tuple[int, int]]],
+) -> None:
+    plan = plan_offsets(_msgs(*offsets), progress)
+    assert [(m.partition, m.offset) for m in plan.fresh] == fresh
+    assert plan.replayed == replayed
+    assert plan.missing == missing
+
+
+def test_filling_the_holes_leaves_nothing_missing() -> None:
+    first = plan_offsets(_msgs((0, 8), (0, 9)), {0: 5})
+    assert first.missing == {0: [(5, 8)]}
+    merged = sorted(_msgs((0, 5), (0, 6), (0, 7)) + first.fresh, key=lambda m: m.offset)
+    again = plan_offsets(merged, {0: 5})
+    assert again.missing == {}
+    assert [m.offset for m in again.fresh] == [5, 6, 7, 8, 9]

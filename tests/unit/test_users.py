@@ -104,6 +104,14 @@ def make_event(event_type: str, timestamp: int, payload: dict[str, Any] | None =
             id="consent-empty-changes-nothing",
         ),
         pytest.param(
+            {},
+            {"marketing": True, "transactional": True},
+            {"consent": None},
+            {},
+            {},
+            id="consent-null-removes-every-flag",
+        ),
+        pytest.param(
             {"plan": "free"},
             {},
             {"plan": "pro", "seats": 3, "tags": ["a", "b"], "address": {"city": "Paris"}},
