@@ -61,7 +61,9 @@ async def complete(messages: list[RawMessage]) -> tuple[list[RawMessage], int]:
         for start, end in ranges:
             logger.warning(
                 "the consumer skipped offsets %d..%d of partition %d: reading them directly",
-                start, end - 1, partition,
+                start,
+                end - 1,
+                partition,
             )
             fetched.extend(await backfill.fetch(partition, start, end))
     metrics.BACKFILLED.inc(len(fetched))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import faust
 from faust.sensors.prometheus import setup_prometheus_sensors
 
@@ -9,7 +11,7 @@ from mailstream.config import Config, load_config
 
 
 def create_app(config: Config) -> faust.App:
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if config.broker.embedded:
         # tansu 0.6 reports a wrong high-water mark for multi-record batches, and Faust's
         # table recovery would stop short of the changelog's tail. One record per batch

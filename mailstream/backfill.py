@@ -58,7 +58,11 @@ class Backfill:
         if position < end:
             logger.error(
                 "could not read offsets %d..%d of %s[%d] within %.0fs",
-                start, end - 1, self.topic, partition, self.timeout,
+                start,
+                end - 1,
+                self.topic,
+                partition,
+                self.timeout,
             )
         return found
 

@@ -154,7 +154,10 @@ async def ensure_topics(
         missing = [n for n in wanted if n not in existing]
         if missing:
             await admin.create_topics(
-                [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in missing]
+                [
+                    NewTopic(n, num_partitions=partitions, replication_factor=replication)
+                    for n in missing
+                ]
             )
             logger.info("created topics %s with %d partitions", ", ".join(missing), partitions)
         while missing:

@@ -73,7 +73,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
             )
         )
         print(f"broker ready at {broker.url} (pid {broker.process.pid if broker.process else '?'})")
-        print(f"topics: {', '.join(config.topics.all_names())} ({config.topics.partitions} partitions)")
+        names = ", ".join(config.topics.all_names())
+        print(f"topics: {names} ({config.topics.partitions} partitions)")
         sys.stdout.flush()
         while not stop and broker.process is not None and broker.process.poll() is None:
             time.sleep(0.2)

@@ -113,7 +113,9 @@ def _apply_overrides(
         for part in path[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"{var}: cannot override {'.'.join(path)}: {part} is not a mapping")
+                raise ConfigError(
+                    f"{var}: cannot override {'.'.join(path)}: {part} is not a mapping"
+                )
             node = child
         node[path[-1]] = env[var]
         applied[path] = var
@@ -143,7 +145,9 @@ def parse_config(
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: (top level): expected a mapping of keys, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: (top level): expected a mapping of keys, got {type(raw).__name__}"
+        )
     raw = copy.deepcopy(raw)
     overridden = _apply_overrides(raw, os.environ if env is None else env)
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -14,21 +13,25 @@ import time
 import urllib.request
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from mailstream.broker import EmbeddedBroker, ensure_topics
 from mailstream.config import load_config
 
 DEMO_DIR = Path(".demo")
-_COUNTER = re.compile(r'^mailstream_events_total\{event_type="[^"]*",outcome="([a-z_]+)"\} ([0-9.e+]+)$')
 
 
 def _outcome_totals(web_url: str) -> dict[str, int]:
     with urllib.request.urlopen(f"{web_url}/metrics", timeout=2) as resp:
         text = resp.read().decode()
     totals: dict[str, int] = {}
-    for line in text.splitlines():
-        match = _COUNTER.match(line)
-        if match:
-            totals[match.group(1)] = totals.get(match.group(1), 0) + int(float(match.group(2)))
+    for family in text_string_to_metric_families(text):
+        if family.name != "mailstream_events":
+            continue
+        for sample in family.samples:
+            if sample.name == "mailstream_events_total":
+                outcome = sample.labels["outcome"]
+                totals[outcome] = totals.get(outcome, 0) + int(sample.value)
     return totals
 
 
@@ -64,7 +67,7 @@ def run_demo(args: argparse.Namespace) -> int:
         env["MAILSTREAM_CONFIG"] = os.path.abspath(args.config)
     web_url = f"http://127.0.0.1:{args.web_port}"
     broker = EmbeddedBroker("127.0.0.1", args.port, log_path=DEMO_DIR / "broker.log")
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
     interrupted = False
 
     def _interrupt(*_: object) -> None:
@@ -82,30 +85,49 @@ def run_demo(args: argparse.Namespace) -> int:
         print("starting a worker (log: .demo/worker.log) ...", flush=True)
         cmd = [sys.executable, "-m", "mailstream", "worker"]
         with open(DEMO_DIR / "worker.log", "ab") as log:
-            children.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT))
-        if not _wait_healthy(web_url, children[0], 90):
+            worker = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        children.append(("worker", worker))
+        if not _wait_healthy(web_url, worker, 90):
             print("the worker did not become healthy; see .demo/worker.log", file=sys.stderr)
             return 1
-        print(f"sending synthetic traffic: {args.rate:.0f} events/s over {args.users} users, "
-              "with some duplicates and malformed events", flush=True)
-        gen = [sys.executable, "-m", "mailstream", "loadgen", "--rate", str(args.rate),
-               "--users", str(args.users), "--duplicates", "0.03", "--malformed", "0.01"]
+        print(
+            f"sending synthetic traffic: {args.rate:.0f} events/s over {args.users} users, "
+            "with some duplicates and malformed events",
+            flush=True,
+        )
+        gen = [
+            sys.executable,
+            "-m",
+            "mailstream",
+            "loadgen",
+            "--rate",
+            str(args.rate),
+            "--users",
+            str(args.users),
+            "--duplicates",
+            "0.03",
+            "--malformed",
+            "0.01",
+        ]
         with open(DEMO_DIR / "loadgen.log", "ab") as log:
-            children.append(subprocess.Popen(gen, env=env, stdout=log, stderr=subprocess.STDOUT))
+            loadgen = subprocess.Popen(gen, env=env, stdout=log, stderr=subprocess.STDOUT)
+        children.append(("loadgen", loadgen))
         print(
             f"\n  health    {web_url}/health\n"
             f"  a user    {web_url}/api/users/user-1\n"
             f"  metrics   {web_url}/metrics\n"
-            f"  DLQ       mailstream --config ... dlq   "
-            f"(MAILSTREAM_BROKER_URL=kafka://127.0.0.1:{args.port} mailstream dlq)\n"
+            f"  DLQ       MAILSTREAM_BROKER_URL=kafka://127.0.0.1:{args.port} "
+            f"{Path(sys.executable).parent / 'mailstream'} dlq\n"
             "\nCtrl-C stops everything.\n",
             flush=True,
         )
         while not interrupted:
-            for child in children:
+            for name, child in children:
                 if child.poll() is not None:
-                    print(f"process {child.args[3]} exited with {child.returncode}; stopping",
-                          file=sys.stderr)
+                    print(
+                        f"the {name} exited with {child.returncode}; see .demo/{name}.log",
+                        file=sys.stderr,
+                    )
                     return 1
             time.sleep(5)
             try:
@@ -117,10 +139,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return 0
     finally:
         print("stopping ...", flush=True)
-        for child in reversed(children):
+        for _, child in reversed(children):
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
+        for _, child in reversed(children):
             try:
                 child.wait(20)
             except subprocess.TimeoutExpired:

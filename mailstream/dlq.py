@@ -33,7 +33,7 @@ def describe(message: Any) -> dict[str, Any]:
 
 
 async def read_dead_letters(config: Config, *, limit: int, idle: float) -> list[dict[str, Any]]:
-    """Up to ``limit`` dead letters from the start of the topic; stops after ``idle`` seconds quiet."""
+    """Up to ``limit`` dead letters from the start; stops after ``idle`` seconds of quiet."""
     consumer = AIOKafkaConsumer(
         config.topics.dlq,
         bootstrap_servers=config.bootstrap_servers,

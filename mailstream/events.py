@@ -65,7 +65,9 @@ def _string_field(doc: dict[str, Any], name: str, max_len: int) -> str | Invalid
     if not value.strip():
         return Invalid("empty_field", f"{name} must not be empty")
     if len(value) > max_len:
-        return Invalid("too_long", f"{name} is {len(value)} characters, over the limit of {max_len}")
+        return Invalid(
+            "too_long", f"{name} is {len(value)} characters, over the limit of {max_len}"
+        )
     return value
 
 
@@ -75,7 +77,8 @@ def _timestamp(doc: dict[str, Any]) -> int | Invalid:
     ts = doc["timestamp"]
     if isinstance(ts, bool) or not isinstance(ts, int):
         return Invalid(
-            "wrong_type", f"timestamp must be an integer of epoch milliseconds, got {_type_name(ts)}"
+            "wrong_type",
+            f"timestamp must be an integer of epoch milliseconds, got {_type_name(ts)}",
         )
     if ts < MIN_TIMESTAMP_MS:
         return Invalid(
@@ -118,7 +121,9 @@ def check_traits(traits: dict[str, Any]) -> Invalid | None:
     tz = traits.get("timezone")
     if tz is not None:
         if not isinstance(tz, str):
-            return Invalid("bad_timezone", f"payload.timezone must be a string, got {_type_name(tz)}")
+            return Invalid(
+                "bad_timezone", f"payload.timezone must be a string, got {_type_name(tz)}"
+            )
         try:
             ZoneInfo(tz)
         except (ZoneInfoNotFoundError, ValueError, OSError):

@@ -53,7 +53,10 @@ def _payload(rng: random.Random, event_type: str, user: str) -> dict[str, Any]:
         items = rng.sample(PRODUCTS, rng.randint(1, 3))
         return {"items": [{"name": i, "qty": rng.randint(1, 3)} for i in items]}
     if event_type == "order_completed":
-        return {"order_id": uuid.UUID(int=rng.getrandbits(128)).hex[:12], "total": rng.randint(5, 300)}
+        return {
+            "order_id": uuid.UUID(int=rng.getrandbits(128)).hex[:12],
+            "total": rng.randint(5, 300),
+        }
     return {}
 
 
@@ -111,7 +114,7 @@ async def run_loadgen(
     malformed: float = 0.0,
     seed: int | None = None,
 ) -> int:
-    """Emit events at about ``rate`` per second until ``count`` or ``duration``; return the number sent."""
+    """Emit about ``rate`` events a second until ``count`` or ``duration``; return how many."""
     rng = random.Random(seed)
     source = synthetic_events(rng, users, duplicates=duplicates, malformed=malformed)
     started = time.monotonic()

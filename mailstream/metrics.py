@@ -13,7 +13,9 @@ EVENT_OUTCOMES = Counter(
     ["outcome", "event_type"],
 )
 DEAD_LETTERS = Counter(
-    "mailstream_dead_letters_total", "Messages sent to the dead-letter topic, by reason.", ["reason"]
+    "mailstream_dead_letters_total",
+    "Messages sent to the dead-letter topic, by reason.",
+    ["reason"],
 )
 BATCH_SECONDS = Histogram(
     "mailstream_ingest_batch_seconds",

@@ -19,7 +19,6 @@ from typing import Any
 import rocksdict
 from faust.types import TP
 
-
 # One per partition: the next events offset that partition's state has not yet applied.
 # The control byte keeps it apart from user keys, which always start with a tenant id.
 PROGRESS_KEY = b"\x00next-offset"

@@ -31,8 +31,8 @@ def _worker_urls() -> list[URL]:
 
 
 async def _ask(url: URL, request: Request) -> tuple[int, bytes]:
-    target = request.url.with_scheme(url.scheme or "http").with_host(url.host or "").with_port(
-        url.port
+    target = (
+        request.url.with_scheme(url.scheme or "http").with_host(url.host or "").with_port(url.port)
     )
     async with app.http_client.get(target, headers={ROUTED_HEADER: "1"}) as resp:
         return resp.status, await resp.read()
@@ -45,7 +45,7 @@ def _is_me(url: URL) -> bool:
 
 @app.page("/health")
 async def health(web: View, request: Request) -> Response:
-    recovery = app.tables.recovery
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
     ready = not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
     return json_response(
         web,
@@ -75,9 +75,7 @@ async def user_detail(web: View, request: Request, user_id: str) -> Response:
         owner = app.router.external_topic_key_store(events_topic, user_id.encode())
     except (KeyError, SameNode):
         owner = None
-    candidates = ([owner] if owner is not None else []) + [
-        u for u in _worker_urls() if u != owner
-    ]
+    candidates = ([owner] if owner is not None else []) + [u for u in _worker_urls() if u != owner]
     unreachable = 0
     for url in candidates:
         if _is_me(url):

@@ -35,7 +35,7 @@ async def wait_for(
     while time.monotonic() < deadline:
         try:
             last = await probe()
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             last = exc
         if last:
             return last
@@ -131,7 +131,7 @@ class Worker:
             raise AssertionError(f"worker {self.name} exited:\n{self.log_tail()}")
         try:
             status, body = await self.get("/health")
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return None
         return body if status == 200 else None
 
@@ -249,9 +249,10 @@ async def get_users(
 
         async def one(key: tuple[str, str]) -> None:
             tenant, user = key
-            async with sem, session.get(
-                f"{worker.url}/api/users/{user}", params={"tenant": tenant}
-            ) as resp:
+            async with (
+                sem,
+                session.get(f"{worker.url}/api/users/{user}", params={"tenant": tenant}) as resp,
+            ):
                 results[key] = (resp.status, await resp.json())
 
         await asyncio.gather(*(one(k) for k in keys))

@@ -43,11 +43,13 @@ async def test_ten_thousand_events_state_dlq_and_metrics(deployment: Deployment)
     for code, n in by_reason.items():
         assert metric_sum(m, "mailstream_dead_letters_total", reason=code) == n, code
 
-    letters = await deployment.read_topic(deployment.topics["events"].replace(
-        ".events", ".dlq"), len(traffic.malformed))
+    letters = await deployment.read_topic(
+        deployment.topics["events"].replace(".events", ".dlq"), len(traffic.malformed)
+    )
     assert len(letters) == len(traffic.malformed)
-    got = sorted((msg.value, dict(msg.headers)["mailstream.reason_code"].decode())
-                 for msg in letters)
+    got = sorted(
+        (msg.value, dict(msg.headers)["mailstream.reason_code"].decode()) for msg in letters
+    )
     assert got == sorted(traffic.malformed)
     for msg in letters:
         headers = dict(msg.headers)

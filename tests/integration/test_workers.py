@@ -17,8 +17,9 @@ from tests.integration.traffic import make_traffic, replay
 
 
 async def test_two_workers_split_partitions_and_route_user_lookups(deployment: Deployment) -> None:
-    traffic = make_traffic(seed=11, users=200, count=3_000, duplicates=0.05, malformed=0.0,
-                           tenants=(None, "acme"))
+    traffic = make_traffic(
+        seed=11, users=200, count=3_000, duplicates=0.05, malformed=0.0, tenants=(None, "acme")
+    )
     a = deployment.worker("a").start()
     b = deployment.worker("b").start()
     await deployment.wait_ready([a, b])

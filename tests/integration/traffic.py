@@ -14,8 +14,13 @@ TIMEZONES = ("Europe/Paris", "America/New_York", "Asia/Kolkata", "UTC")
 
 
 def _malformed(rng: random.Random, user: str, ts: int) -> tuple[bytes | None, bytes, str]:
-    ok = {"event_id": uuid.uuid4().hex, "event_type": "page_viewed", "user_id": user,
-          "timestamp": ts, "payload": {}}
+    ok = {
+        "event_id": uuid.uuid4().hex,
+        "event_type": "page_viewed",
+        "user_id": user,
+        "timestamp": ts,
+        "payload": {},
+    }
     kind = rng.randrange(10)
     key: bytes | None = user.encode()
     if kind == 0:
@@ -59,7 +64,11 @@ class Traffic:
 
 
 def make_traffic(
-    seed: int, users: int, count: int, duplicates: float, malformed: float,
+    seed: int,
+    users: int,
+    count: int,
+    duplicates: float,
+    malformed: float,
     tenants: tuple[str | None, ...] = (None,),
 ) -> Traffic:
     rng = random.Random(seed)
@@ -125,8 +134,15 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
         seen.add(ident)
         s = state.setdefault(
             (tenant, e["user_id"]),
-            {"tenant_id": tenant, "user_id": e["user_id"], "traits": {}, "consent": {},
-             "first_seen": None, "last_activity": None, "events": {}},
+            {
+                "tenant_id": tenant,
+                "user_id": e["user_id"],
+                "traits": {},
+                "consent": {},
+                "first_seen": None,
+                "last_activity": None,
+                "events": {},
+            },
         )
         ts = e["timestamp"]
         s["first_seen"] = ts if s["first_seen"] is None else min(s["first_seen"], ts)

@@ -428,3 +428,8 @@ def test_parse_duration_refuses(value: object, reason: str) -> None:
 def test_parse_duration_refuses_nan() -> None:
     with pytest.raises(ValueError):
         parse_duration(math.nan)
+
+
+def test_the_example_file_is_valid_and_spells_out_the_defaults() -> None:
+    example = Path(__file__).resolve().parents[2] / "mailstream.example.yaml"
+    assert load_config(example, env={}) == load_config(None, env={})

@@ -432,14 +432,28 @@ def _msgs(*offsets: tuple[int, int]) -> list[RawMessage]:
         pytest.param([(0, 5), (0, 6)], {0: 5}, [(0, 5), (0, 6)], 0, {}, id="contiguous"),
         pytest.param([(0, 3), (0, 4), (0, 5)], {0: 5}, [(0, 5)], 2, {}, id="replay-dropped"),
         pytest.param([(0, 3), (0, 4)], {0: 5}, [], 2, {}, id="all-replayed"),
-        pytest.param([(0, 7), (0, 8)], {0: 5}, [(0, 7), (0, 8)], 0, {0: [(5, 7)]},
-                     id="skipped-before-batch"),
-        pytest.param([(0, 5), (0, 9)], {0: 5}, [(0, 5), (0, 9)], 0, {0: [(6, 9)]},
-                     id="hole-inside-batch"),
-        pytest.param([(0, 5), (1, 3), (1, 4)], {0: 5, 1: 4}, [(0, 5), (1, 4)], 1, {},
-                     id="partitions-independent"),
-        pytest.param([(1, 2), (0, 9)], {0: 5, 1: 0}, [(1, 2), (0, 9)], 0,
-                     {1: [(0, 2)], 0: [(5, 9)]}, id="holes-in-two-partitions"),
+        pytest.param(
+            [(0, 7), (0, 8)], {0: 5}, [(0, 7), (0, 8)], 0, {0: [(5, 7)]}, id="skipped-before-batch"
+        ),
+        pytest.param(
+            [(0, 5), (0, 9)], {0: 5}, [(0, 5), (0, 9)], 0, {0: [(6, 9)]}, id="hole-inside-batch"
+        ),
+        pytest.param(
+            [(0, 5), (1, 3), (1, 4)],
+            {0: 5, 1: 4},
+            [(0, 5), (1, 4)],
+            1,
+            {},
+            id="partitions-independent",
+        ),
+        pytest.param(
+            [(1, 2), (0, 9)],
+            {0: 5, 1: 0},
+            [(1, 2), (0, 9)],
+            0,
+            {1: [(0, 2)], 0: [(5, 9)]},
+            id="holes-in-two-partitions",
+        ),
     ],
 )
 def test_plan_offsets_drops_replays_and_finds_holes(
