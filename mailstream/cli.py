@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
-import time
-from typing import Any
 
 import orjson
 
 from mailstream.config import CONFIG_ENV, Config, load_config
 from mailstream.exceptions import MailstreamError
+from mailstream.signals import stop_on_signals
 
 DESCRIPTION = """\
 mailstream: event-driven email automation on Kafka.
@@ -54,14 +52,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
     config = _config(args)
     broker = EmbeddedBroker(args.host, args.port)
-    stop = False
-
-    def _stop(*_: Any) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    stop = stop_on_signals()
     broker.start()
     try:
         asyncio.run(
@@ -76,9 +67,9 @@ def cmd_broker(args: argparse.Namespace) -> int:
         names = ", ".join(config.topics.all_names())
         print(f"topics: {names} ({config.topics.partitions} partitions)")
         sys.stdout.flush()
-        while not stop and broker.process is not None and broker.process.poll() is None:
-            time.sleep(0.2)
-        if not stop:
+        while not stop.is_set() and broker.process is not None and broker.process.poll() is None:
+            stop.wait(0.2)
+        if not stop.is_set():
             print("the broker process exited", file=sys.stderr)
             return 1
     finally:

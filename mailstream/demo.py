@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mailstream.broker import EmbeddedBroker, ensure_topics
 from mailstream.config import load_config
+from mailstream.signals import stop_on_signals
 
 DEMO_DIR = Path(".demo")
 
@@ -68,14 +69,7 @@ def run_demo(args: argparse.Namespace) -> int:
     web_url = f"http://127.0.0.1:{args.web_port}"
     broker = EmbeddedBroker("127.0.0.1", args.port, log_path=DEMO_DIR / "broker.log")
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
-    interrupted = False
-
-    def _interrupt(*_: object) -> None:
-        nonlocal interrupted
-        interrupted = True
-
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = stop_on_signals()
     try:
         print(f"starting the embedded broker on 127.0.0.1:{args.port} ...", flush=True)
         broker.start()
@@ -121,7 +115,7 @@ def run_demo(args: argparse.Namespace) -> int:
             "\nCtrl-C stops everything.\n",
             flush=True,
         )
-        while not interrupted:
+        while not interrupted.is_set():
             for name, child in children:
                 if child.poll() is not None:
                     print(
@@ -129,7 +123,8 @@ def run_demo(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
                     return 1
-            time.sleep(5)
+            if interrupted.wait(5):
+                break
             try:
                 totals = _outcome_totals(web_url)
                 summary = ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))

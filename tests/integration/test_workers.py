@@ -13,7 +13,7 @@ from tests.integration.harness import (
     wait_for,
 )
 from tests.integration.test_ingest import produce
-from tests.integration.traffic import make_traffic, replay
+from tests.integration.traffic import Traffic, make_traffic, replay
 
 
 async def test_two_workers_split_partitions_and_route_user_lookups(deployment: Deployment) -> None:
@@ -53,14 +53,20 @@ async def _kill_mid_stream(deployment: Deployment, victim: Worker, total: int) -
     assert consumed < total, "the kill must land mid-stream"
 
 
-async def test_sigkill_and_restart_loses_no_state_and_counts_nothing_twice(
-    deployment: Deployment,
-) -> None:
-    traffic = make_traffic(seed=23, users=150, count=8_000, duplicates=0.05, malformed=0.0)
+async def _run_and_kill(deployment: Deployment, seed: int) -> tuple[Traffic, Worker]:
+    """Worker "a" gets 8,000 events and is SIGKILLed a quarter of the way through."""
+    traffic = make_traffic(seed=seed, users=150, count=8_000, duplicates=0.05, malformed=0.0)
     a = deployment.worker("a").start()
     await deployment.wait_ready([a])
     await produce(deployment, traffic)
     await _kill_mid_stream(deployment, a, len(traffic.messages))
+    return traffic, a
+
+
+async def test_sigkill_and_restart_loses_no_state_and_counts_nothing_twice(
+    deployment: Deployment,
+) -> None:
+    traffic, a = await _run_and_kill(deployment, seed=23)
 
     again = deployment.worker("a", data_dir=a.data_dir).start()
     await deployment.wait_ready([again])
@@ -70,12 +76,7 @@ async def test_sigkill_and_restart_loses_no_state_and_counts_nothing_twice(
 async def test_sigkill_then_takeover_with_empty_data_dir_recovers_from_changelog(
     deployment: Deployment,
 ) -> None:
-    traffic = make_traffic(seed=31, users=150, count=8_000, duplicates=0.05, malformed=0.0)
-    a = deployment.worker("a").start()
-    await deployment.wait_ready([a])
-    await produce(deployment, traffic)
-    await _kill_mid_stream(deployment, a, len(traffic.messages))
-
+    traffic, a = await _run_and_kill(deployment, seed=31)
     # A different worker with no local RocksDB files: all state comes from the changelog.
     b = deployment.worker("b").start()
     assert b.data_dir != a.data_dir
