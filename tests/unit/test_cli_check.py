@@ -103,3 +103,22 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     out, _ = capsys.readouterr()
     assert code == 2
     assert "check" in out
+
+
+def test_a_worker_with_a_bad_config_stops_at_start_naming_the_key(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "ingest:\n  max_event_bytes: lots\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailstream", "--config", str(path), "worker"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert f"{path}: ingest.max_event_bytes: " in proc.stderr
+    assert "Traceback" not in proc.stderr
