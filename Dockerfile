@@ -9,6 +9,7 @@ COPY templates ./templates
 RUN pip install --no-cache-dir .
 ENV MAILSTREAM_BROKER_EMBEDDED=false \
     MAILSTREAM_DATA_DIR=/var/lib/mailstream \
-    MAILSTREAM_WEB_HOST=0.0.0.0
+    MAILSTREAM_WEB_HOST=0.0.0.0 \
+    MAILSTREAM_TEMPLATES_DIR=/app/templates
 EXPOSE 6066
 CMD ["mailstream", "worker"]

@@ -1,4 +1,5 @@
-"""The ingest agent: events in; dead letters out; user state folded in once per batch."""
+"""The ingest agent: events in; dead letters and send commands out; user state and
+workflow enrollments folded in once per batch."""
 
 from __future__ import annotations
 
@@ -8,17 +9,21 @@ import time
 from typing import Any
 
 from mailstream import metrics
-from mailstream.app import app, config, dlq_topic, events_topic
+from mailstream.app import app, config, events_topic
+from mailstream.apply import dead_letter_headers
 from mailstream.backfill import Backfill
+from mailstream.engine import Effects
+from mailstream.events import Event
 from mailstream.ingest import (
     DEAD_LETTERED,
     BatchResult,
-    DeadLetter,
     IngestSettings,
     RawMessage,
     ingest_batch,
     plan_offsets,
 )
+from mailstream.outbox import STATE_LOCK, Outbox, flush
+from mailstream.runtime import applier, engine
 from mailstream.storage import PROGRESS_KEY
 from mailstream.users import UserState
 from tables.users import users
@@ -37,17 +42,6 @@ backfill = Backfill(config.bootstrap_servers, config.topics.events)
 def load_user(partition: int, key: bytes) -> UserState | None:
     raw = users.get(partition, key)
     return None if raw is None else UserState.decode(raw)
-
-
-def dead_letter_headers(dl: DeadLetter) -> list[tuple[str, bytes]]:
-    msg = dl.message
-    return [
-        ("mailstream.reason", dl.reason.encode()),
-        ("mailstream.reason_code", dl.code.encode()),
-        ("mailstream.source.topic", msg.topic.encode()),
-        ("mailstream.source.partition", str(msg.partition).encode()),
-        ("mailstream.source.offset", str(msg.offset).encode()),
-    ]
 
 
 async def complete(messages: list[RawMessage]) -> tuple[list[RawMessage], int]:
@@ -72,35 +66,23 @@ async def complete(messages: list[RawMessage]) -> tuple[list[RawMessage], int]:
     return again.fresh, plan.replayed
 
 
-async def publish(result: BatchResult, next_offsets: dict[int, int]) -> None:
-    """Send the batch's changelog records and dead letters; return once the broker has all.
-
-    Each partition's progress record goes last, after the user records it vouches for.
-    """
-    producer = app.producer
-    changelog = users.changelog_topic
-    encoded: dict[int, dict[bytes, bytes]] = {p: {} for p in next_offsets}
+def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
+    """Everything the batch decided, with each partition's progress record last."""
+    outbox = Outbox()
     for (partition, key), state in result.changed.items():
-        encoded.setdefault(partition, {})[key] = state.encode()
-    for partition, nxt in next_offsets.items():
-        encoded[partition][PROGRESS_KEY] = str(nxt).encode()
-    pending: list[Any] = []
-    for partition, items in encoded.items():
-        for key, value in items.items():
-            pending.append(await producer.send(changelog, key, value, partition, None, None))
-    n_changelog = len(pending)
-    dlq = dlq_topic.get_topic_name()
+        outbox.put(users, partition, key, state.encode())
+    for (partition, key), fx in result.reactions:
+        applier.apply(outbox, partition, key, result.changed[(partition, key)], fx, now)
     for dl in result.dead_letters:
-        msg = dl.message
-        headers = dead_letter_headers(dl)
-        pending.append(await producer.send(dlq, msg.key, msg.value, None, None, headers))
-    acked = await asyncio.gather(*pending)
-    last_offsets: dict[int, int] = {}
-    for md in acked[:n_changelog]:
-        last_offsets[md.partition] = max(md.offset, last_offsets.get(md.partition, -1))
-    for partition, items in encoded.items():
-        users.write(partition, items, last_offsets[partition])
-    metrics.CHANGELOG_RECORDS.labels("users").inc(n_changelog)
+        m = dl.message
+        headers = dead_letter_headers(dl.code, dl.reason, m.topic, m.partition, m.offset)
+        outbox.send(config.topics.dlq, m.key, m.value or b"", headers)
+    next_offsets: dict[int, int] = {}
+    for m in fresh:
+        next_offsets[m.partition] = m.offset + 1
+    for partition, nxt in next_offsets.items():
+        outbox.put(users, partition, PROGRESS_KEY, str(nxt).encode())
+    return outbox
 
 
 def count(result: BatchResult, consumed: int, replayed: int) -> None:
@@ -116,7 +98,7 @@ def count(result: BatchResult, consumed: int, replayed: int) -> None:
 
 @app.agent(events_topic, name="mailstream.ingest")
 async def ingest(stream: Any) -> None:
-    """Process events in batches; acknowledge each batch only after its state is durable."""
+    """Process events in batches; acknowledge each batch only after its effects are durable."""
     async for batch in stream.noack_take(
         config.ingest.batch_size, within=config.ingest.batch_within
     ):
@@ -125,13 +107,16 @@ async def ingest(stream: Any) -> None:
             RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
             for m in (event.message for event in batch)
         ]
-        fresh, replayed = await complete(messages)
-        result = ingest_batch(fresh, load_user, int(time.time() * 1000), settings)
-        next_offsets: dict[int, int] = {}
-        for m in fresh:
-            next_offsets[m.partition] = m.offset + 1
-        if fresh:
-            await publish(result, next_offsets)
+        async with STATE_LOCK:
+            fresh, replayed = await complete(messages)
+            now = int(time.time() * 1000)
+
+            def react(state: UserState, event: Event, now: int = now) -> Effects:
+                return engine.on_event(state, event, now)
+
+            result = ingest_batch(fresh, load_user, now, settings, react)
+            if fresh:
+                await flush(app.producer, to_outbox(result, fresh, now))
         for event in batch:
             await stream.ack(event)
         count(result, len(fresh), replayed)

@@ -23,7 +23,8 @@ commands:
   emit      send one event
   loadgen   send a realistic mix of synthetic events
   dlq       print dead-lettered messages with their reasons
-  check     validate a config file without starting anything
+  check     validate a config file and the templates without starting anything
+  render    preview a template: subject, text and HTML
 """
 
 
@@ -36,14 +37,37 @@ def _export_config_path(args: argparse.Namespace) -> None:
         os.environ[CONFIG_ENV] = os.path.abspath(args.config)
 
 
+def template_problems(config: Config) -> list[str]:
+    """Syntax errors in the templates, and templates that workflows name but lack."""
+    from mailstream.templates import DEFAULT_TEMPLATE_DIR, Templates
+
+    directory = config.templates_dir or DEFAULT_TEMPLATE_DIR
+    templates = Templates(directory)
+    problems = [str(e) for e in templates.check()]
+    available = set(templates.names())
+    for workflow in config.compiled_workflows():
+        for step in workflow.steps:
+            if step.kind == "send" and step.template not in available:
+                problems.append(
+                    f"workflows.{workflow.name}.steps[{step.index}].send: no template "
+                    f"{step.template!r} in {directory}"
+                )
+    return problems
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.file or args.config)
     where = args.file or args.config or os.environ.get(CONFIG_ENV) or "<defaults>"
+    problems = template_problems(config)
+    if problems:
+        raise MailstreamError("\n".join(problems))
     print(f"{where}: ok")
     print(f"  broker      {config.broker.url} (embedded: {config.broker.embedded})")
     print(f"  topics      {', '.join(config.topics.all_names())} x{config.topics.partitions}")
     print(f"  web         {config.web_url}")
     print(f"  data dir    {config.data_dir}")
+    names = ", ".join(w.name for w in config.compiled_workflows()) or "none"
+    print(f"  workflows   {names}")
     return 0
 
 
@@ -84,6 +108,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         os.environ["MAILSTREAM_DATA_DIR"] = args.data_dir
     _export_config_path(args)
     config = load_config()  # fail here, with the key path, before Faust starts
+    problems = template_problems(config)
+    if problems:
+        raise MailstreamError("\n".join(problems))
     from faust import Worker
 
     from mailstream.broker import ensure_topics
@@ -97,7 +124,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     )
 
-    import agents.ingest  # noqa: F401  (registers the agent)
+    import agents.ingest  # noqa: F401  (registers the agents)
+    import agents.timers  # noqa: F401
     import mailstream.web  # noqa: F401  (registers the views)
     from mailstream.app import app
 
@@ -185,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("check", help="validate a config file without starting anything")
+    p = sub.add_parser("check", help="validate a config file and the templates")
     p.add_argument("file", nargs="?", help="the file to check (default: --config)")
     p.set_defaults(func=cmd_check)
 
@@ -222,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     p.add_argument("--idle", type=float, default=2.0, help="stop after this long with nothing new")
     p.set_defaults(func=cmd_dlq)
+
+    from mailstream.render_cli import add_render_parser
+
+    add_render_parser(sub)
 
     p = sub.add_parser("demo", help="broker, worker and synthetic traffic; Ctrl-C stops all")
     p.add_argument("--port", type=int, default=9092, help="broker port (default 9092)")

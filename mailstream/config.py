@@ -12,6 +12,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from mailstream.durations import parse_duration
 from mailstream.exceptions import ConfigError
+from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
 
 CONFIG_ENV = "MAILSTREAM_CONFIG"
 
@@ -78,6 +79,18 @@ class Config(_Section):
     topics: TopicsConfig = TopicsConfig()
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
+    # Where email templates live; default: the templates/ directory beside the package.
+    templates_dir: Path | None = None
+    # None: the shipped example journeys (mailstream/default_workflows.yaml).
+    workflows: (
+        dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], WorkflowSpec] | None
+    ) = None
+    # Other YAML files whose `workflows:` are added to these (paths relative to this file).
+    include: list[str] = []
+
+    def compiled_workflows(self) -> list[Workflow]:
+        specs = self.workflows if self.workflows is not None else default_workflows()
+        return [compile_workflow(name, spec) for name, spec in specs.items()]
 
     @property
     def bootstrap_servers(self) -> str:
@@ -86,6 +99,14 @@ class Config(_Section):
     @property
     def web_url(self) -> str:
         return self.web.canonical_url or f"http://{self.web.host}:{self.web.port}"
+
+
+DEFAULT_WORKFLOWS = Path(__file__).with_name("default_workflows.yaml")
+
+
+def default_workflows() -> dict[str, WorkflowSpec]:
+    raw = yaml.safe_load(DEFAULT_WORKFLOWS.read_text(encoding="utf-8"))
+    return {name: WorkflowSpec.model_validate(spec) for name, spec in raw.items()}
 
 
 # Environment variables that override one key each, for containers and tests.
@@ -98,6 +119,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "MAILSTREAM_WEB_PORT": ("web", "port"),
     "MAILSTREAM_CANONICAL_URL": ("web", "canonical_url"),
     "MAILSTREAM_PARTITIONS": ("topics", "partitions"),
+    "MAILSTREAM_TEMPLATES_DIR": ("templates_dir",),
 }
 
 
@@ -178,4 +200,32 @@ def load_config(
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    if isinstance(raw, dict) and raw.get("include"):
+        raw = _merge_includes(raw, p)
     return parse_config(raw, str(p), env)
+
+
+def _merge_includes(raw: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Add the ``workflows:`` of each included file; a name defined twice is an error."""
+    includes = raw.get("include")
+    if not isinstance(includes, list):
+        raise ConfigError(f"{path}: include: expected a list of file paths")
+    merged = dict(raw.get("workflows") or {})
+    for n, entry in enumerate(includes):
+        where = f"{path}: include[{n}]"
+        if not isinstance(entry, str):
+            raise ConfigError(f"{where}: expected a file path")
+        child = (path.parent / entry).resolve()
+        try:
+            doc = yaml.safe_load(child.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {child}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where}: {child} is not valid YAML: {exc}") from None
+        if not isinstance(doc, dict) or set(doc) - {"workflows"}:
+            raise ConfigError(f"{where}: {child} may hold only a `workflows:` mapping")
+        for name, spec in (doc.get("workflows") or {}).items():
+            if name in merged:
+                raise ConfigError(f"{where}: workflow {name!r} is defined twice")
+            merged[name] = spec
+    return {**raw, "workflows": merged}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailstream.events import Event, Invalid, decode_event
 from mailstream.users import UserState, apply_event, user_key
@@ -49,6 +50,8 @@ class BatchResult:
     # (outcome, event_type or reason code) -> count
     outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    # what ``react`` returned for each processed event, with the user's slot, in order
+    reactions: list[tuple[tuple[int, bytes], Any]] = field(default_factory=list)
 
     def count(self, outcome: str, label: str) -> None:
         k = (outcome, label)
@@ -103,11 +106,17 @@ StateLoader = Callable[[int, bytes], UserState | None]
 
 
 def ingest_batch(
-    messages: Sequence[RawMessage], load: StateLoader, now_ms: int, settings: IngestSettings
+    messages: Sequence[RawMessage],
+    load: StateLoader,
+    now_ms: int,
+    settings: IngestSettings,
+    react: Callable[[UserState, Event], Any] | None = None,
 ) -> BatchResult:
     """Decide every message of a batch in order; each ends in exactly one outcome.
 
     A user touched several times in the batch is loaded once and written once.
+    ``react`` (the workflow engine) sees each processed event right after it is folded
+    into the user's state, so it sees the state as of that event.
     """
     result = BatchResult()
     changed = result.changed
@@ -137,6 +146,8 @@ def ingest_batch(
         apply_event(state, decoded)
         changed[slot] = state
         result.events.append(decoded)
+        if react is not None:
+            result.reactions.append((slot, react(state, decoded)))
         result.count(PROCESSED, decoded.event_type)
     for state in changed.values():
         state.seen.prune(now_s, settings.dedup_window_s, settings.dedup_max_ids)

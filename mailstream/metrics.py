@@ -31,6 +31,23 @@ BACKFILLED = Counter(
     "mailstream_events_backfilled_total",
     "Messages the consumer skipped that were read back directly from the events topic.",
 )
+WORKFLOW_TRANSITIONS = Counter(
+    "mailstream_workflow_transitions_total",
+    "Enrollment transitions by workflow: enrolled, completed, exited_goal, exited, timed_out,"
+    " wait_for_matched, step_limit, dropped.",
+    ["workflow", "transition"],
+)
+SEND_COMMANDS = Counter(
+    "mailstream_send_commands_total",
+    "Send steps reached, by category and result: emitted, no_recipient, template_error.",
+    ["category", "result"],
+)
+TIMERS_FIRED = Counter("mailstream_timers_fired_total", "Timers that came due and were run.")
+TIMER_LAG = Histogram(
+    "mailstream_timer_lag_seconds",
+    "How late a timer ran after its due time.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 CHANGELOG_RECORDS = Counter(
     "mailstream_changelog_records_total", "State records written to table changelogs.", ["table"]
 )

@@ -29,6 +29,7 @@ class PartitionStore:
 
     def __init__(self, table: Any) -> None:
         self.table = table
+        self.name = str(table.name)
 
     @property
     def _store(self) -> Any:
@@ -46,18 +47,35 @@ class PartitionStore:
         value = self.get(partition, PROGRESS_KEY)
         return None if value is None else int(value)
 
-    def write(self, partition: int, items: Mapping[bytes, bytes], changelog_offset: int) -> None:
-        """Write one partition's batch atomically, with the changelog offset it reflects."""
+    def write(
+        self, partition: int, items: Mapping[bytes, bytes | None], changelog_offset: int
+    ) -> None:
+        """Write one partition's batch atomically, with the changelog offset it reflects.
+
+        A value of None deletes the key (a tombstone in the changelog)."""
         store = self._store
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in items.items():
-            batch.put(key, value)
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
         store._db_for_partition(partition).write(batch)
         key_index = store._key_index
         for key in items:
             if key != PROGRESS_KEY:
                 key_index[key] = partition
         store.set_persisted_offset(TP(self.changelog_topic, partition), changelog_offset)
+
+    def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` keys of a partition that sort before ``bound``, in order."""
+        found: list[bytes] = []
+        db = self._store._db_for_partition(partition)
+        for key in db.keys():
+            if key >= bound or len(found) >= limit:
+                break
+            found.append(bytes(key))
+        return found
 
     def find(self, key: bytes) -> bytes | None:
         """Look a key up in every partition this worker actively owns."""

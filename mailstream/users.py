@@ -35,6 +35,12 @@ class UserState:
     last_activity: int | None = None
     events: dict[str, int] = field(default_factory=dict)
     seen: SeenIds = field(default_factory=SeenIds)
+    # workflow name -> enrollment (see mailstream.engine.Enrollment for the fields)
+    enrollments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # workflow name -> when the user last entered it (ms), for entry rules
+    entries: dict[str, int] = field(default_factory=dict)
+    # inactivity workflow name -> due time (ms) of its pending check
+    inactive_due: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The user's state as the API shows it (the dedup window is internal)."""
@@ -46,6 +52,8 @@ class UserState:
             "first_seen": self.first_seen,
             "last_activity": self.last_activity,
             "events": self.events,
+            "enrollments": self.enrollments,
+            "entries": self.entries,
         }
 
     def encode(self) -> bytes:
@@ -58,6 +66,9 @@ class UserState:
                 "fs": self.first_seen,
                 "la": self.last_activity,
                 "ev": self.events,
+                "en": self.enrollments,
+                "et": self.entries,
+                "id": self.inactive_due,
             }
         )
         return _HEADER.pack(_FORMAT_VERSION, len(doc)) + doc + self.seen.to_bytes()
@@ -78,6 +89,9 @@ class UserState:
             first_seen=doc["fs"],
             last_activity=doc["la"],
             events=doc["ev"],
+            enrollments=doc.get("en", {}),
+            entries=doc.get("et", {}),
+            inactive_due=doc.get("id", {}),
             seen=SeenIds.from_bytes(view[start + size :]),
         )
 

@@ -171,9 +171,13 @@ class Deployment:
             },
             "topics": self.topics,
             "ingest": {"batch_within": "20ms"},
+            "workflows": {},
         }
         for section, values in self.overrides.items():
-            doc.setdefault(section, {}).update(values)
+            if isinstance(values, dict):
+                doc.setdefault(section, {}).update(values)
+            else:
+                doc[section] = values
         self.config_path.write_text(yaml.safe_dump(doc))
 
     async def setup(self) -> None:
@@ -182,6 +186,7 @@ class Deployment:
         await ensure_topics(self.broker.bootstrap_servers, names, PARTITIONS)
 
     def worker(self, name: str, data_dir: Path | None = None) -> Worker:
+        self.write_config()  # so overrides set by the test apply
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
         port = free_port()
         data = data_dir or self.root / f"data-{name}"
@@ -290,3 +295,11 @@ async def wait_converged(
         raise AssertionError(
             f"{what}: {len(problems)} of {len(expected)} users differ, e.g.\n{shown}"
         ) from None
+
+
+async def read_json(deployment: Deployment, topic: str, expected: int, timeout: float) -> list[Any]:
+    """The decoded JSON values of ``topic``, waiting up to ``timeout`` for ``expected``."""
+    import orjson
+
+    messages = await deployment.read_topic(topic, expected, timeout)
+    return [orjson.loads(m.value) for m in messages]

@@ -142,6 +142,8 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
                 "first_seen": None,
                 "last_activity": None,
                 "events": {},
+                "enrollments": {},
+                "entries": {},
             },
         )
         ts = e["timestamp"]

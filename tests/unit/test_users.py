@@ -282,6 +282,8 @@ def test_to_json_is_the_api_view_without_the_dedup_window() -> None:
         "first_seen",
         "last_activity",
         "events",
+        "enrollments",
+        "entries",
     }
     assert orjson.loads(orjson.dumps(view)) == view
 

@@ -1,0 +1,66 @@
+"""The timer agent: runs due waits and inactivity checks, a few times a second."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from mailstream import metrics
+from mailstream.app import app
+from mailstream.outbox import AFTER_STATE, STATE_LOCK, Outbox, flush
+from mailstream.runtime import applier, engine
+from mailstream.timers import TimerKey, due_bound
+from mailstream.users import UserState
+from tables.timers import timers
+from tables.users import users
+
+logger = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.2
+MAX_PER_TICK = 2000  # per partition; the rest wait for the next tick
+
+
+def _settled() -> bool:
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+
+
+async def fire_partition(partition: int, now: int) -> int:
+    """Run the timers of one partition that are due at ``now``; return how many."""
+    keys = timers.keys_before(partition, due_bound(now), MAX_PER_TICK)
+    if not keys:
+        return 0
+    outbox = Outbox()
+    touched: dict[bytes, UserState] = {}
+    for raw in keys:
+        timer = TimerKey.decode(raw)
+        outbox.put(timers, partition, raw, None, AFTER_STATE)
+        state = touched.get(timer.user_key)
+        if state is None:
+            stored = users.get(partition, timer.user_key)
+            if stored is None:
+                continue
+            state = UserState.decode(stored)
+        fx = engine.on_timer(state, timer.kind, timer.workflow, timer.due, now)
+        metrics.TIMER_LAG.observe(max(0, now - timer.due) / 1000)
+        if fx.changed:
+            touched[timer.user_key] = state
+        applier.apply(outbox, partition, timer.user_key, state, fx, now)
+    for key, state in touched.items():
+        outbox.put(users, partition, key, state.encode())
+    await flush(app.producer, outbox)
+    metrics.TIMERS_FIRED.inc(len(keys))
+    return len(keys)
+
+
+@app.timer(interval=TICK_SECONDS)
+async def fire_due_timers() -> None:
+    if not _settled():
+        return
+    async with STATE_LOCK:
+        if not _settled():
+            return
+        now = int(time.time() * 1000)
+        for partition in users.active_partitions():
+            await fire_partition(partition, now)

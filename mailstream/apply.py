@@ -1,0 +1,110 @@
+"""Turn the workflow engine's effects into outbox entries: timers, send commands, dead
+letters for sends that cannot be rendered."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from mailstream import metrics
+from mailstream.engine import Effects, SendIntent
+from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox
+from mailstream.sends import recipient, send_command, template_user
+from mailstream.storage import PartitionStore
+from mailstream.templates import TemplateError, Templates
+from mailstream.timers import TimerKey
+from mailstream.users import UserState
+
+logger = logging.getLogger(__name__)
+
+
+def dead_letter_headers(
+    code: str, reason: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    return [
+        ("mailstream.reason", reason.encode()),
+        ("mailstream.reason_code", code.encode()),
+        ("mailstream.source.topic", topic.encode()),
+        ("mailstream.source.partition", str(partition).encode()),
+        ("mailstream.source.offset", str(offset).encode()),
+    ]
+
+
+class EffectsApplier:
+    """Adds what one user's engine effects imply to an outbox."""
+
+    def __init__(
+        self,
+        templates: Templates,
+        timers: PartitionStore,
+        send_topics: dict[str, str],
+        dlq_topic: str,
+    ) -> None:
+        self.templates = templates
+        self.timers = timers
+        self.send_topics = send_topics  # category -> topic
+        self.dlq_topic = dlq_topic
+
+    def apply(
+        self,
+        outbox: Outbox,
+        partition: int,
+        user_key: bytes,
+        user: UserState,
+        fx: Effects,
+        now: int,
+    ) -> None:
+        for op in fx.timers_del:
+            key = TimerKey(op.due, user_key, op.kind, op.workflow).encode()
+            outbox.put(self.timers, partition, key, None, AFTER_STATE)
+        for op in fx.timers_add:
+            key = TimerKey(op.due, user_key, op.kind, op.workflow).encode()
+            outbox.put(self.timers, partition, key, b"", BEFORE_STATE)
+        for intent in fx.sends:
+            self._send(outbox, partition, user, intent, now)
+        for workflow, what in fx.counts:
+            metrics.WORKFLOW_TRANSITIONS.labels(workflow, what).inc()
+
+    def _send(
+        self, outbox: Outbox, partition: int, user: UserState, intent: SendIntent, now: int
+    ) -> None:
+        if recipient(user) is None:
+            metrics.SEND_COMMANDS.labels(intent.category, "no_recipient").inc()
+            return
+        try:
+            rendered = self.templates.render(
+                intent.template,
+                user=template_user(user),
+                event=intent.event,
+                context=intent.context,
+                locale=user.traits.get("locale")
+                if isinstance(user.traits.get("locale"), str)
+                else None,
+            )
+        except TemplateError as exc:
+            metrics.SEND_COMMANDS.labels(intent.category, "template_error").inc()
+            metrics.DEAD_LETTERS.labels("template_error").inc()
+            doc = {
+                "send_id": intent.send_id,
+                "tenant_id": user.tenant_id,
+                "user_id": user.user_id,
+                "workflow": intent.workflow,
+                "step": intent.step,
+                "template": intent.template,
+                "error": {
+                    "template": exc.template,
+                    "file": exc.file,
+                    "line": exc.line,
+                    "reason": exc.reason,
+                },
+            }
+            headers = dead_letter_headers(
+                "template_error", str(exc), f"workflow:{intent.workflow}", partition, -1
+            )
+            outbox.send(self.dlq_topic, user.user_id.encode(), orjson.dumps(doc), headers)
+            return
+        command = send_command(user, intent, rendered, now)
+        topic = self.send_topics[intent.category]
+        outbox.send(topic, user.user_id.encode(), orjson.dumps(command))
+        metrics.SEND_COMMANDS.labels(intent.category, "emitted").inc()

@@ -1,0 +1,315 @@
+"""The workflow engine: what an event or a due timer does to a user's enrollments.
+
+Pure: it takes the user's state, the event or timer and ``now`` (epoch ms), changes the
+state in place and returns the effects (sends to make, timers to set or clear). The
+agent shell publishes those effects with the state, so a replay after a crash computes
+the same send ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Any
+
+from mailstream.events import IDENTIFY, Event
+from mailstream.users import UserState
+from mailstream.workflow_spec import END, EXIT_INDEX, Step, Workflow
+
+WAIT_TIMER = "w"
+INACTIVITY_TIMER = "i"
+# A run that executes more steps than this without waiting is a loop in the workflow.
+MAX_STEPS_PER_RUN = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SendIntent:
+    """A send step reached: what to render and send, with its deterministic id."""
+
+    send_id: str
+    workflow: str
+    enrollment_id: str
+    step: int
+    template: str
+    category: str
+    priority: str
+    context: dict[str, Any]
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TimerOp:
+    due: int
+    kind: str  # WAIT_TIMER or INACTIVITY_TIMER
+    workflow: str
+
+
+@dataclass(slots=True)
+class Effects:
+    sends: list[SendIntent] = field(default_factory=list)
+    timers_add: list[TimerOp] = field(default_factory=list)
+    timers_del: list[TimerOp] = field(default_factory=list)
+    counts: list[tuple[str, str]] = field(default_factory=list)  # (workflow, what)
+    changed: bool = False
+
+    def count(self, workflow: str, what: str) -> None:
+        self.counts.append((workflow, what))
+
+
+def send_id(user: UserState, workflow: str, enrollment_id: str, seq: int) -> str:
+    """Same user, workflow, enrollment and step execution: the same id, on any replay."""
+    raw = "\x1f".join((user.tenant_id, user.user_id, workflow, enrollment_id, str(seq)))
+    return blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+def user_scope(user: UserState) -> dict[str, Any]:
+    """What conditions see under ``user.``: traits, consent, event counts, last activity."""
+    scope = dict(user.traits)
+    scope["consent"] = user.consent
+    scope["events"] = user.events
+    scope["last_activity"] = user.last_activity
+    return scope
+
+
+class Engine:
+    """Runs the configured workflows for one user at a time."""
+
+    def __init__(self, workflows: Iterable[Workflow]) -> None:
+        self.workflows = {w.name: w for w in workflows}
+        self.by_trigger: dict[str, list[Workflow]] = {}
+        self.inactivity: list[Workflow] = []
+        for w in self.workflows.values():
+            if w.trigger_event is not None:
+                self.by_trigger.setdefault(w.trigger_event, []).append(w)
+            else:
+                self.inactivity.append(w)
+
+    # ---- entry points ----------------------------------------------------------------
+
+    def on_event(self, user: UserState, event: Event, now: int) -> Effects:
+        """An event for this user (already folded into its state)."""
+        fx = Effects()
+        if not self.workflows and not user.enrollments:
+            return fx
+        payload = event.payload
+        for name in list(user.enrollments):
+            workflow = self.workflows.get(name)
+            if workflow is None or user.enrollments[name]["step"] >= len(workflow.steps):
+                # removed from the config, or cut short under this enrollment: drop it
+                self._clear_timer(user.enrollments[name], name, fx)
+                self._finish(user, name, fx, "dropped")
+                continue
+            self._see_event(user, workflow, event, payload, now, fx)
+        for workflow in self.by_trigger.get(event.event_type, ()):
+            scope = {"event": payload, "user": user_scope(user), "context": {}}
+            if workflow.trigger(scope) and self._may_enter(user, workflow, now):
+                self._enroll(user, workflow, event.event_id, dict(payload), payload, now, fx)
+        if event.event_type != IDENTIFY:
+            self._arm_inactivity(user, fx)
+        return fx
+
+    def on_timer(self, user: UserState, kind: str, name: str, due: int, now: int) -> Effects:
+        """A timer of this user came due. Stale timers (the state moved on) do nothing."""
+        fx = Effects()
+        workflow = self.workflows.get(name)
+        if workflow is None:
+            return fx
+        if kind == INACTIVITY_TIMER:
+            self._inactivity_due(user, workflow, due, now, fx)
+            return fx
+        enrollment = user.enrollments.get(name)
+        if enrollment is None or enrollment.get("due") != due:
+            return fx
+        if enrollment["step"] >= len(workflow.steps):
+            self._finish(user, name, fx, "dropped")
+            return fx
+        step = workflow.steps[enrollment["step"]]
+        enrollment["due"] = None
+        fx.changed = True
+        if step.kind == "wait_for":
+            fx.count(name, "timed_out")
+            self._run(user, workflow, step.on_timeout, {}, now, fx)
+        else:
+            self._run(user, workflow, step.next, {}, now, fx)
+        return fx
+
+    # ---- the steps -------------------------------------------------------------------
+
+    def _see_event(
+        self,
+        user: UserState,
+        workflow: Workflow,
+        event: Event,
+        payload: dict[str, Any],
+        now: int,
+        fx: Effects,
+    ) -> None:
+        enrollment = user.enrollments[workflow.name]
+        scope = {"event": payload, "user": user_scope(user), "context": enrollment["ctx"]}
+        for goal_event, goal in workflow.goals:
+            if event.event_type == goal_event and goal(scope):
+                self._clear_timer(enrollment, workflow.name, fx)
+                self._finish(user, workflow.name, fx, "exited_goal")
+                return
+        step = workflow.steps[enrollment["step"]]
+        if step.kind == "wait_for" and event.event_type == step.event and step.condition(scope):
+            self._clear_timer(enrollment, workflow.name, fx)
+            fx.count(workflow.name, "wait_for_matched")
+            self._run(user, workflow, step.on_event, payload, now, fx)
+
+    def _may_enter(self, user: UserState, workflow: Workflow, now: int) -> bool:
+        if workflow.name in user.enrollments:
+            return False
+        last = user.entries.get(workflow.name)
+        if last is None or workflow.entry == "always":
+            return True
+        if workflow.entry == "once_per":
+            return now - last >= workflow.once_per_ms
+        return False
+
+    def _enroll(
+        self,
+        user: UserState,
+        workflow: Workflow,
+        enrollment_id: str,
+        context: dict[str, Any],
+        payload: Mapping[str, Any],
+        now: int,
+        fx: Effects,
+    ) -> None:
+        user.enrollments[workflow.name] = {
+            "id": enrollment_id,
+            "step": 0,
+            "seq": 0,
+            "entered": now,
+            "due": None,
+            "ctx": context,
+        }
+        user.entries[workflow.name] = now
+        fx.changed = True
+        fx.count(workflow.name, "enrolled")
+        self._run(user, workflow, 0, dict(payload), now, fx)
+
+    def _run(
+        self,
+        user: UserState,
+        workflow: Workflow,
+        index: int,
+        payload: dict[str, Any],
+        now: int,
+        fx: Effects,
+    ) -> None:
+        """Execute steps from ``index`` until a wait, an exit or the end."""
+        name = workflow.name
+        enrollment = user.enrollments[name]
+        fx.changed = True
+        for _ in range(MAX_STEPS_PER_RUN):
+            if index == END:
+                self._finish(user, name, fx, "completed")
+                return
+            if index == EXIT_INDEX:
+                self._finish(user, name, fx, "exited")
+                return
+            step: Step = workflow.steps[index]
+            enrollment["step"] = index
+            enrollment["seq"] += 1
+            if step.kind == "send":
+                fx.sends.append(
+                    SendIntent(
+                        send_id=send_id(user, name, enrollment["id"], enrollment["seq"]),
+                        workflow=name,
+                        enrollment_id=enrollment["id"],
+                        step=index,
+                        template=step.template,
+                        category=step.category,
+                        priority=step.priority,
+                        context=enrollment["ctx"],
+                        event=payload,
+                    )
+                )
+                index = step.next
+            elif step.kind in ("wait", "wait_for"):
+                due = now + step.duration_ms
+                enrollment["due"] = due
+                fx.timers_add.append(TimerOp(due, WAIT_TIMER, name))
+                return
+            elif step.kind == "branch":
+                scope = {"event": payload, "user": user_scope(user), "context": enrollment["ctx"]}
+                index = step.then if step.condition(scope) else step.otherwise
+            elif step.kind == "update_user":
+                for key, value in step.set.items():
+                    user.traits[key] = value
+                for key, amount in step.increment.items():
+                    current: Any = user.traits.get(key)
+                    numeric = isinstance(current, int | float) and not isinstance(current, bool)
+                    user.traits[key] = (current if numeric else 0) + amount
+                index = step.next
+            else:  # exit
+                index = EXIT_INDEX
+        fx.count(name, "step_limit")
+        self._finish(user, name, fx, "exited")
+
+    def _finish(self, user: UserState, name: str, fx: Effects, outcome: str) -> None:
+        user.enrollments.pop(name, None)
+        fx.changed = True
+        fx.count(name, outcome)
+
+    @staticmethod
+    def _clear_timer(enrollment: dict[str, Any], name: str, fx: Effects) -> None:
+        due = enrollment.get("due")
+        if due is not None:
+            fx.timers_del.append(TimerOp(due, WAIT_TIMER, name))
+            enrollment["due"] = None
+
+    # ---- inactivity ------------------------------------------------------------------
+
+    def _arm_inactivity(self, user: UserState, fx: Effects) -> None:
+        """Make sure each inactivity workflow has a pending check for this user.
+
+        The check is not moved on every event: when it comes due it looks at the user's
+        last activity and re-arms itself if the user was active since (one write per
+        period instead of one per event).
+        """
+        if user.last_activity is None:
+            return
+        for workflow in self.inactivity:
+            if workflow.name in user.inactive_due or workflow.inactive_for_ms is None:
+                continue
+            if workflow.entry == "once" and workflow.name in user.entries:
+                continue
+            due = user.last_activity + workflow.inactive_for_ms
+            user.inactive_due[workflow.name] = due
+            fx.timers_add.append(TimerOp(due, INACTIVITY_TIMER, workflow.name))
+            fx.changed = True
+
+    def _inactivity_due(
+        self, user: UserState, workflow: Workflow, due: int, now: int, fx: Effects
+    ) -> None:
+        name = workflow.name
+        if user.inactive_due.get(name) != due or workflow.inactive_for_ms is None:
+            return
+        del user.inactive_due[name]
+        fx.changed = True
+        if user.last_activity is None:
+            return
+        real_due = user.last_activity + workflow.inactive_for_ms
+        if real_due > now:
+            user.inactive_due[name] = real_due
+            fx.timers_add.append(TimerOp(real_due, INACTIVITY_TIMER, name))
+            return
+        if self._may_enter(user, workflow, now):
+            episode = f"inactive:{user.last_activity}"
+            context = {"last_activity": user.last_activity}
+            self._enroll(user, workflow, episode, context, {}, now, fx)
+            return
+        # Not now: still enrolled, or inside once_per. Look again when that may change;
+        # after `once`, never (the next event re-arms nothing either).
+        if workflow.entry == "once" and name in user.entries:
+            return
+        if name in user.enrollments:
+            retry = now + workflow.inactive_for_ms
+        else:  # once_per: the earliest moment the user may enter again
+            retry = user.entries[name] + workflow.once_per_ms
+        user.inactive_due[name] = retry
+        fx.timers_add.append(TimerOp(retry, INACTIVITY_TIMER, name))

@@ -1,0 +1,87 @@
+"""Collect a batch's state writes and messages, then make them durable in stages."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailstream import metrics
+from mailstream.storage import PartitionStore
+
+Headers = list[tuple[str, bytes]]
+
+# The ingest agent and the timer task both change user state; one at a time per worker.
+STATE_LOCK = asyncio.Lock()
+
+# A crash can land between any two records, so what a user record relies on must be
+# acknowledged before the record is sent: a replay after the crash is deduplicated
+# against that record and would not recreate it.
+BEFORE_STATE = 0  # new timers, send commands, dead letters
+STATE = 1  # user records, then each partition's progress record
+AFTER_STATE = 2  # timer deletions: a stale timer is harmless, a missing one is not
+STAGES = (BEFORE_STATE, STATE, AFTER_STATE)
+
+
+@dataclass
+class Outbox:
+    # stage -> (store, partition) -> key -> value (None deletes); insertion order is send order
+    writes: dict[int, dict[tuple[PartitionStore, int], dict[bytes, bytes | None]]] = field(
+        default_factory=lambda: {stage: {} for stage in STAGES}
+    )
+    messages: list[tuple[str, bytes | None, bytes, Headers | None]] = field(default_factory=list)
+
+    def put(
+        self,
+        store: PartitionStore,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+        stage: int = STATE,
+    ) -> None:
+        for other in STAGES:  # a later write of a key replaces an earlier one
+            if other != stage:
+                self.writes[other].get((store, partition), {}).pop(key, None)
+        items = self.writes[stage].setdefault((store, partition), {})
+        items.pop(key, None)
+        items[key] = value
+
+    def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
+    ) -> None:
+        """A message to a topic; sent with the first stage, before any state."""
+        self.messages.append((topic, key, value, headers))
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or any(self.writes.values()))
+
+
+async def flush(producer: Any, outbox: Outbox) -> None:
+    """Send every record and message stage by stage, each stage acknowledged by the
+    broker before the next starts, then write the local stores. Callers acknowledge
+    their input only after this returns."""
+    last: dict[tuple[PartitionStore, int], int] = {}
+    merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
+    for stage in STAGES:
+        pending: list[Any] = []
+        order: list[tuple[PartitionStore, int]] = []
+        for slot, items in outbox.writes[stage].items():
+            store, partition = slot
+            changelog = store.changelog_topic
+            for key, state in items.items():
+                pending.append(await producer.send(changelog, key, state, partition, None, None))
+                order.append(slot)
+            merged.setdefault(slot, {}).update(items)
+        n_changelog = len(pending)
+        if stage == BEFORE_STATE:
+            for topic, msg_key, value, headers in outbox.messages:
+                pending.append(await producer.send(topic, msg_key, value, None, None, headers))
+        if not pending:
+            continue
+        acked = await asyncio.gather(*pending)
+        for slot, md in zip(order, acked[:n_changelog], strict=True):
+            last[slot] = max(md.offset, last.get(slot, -1))
+    for slot, items in merged.items():
+        store, partition = slot
+        store.write(partition, items, last[slot])
+        metrics.CHANGELOG_RECORDS.labels(store.name).inc(len(items))

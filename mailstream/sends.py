@@ -1,0 +1,55 @@
+"""Send commands: the rendered, self-contained message a send step hands to delivery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailstream.engine import SendIntent
+from mailstream.templates import Rendered
+from mailstream.users import UserState
+
+
+def recipient(user: UserState) -> str | None:
+    email = user.traits.get("email")
+    return email if isinstance(email, str) and email else None
+
+
+def send_command(
+    user: UserState, intent: SendIntent, rendered: Rendered, now: int
+) -> dict[str, Any]:
+    """Everything delivery needs, so it keeps no state but its own and every email is
+    auditable on its topic."""
+    to = recipient(user)
+    assert to is not None, "checked by the caller"
+    return {
+        "send_id": intent.send_id,
+        "tenant_id": user.tenant_id,
+        "user_id": user.user_id,
+        "to": to,
+        "category": intent.category,
+        "priority": intent.priority,
+        "workflow": intent.workflow,
+        "enrollment_id": intent.enrollment_id,
+        "step": intent.step,
+        "template": rendered.template,
+        "template_version": rendered.version,
+        "locale": rendered.locale,
+        "subject": rendered.subject,
+        "text": rendered.text,
+        "html": rendered.html,
+        "headers": {
+            "X-Mailstream-Send-Id": intent.send_id,
+            "X-Mailstream-User-Id": user.user_id,
+        },
+        "created_at": now,
+    }
+
+
+def template_user(user: UserState) -> dict[str, Any]:
+    """What templates see as ``user``: traits plus consent, event counts and activity."""
+    view = dict(user.traits)
+    view.setdefault("user_id", user.user_id)
+    view["consent"] = dict(user.consent)
+    view["events"] = dict(user.events)
+    view["last_activity"] = user.last_activity
+    return view
