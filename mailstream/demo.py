@@ -27,12 +27,14 @@ def _outcome_totals(web_url: str) -> dict[str, int]:
         text = resp.read().decode()
     totals: dict[str, int] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != "mailstream_events":
-            continue
         for sample in family.samples:
             if sample.name == "mailstream_events_total":
-                outcome = sample.labels["outcome"]
-                totals[outcome] = totals.get(outcome, 0) + int(sample.value)
+                label = sample.labels["outcome"]
+            elif sample.name == "mailstream_send_commands_total":
+                label = f"{sample.labels['category']} sends {sample.labels['result']}"
+            else:
+                continue
+            totals[label] = totals.get(label, 0) + int(sample.value)
     return totals
 
 
@@ -128,7 +130,7 @@ def run_demo(args: argparse.Namespace) -> int:
             try:
                 totals = _outcome_totals(web_url)
                 summary = ", ".join(f"{k} {v}" for k, v in sorted(totals.items()))
-                print(f"[{time.strftime('%H:%M:%S')}] events: {summary}", flush=True)
+                print(f"[{time.strftime('%H:%M:%S')}] {summary}", flush=True)
             except OSError:
                 pass
         return 0

@@ -122,3 +122,37 @@ def test_a_worker_with_a_bad_config_stops_at_start_naming_the_key(tmp_path: Path
     assert proc.returncode == 2
     assert f"{path}: ingest.max_event_bytes: " in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_check_reports_template_syntax_errors_and_missing_templates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "hello.j2").write_text(
+        "{% block subject %}Hi{% endblock %}\n{% block text %}{{ user.email }{% endblock %}\n"
+        "{% block html %}<p>Hi</p>{% endblock %}\n"
+    )
+    path = write(
+        tmp_path,
+        f"templates_dir: {templates}\n"
+        "workflows:\n"
+        "  greet:\n"
+        "    trigger: {event: signup}\n"
+        "    steps:\n"
+        "      - send: hello\n"
+        "      - send: goodbye\n",
+    )
+
+    code = main(["check", str(path)])
+
+    _, err = capsys.readouterr()
+    assert code == 2
+    assert "template 'hello' line 2" in err
+    assert "workflows.greet.steps[1].send: no template 'goodbye'" in err
+
+
+def test_the_shipped_templates_and_journeys_pass_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check"]) == 0
+    out, _ = capsys.readouterr()
+    assert "welcome, abandoned_cart, order_receipt, reengagement" in out
