@@ -25,6 +25,7 @@ commands:
   dlq       print dead-lettered messages with their reasons
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
+  bench     measure timer lag and tick cost with many pending timers
 """
 
 
@@ -254,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mailstream.render_cli import add_render_parser
 
     add_render_parser(sub)
+
+    from mailstream.bench import add_bench_parser
+
+    add_bench_parser(sub)
 
     p = sub.add_parser("demo", help="broker, worker and synthetic traffic; Ctrl-C stops all")
     p.add_argument("--port", type=int, default=9092, help="broker port (default 9092)")

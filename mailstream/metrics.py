@@ -48,6 +48,11 @@ TIMER_LAG = Histogram(
     "How late a timer ran after its due time.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+TIMER_TICK = Histogram(
+    "mailstream_timer_tick_seconds",
+    "Time to look for (and run) due timers across this worker's partitions, once.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
 CHANGELOG_RECORDS = Counter(
     "mailstream_changelog_records_total", "State records written to table changelogs.", ["table"]
 )

@@ -141,3 +141,37 @@ async def test_sigkill_while_a_thousand_users_wait_fires_each_wait_once(
     assert len(per_id) == len(users), f"{len(per_id)} of {len(users)} waits fired"
     assert max(per_id.values()) == 1, "no send command is duplicated"
     assert {c["user_id"] for c in sends} == set(users)
+
+
+async def test_a_template_error_dead_letters_that_send_and_the_rest_go_on(
+    deployment: Deployment,
+) -> None:
+    templates = deployment.root / "templates"
+    templates.mkdir()
+    blocks = "{%% block subject %%}%s{%% endblock %%}\n{%% block text %%}%s{%% endblock %%}\n"
+    blocks += "{%% block html %%}<p>%s</p>{%% endblock %%}\n"
+    (templates / "good.j2").write_text(blocks % ("Hello", "Hi {{ user.email }}", "Hi"))
+    (templates / "broken.j2").write_text(blocks % ("Hello", "Total: {{ context.total }}", "x"))
+    deployment.overrides["templates_dir"] = str(templates)
+    deployment.overrides["workflows"] = {
+        "greet": {"trigger": {"event": "signup"}, "steps": [{"send": "good"}]},
+        "bill": {"trigger": {"event": "billed"}, "steps": [{"send": "broken"}]},
+    }
+    worker = deployment.worker("a").start()
+    await deployment.wait_ready([worker])
+    async with deployment.producer() as p:
+        await identify(p, "x")
+        await identify(p, "y")
+        await p.emit("billed", "x", {"amount": 3})
+        await p.emit("signup", "y")
+        await p.flush()
+
+    sent = await read_json(deployment, deployment.topics["sends_marketing"], 1, timeout=30)
+    assert [(c["user_id"], c["template"]) for c in sent] == [("y", "good")]
+    letters = await deployment.read_topic(deployment.topics["dlq"], 1, timeout=30)
+    assert len(letters) == 1
+    headers = {k: v.decode() for k, v in letters[0].headers}
+    assert headers["mailstream.reason_code"] == "template_error"
+    assert "template 'broken' line 2" in headers["mailstream.reason"]
+    assert "total" in headers["mailstream.reason"]
+    assert worker.alive()

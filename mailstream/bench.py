@@ -1,0 +1,194 @@
+"""``mailstream bench``: measurements that start everything they need and print figures.
+
+Today it has one scenario, ``timers``: how late waits fire, and what a timer tick
+costs, while a worker holds many pending timers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.producer import EventProducer
+
+
+def _samples(web_url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    with urllib.request.urlopen(f"{web_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out.setdefault(s.name, []).append((dict(s.labels), s.value))
+    return out
+
+
+def _total(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str
+) -> float:
+    return sum(
+        v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items())
+    )
+
+
+def _quantile(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, q: float) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of a Prometheus histogram."""
+    buckets = sorted(
+        (float(lab["le"]), v) for lab, v in samples.get(f"{name}_bucket", []) if "le" in lab
+    )
+    count = buckets[-1][1] if buckets else 0.0
+    for bound, cumulative in buckets:
+        if count and cumulative >= q * count:
+            return bound
+    return float("nan")
+
+
+async def _wait(probe: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if probe():
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
+    broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+    worker: subprocess.Popen[bytes] | None = None
+    port = free_port()
+    web_url = f"http://127.0.0.1:{port}"
+    config = {
+        "app_id": "bench",
+        "broker": {"url": "", "session_timeout": "3s", "heartbeat_interval": "500ms"},
+        "workflows": {
+            "hold": {"trigger": {"event": "hold"}, "entry": "always", "steps": [{"wait": "6h"}]},
+            "probe": {
+                "trigger": {"event": "probe"},
+                "entry": "always",
+                "steps": [{"wait": f"{wait_s}s"}, "exit"],
+            },
+        },
+    }
+    try:
+        broker.start()
+        config["broker"]["url"] = broker.url  # type: ignore[index]
+        (root / "mailstream.yaml").write_text(yaml.safe_dump(config))
+        names = [
+            "mailstream." + n
+            for n in ("events", "dlq", "sends.transactional", "sends.marketing", "feedback")
+        ]
+        await ensure_topics(broker.bootstrap_servers, names, 4)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+        env.update(
+            MAILSTREAM_CONFIG=str(root / "mailstream.yaml"),
+            MAILSTREAM_WEB_PORT=str(port),
+            MAILSTREAM_DATA_DIR=str(root / "data"),
+        )
+        with open(root / "worker.log", "ab") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "mailstream", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+        def ready() -> bool:
+            with urllib.request.urlopen(f"{web_url}/health", timeout=2) as resp:
+                return bool(orjson.loads(resp.read())["ready"])
+
+        await _wait(ready, 90, "the worker")
+        print(f"loading {pending:,} pending timers ...", flush=True)
+        started = time.monotonic()
+        async with EventProducer(broker.bootstrap_servers, linger_ms=5) as producer:
+            for i in range(pending):
+                await producer.emit("hold", f"held-{i}")
+            await producer.flush()
+
+            def loaded() -> bool:
+                s = _samples(web_url)
+                name = "mailstream_workflow_transitions_total"
+                return _total(s, name, workflow="hold", transition="enrolled") >= pending
+
+            await _wait(loaded, 1800, f"{pending} enrollments")
+            load_s = time.monotonic() - started
+            print(f"  loaded in {load_s:.1f}s; now {probes} probe waits of {wait_s}s", flush=True)
+            before = _samples(web_url)
+            ticks_before = _total(before, "mailstream_timer_tick_seconds_count")
+            tick_sum_before = _total(before, "mailstream_timer_tick_seconds_sum")
+            for i in range(probes):
+                await producer.emit("probe", f"probe-{i}")
+                await producer.flush()
+                await asyncio.sleep(0.05)
+
+        def fired() -> bool:
+            return _total(_samples(web_url), "mailstream_timers_fired_total") >= probes
+
+        await _wait(fired, 120 + wait_s, "the probe timers")
+        s = _samples(web_url)
+        ticks = _total(s, "mailstream_timer_tick_seconds_count") - ticks_before
+        tick_mean = (_total(s, "mailstream_timer_tick_seconds_sum") - tick_sum_before) / max(
+            ticks, 1
+        )
+        lag_count = _total(s, "mailstream_timer_lag_seconds_count")
+        result = {
+            "scenario": "timers",
+            "broker": "embedded (tansu), producer_max_batch_size=1",
+            "pending_timers": pending,
+            "load_seconds": round(load_s, 1),
+            "probe_timers_fired": int(lag_count),
+            "lag_mean_ms": round(
+                1000 * _total(s, "mailstream_timer_lag_seconds_sum") / lag_count, 1
+            ),
+            "lag_p50_le_ms": 1000 * _quantile(s, "mailstream_timer_lag_seconds", 0.5),
+            "lag_p99_le_ms": 1000 * _quantile(s, "mailstream_timer_lag_seconds", 0.99),
+            "ticks_during_probes": int(ticks),
+            "tick_mean_ms": round(1000 * tick_mean, 2),
+            "tick_p99_le_ms": 1000 * _quantile(s, "mailstream_timer_tick_seconds", 0.99),
+        }
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        return result
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def add_bench_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="measure; today the 'timers' scenario")
+    p.add_argument("scenario", choices=["timers"], nargs="?", default="timers")
+    p.add_argument("--pending", type=int, default=100_000, help="timers held pending")
+    p.add_argument("--probes", type=int, default=200, help="short waits whose lag is measured")
+    p.add_argument("--wait", type=float, default=3.0, help="the probes' wait in seconds")
+    p.add_argument("--out", default="bench-timers.json", help="where to write the JSON figures")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    result = asyncio.run(bench_timers(args.pending, args.probes, args.wait, Path(args.out)))
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"  {key:<{width}}  {value}")
+    print(f"(written to {args.out})")
+    return 0
