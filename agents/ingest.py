@@ -8,6 +8,8 @@ import logging
 import time
 from typing import Any
 
+from faust.types import TP
+
 from mailstream import metrics
 from mailstream.app import app, config, events_topic
 from mailstream.apply import dead_letter_headers
@@ -96,31 +98,81 @@ def count(result: BatchResult, consumed: int, replayed: int) -> None:
             metrics.EVENT_OUTCOMES.labels(outcome, metrics.event_type_label(label)).inc(n)
 
 
+# partition -> when the agent last saw a message of it (monotonic seconds)
+last_seen: dict[int, float] = {}
+
+
+async def process(messages: list[RawMessage]) -> None:
+    """Decide a batch and make its effects durable. Call with STATE_LOCK held."""
+    started = time.perf_counter()
+    fresh, replayed = await complete(messages)
+    now = int(time.time() * 1000)
+
+    def react(state: UserState, event: Event) -> Effects:
+        return engine.on_event(state, event, now)
+
+    result = ingest_batch(fresh, load_user, now, settings, react)
+    if fresh:
+        await flush(app.producer, to_outbox(result, fresh, now))
+    count(result, len(fresh), replayed)
+    metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
 @app.agent(events_topic, name="mailstream.ingest")
 async def ingest(stream: Any) -> None:
     """Process events in batches; acknowledge each batch only after its effects are durable."""
     async for batch in stream.noack_take(
         config.ingest.batch_size, within=config.ingest.batch_within
     ):
-        started = time.perf_counter()
         messages = [
             RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
             for m in (event.message for event in batch)
         ]
+        seen_at = time.monotonic()
+        for m in messages:
+            last_seen[m.partition] = seen_at
         async with STATE_LOCK:
-            fresh, replayed = await complete(messages)
-            now = int(time.time() * 1000)
-
-            def react(state: UserState, event: Event, now: int = now) -> Effects:
-                return engine.on_event(state, event, now)
-
-            result = ingest_batch(fresh, load_user, now, settings, react)
-            if fresh:
-                await flush(app.producer, to_outbox(result, fresh, now))
+            await process(messages)
         for event in batch:
             await stream.ack(event)
-        count(result, len(fresh), replayed)
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+SWEEP_SECONDS = 2.0
+
+
+@app.timer(interval=SWEEP_SECONDS)
+async def sweep_skipped_tails() -> None:
+    """Read back the tail of a quiet partition that the consumer skipped.
+
+    A skipped message is found when a later one arrives; if the consumer skipped
+    (and acknowledged) everything up to the end of a partition, nothing later arrives,
+    so a partition that has been quiet for a while is compared with its high-water mark.
+    """
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    if app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
+        return
+    now = time.monotonic()
+    for partition in users.active_partitions():
+        if now - last_seen.get(partition, 0.0) < SWEEP_SECONDS:
+            continue
+        highwater = app.consumer.highwater(TP(config.topics.events, partition))
+        progress = users.progress(partition) or 0
+        if highwater is None or progress >= highwater:
+            continue
+        async with STATE_LOCK:
+            progress = users.progress(partition) or 0
+            if progress >= highwater:
+                continue
+            logger.warning(
+                "partition %d is quiet at offset %d but holds events up to %d: reading them",
+                partition,
+                progress,
+                highwater - 1,
+            )
+            tail = await backfill.fetch(partition, progress, highwater)
+            metrics.BACKFILLED.inc(len(tail))
+            if tail:
+                await process(tail)
 
 
 @app.task

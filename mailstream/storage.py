@@ -12,7 +12,6 @@ internals lives in this module.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -99,10 +98,14 @@ class PartitionStore:
                     yield bytes(key), bytes(value)
 
 
-def group_by_partition(
-    changed: Mapping[tuple[int, bytes], bytes],
-) -> dict[int, dict[bytes, bytes]]:
-    grouped: dict[int, dict[bytes, bytes]] = defaultdict(dict)
-    for (partition, key), value in changed.items():
-        grouped[partition][key] = value
-    return grouped
+def raw_table(app: Any, name: str, partitions: int, help: str) -> PartitionStore:
+    """A RocksDB table of bytes keys and values, partitioned like the events topic."""
+    table = app.Table(
+        name,
+        partitions=partitions,
+        # bytes in, bytes out: Faust picks the raw codec for the changelog and the store.
+        key_type=bytes,
+        value_type=bytes,
+        help=help,
+    )
+    return PartitionStore(table)

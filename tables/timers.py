@@ -4,14 +4,11 @@ mailstream.timers), so the due ones are always at the front of each partition.""
 from __future__ import annotations
 
 from mailstream.app import app, config
-from mailstream.storage import PartitionStore
+from mailstream.storage import raw_table
 
-timers_table = app.Table(
+timers = raw_table(
+    app,
     "timers",
-    partitions=config.topics.partitions,
-    key_type=bytes,
-    value_type=bytes,
-    help="Pending timers: due time, user key, kind and workflow; the value is empty.",
+    config.topics.partitions,
+    "Pending timers: due time, user key, kind and workflow; the value is empty.",
 )
-
-timers = PartitionStore(timers_table)

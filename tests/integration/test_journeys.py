@@ -138,7 +138,16 @@ async def test_sigkill_while_a_thousand_users_wait_fires_each_wait_once(
 
     sends = await read_json(deployment, deployment.topics["sends_marketing"], len(users), 60)
     per_id = Counter(c["send_id"] for c in sends)
-    assert len(per_id) == len(users), f"{len(per_id)} of {len(users)} waits fired"
+    if len(per_id) != len(users):
+        missing = sorted(set(users) - {c["user_id"] for c in sends})
+        states = [await after.get(f"/api/users/{u}") for u in missing[:3]]
+        m = await after.metrics()
+        raise AssertionError(
+            f"{len(per_id)} of {len(users)} waits fired; missing e.g. {missing[:3]}: {states};"
+            f" fired {metric_sum(m, 'mailstream_timers_fired_total')},"
+            f" replayed {metric_sum(m, 'mailstream_events_replayed_total')},"
+            f" backfilled {metric_sum(m, 'mailstream_events_backfilled_total')}"
+        )
     assert max(per_id.values()) == 1, "no send command is duplicated"
     assert {c["user_id"] for c in sends} == set(users)
 
