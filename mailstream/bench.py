@@ -1,7 +1,7 @@
 """``mailstream bench``: measurements that start everything they need and print figures.
 
-Today it has one scenario, ``timers``: how late waits fire, and what a timer tick
-costs, while a worker holds many pending timers.
+Scenarios: ``ingest`` (the engine against a bare Faust agent on the same topic) and
+``timers`` (how late waits fire, and what a tick costs, with many pending timers).
 """
 
 from __future__ import annotations
@@ -175,20 +175,153 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         shutil.rmtree(root, ignore_errors=True)
 
 
+async def bench_ingest(events: int, users: int, out: Path) -> dict[str, Any]:
+    """Events per second of the full engine against a bare decoding Faust agent."""
+    import random
+
+    from mailstream.loadgen import synthetic_events
+
+    root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
+    broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+    try:
+        broker.start()
+        names = [
+            "mailstream." + n
+            for n in ("events", "dlq", "sends.transactional", "sends.marketing", "feedback")
+        ]
+        await ensure_topics(broker.bootstrap_servers, names, 4)
+        print(f"producing {events:,} events over {users:,} users ...", flush=True)
+        source = synthetic_events(random.Random(1), users, duplicates=0.02, malformed=0.005)
+        async with EventProducer(broker.bootstrap_servers, linger_ms=20) as producer:
+            for _ in range(events):
+                key, value = next(source)
+                await producer.send_raw(key, value)
+            await producer.flush()
+
+        print("ceiling: a bare Faust agent that decodes each event ...", flush=True)
+        ceiling_dir = root / "ceiling"
+        ceiling_dir.mkdir()
+        with open(root / "ceiling.log", "ab") as log:
+            ceiling_proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "mailstream.bench_ceiling",
+                    broker.bootstrap_servers,
+                    "mailstream.events",
+                    str(events),
+                    "4",
+                    str(ceiling_dir),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        procs.append(ceiling_proc)
+        span_file = ceiling_dir / "span.json"
+        await _wait(
+            lambda: span_file.exists() or ceiling_proc.poll() is not None, 600, "the ceiling agent"
+        )
+        if not span_file.exists():
+            raise RuntimeError(f"the ceiling agent exited; see {root / 'ceiling.log'}")
+        span = orjson.loads(span_file.read_bytes())
+        ceiling = events / max(span["last"] - span["first"], 1e-6)
+        ceiling_proc.terminate()
+
+        print("pipeline: a mailstream worker with the shipped journeys ...", flush=True)
+        port = free_port()
+        web_url = f"http://127.0.0.1:{port}"
+        config = {
+            "app_id": "bench-pipeline",
+            "broker": {"url": broker.url, "session_timeout": "3s", "heartbeat_interval": "500ms"},
+        }
+        (root / "mailstream.yaml").write_text(yaml.safe_dump(config))
+        env.update(
+            MAILSTREAM_CONFIG=str(root / "mailstream.yaml"),
+            MAILSTREAM_WEB_PORT=str(port),
+            MAILSTREAM_DATA_DIR=str(root / "data"),
+        )
+        with open(root / "worker.log", "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mailstream", "worker"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        first: tuple[float, float] | None = None
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:
+            try:
+                s = _samples(web_url)
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            consumed = _total(s, "mailstream_events_consumed_total")
+            now = time.monotonic()
+            if consumed > 0 and first is None:
+                first = (now, consumed)
+            if consumed >= events:
+                break
+            await asyncio.sleep(0.25)
+        else:
+            raise RuntimeError("the pipeline did not consume every event in time")
+        assert first is not None
+        pipeline = (consumed - first[1]) / max(now - first[0], 1e-6)
+        changelog = _total(s, "mailstream_changelog_records_total")
+        result = {
+            "scenario": "ingest",
+            "broker": "embedded (tansu), producer_max_batch_size=1",
+            "events": events,
+            "users": users,
+            "ceiling_events_per_s": round(ceiling),
+            "pipeline_events_per_s": round(pipeline),
+            "ratio_to_ceiling": round(pipeline / ceiling, 3),
+            "changelog_records_per_event": round(changelog / consumed, 3),
+            "send_commands": int(_total(s, "mailstream_send_commands_total", result="emitted")),
+            "batch_seconds_mean": round(
+                _total(s, "mailstream_ingest_batch_seconds_sum")
+                / max(_total(s, "mailstream_ingest_batch_seconds_count"), 1),
+                4,
+            ),
+        }
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        return result
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        broker.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def add_bench_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="measure; today the 'timers' scenario")
-    p.add_argument("scenario", choices=["timers"], nargs="?", default="timers")
-    p.add_argument("--pending", type=int, default=100_000, help="timers held pending")
-    p.add_argument("--probes", type=int, default=200, help="short waits whose lag is measured")
-    p.add_argument("--wait", type=float, default=3.0, help="the probes' wait in seconds")
-    p.add_argument("--out", default="bench-timers.json", help="where to write the JSON figures")
+    p = sub.add_parser("bench", help="measure throughput or timer lag; prints figures")
+    p.add_argument("scenario", choices=["ingest", "timers"], nargs="?", default="ingest")
+    p.add_argument("--events", type=int, default=50_000, help="ingest: events produced")
+    p.add_argument("--users", type=int, default=5_000, help="ingest: distinct users")
+    p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
+    p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
+    p.add_argument("--wait", type=float, default=3.0, help="timers: the probes' wait, seconds")
+    p.add_argument("--out", help="where to write the JSON figures (default bench-SCENARIO.json)")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    result = asyncio.run(bench_timers(args.pending, args.probes, args.wait, Path(args.out)))
+    out = Path(args.out or f"bench-{args.scenario}.json")
+    if args.scenario == "ingest":
+        result = asyncio.run(bench_ingest(args.events, args.users, out))
+    else:
+        result = asyncio.run(bench_timers(args.pending, args.probes, args.wait, out))
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"  {key:<{width}}  {value}")
-    print(f"(written to {args.out})")
+    print(f"(written to {out})")
     return 0

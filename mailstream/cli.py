@@ -25,7 +25,7 @@ commands:
   dlq       print dead-lettered messages with their reasons
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
-  bench     measure timer lag and tick cost with many pending timers
+  bench     measure ingest throughput against a bare Faust agent, or timer lag
 """
 
 
