@@ -56,6 +56,20 @@ def _quantile(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
     return float("nan")
 
 
+def _clean_up(procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker, root: Path) -> None:
+    """Stop every process the bench started, by pid, then the broker; remove its files."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    broker.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
 async def _wait(probe: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -165,14 +179,7 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        _clean_up([worker] if worker is not None else [], broker, root)
 
 
 async def bench_ingest(
@@ -303,15 +310,7 @@ async def bench_ingest(
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        _clean_up(procs, broker, root)
 
 
 def add_bench_parser(sub: Any) -> None:
