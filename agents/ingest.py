@@ -11,7 +11,7 @@ from typing import Any
 from faust.types import TP
 
 from mailstream import metrics
-from mailstream.app import app, config, events_topic
+from mailstream.app import app, config, events_topic, settled
 from mailstream.apply import dead_letter_headers
 from mailstream.backfill import Backfill
 from mailstream.engine import Effects
@@ -148,8 +148,7 @@ async def sweep_skipped_tails() -> None:
     (and acknowledged) everything up to the end of a partition, nothing later arrives,
     so a partition that has been quiet for a while is compared with its high-water mark.
     """
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    if app.rebalancing or recovery.in_recovery or not recovery.completed.is_set():
+    if not settled():
         return
     now = time.monotonic()
     for partition in users.active_partitions():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from mailstream import metrics
-from mailstream.app import app
+from mailstream.app import app, settled
 from mailstream.outbox import AFTER_STATE, STATE_LOCK, Outbox, flush
 from mailstream.runtime import applier, engine
 from mailstream.timers import TimerKey, due_bound
@@ -19,11 +18,6 @@ logger = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
 MAX_PER_TICK = 2000  # per partition; the rest wait for the next tick
-
-
-def _settled() -> bool:
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
 
 
 async def fire_partition(partition: int, now: int) -> int:
@@ -56,10 +50,10 @@ async def fire_partition(partition: int, now: int) -> int:
 
 @app.timer(interval=TICK_SECONDS)
 async def fire_due_timers() -> None:
-    if not _settled():
+    if not settled():
         return
     async with STATE_LOCK:
-        if not _settled():
+        if not settled():
             return
         started = time.perf_counter()
         now = int(time.time() * 1000)

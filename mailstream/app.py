@@ -44,6 +44,13 @@ def create_app(config: Config) -> faust.App:
     return app
 
 
+def settled() -> bool:
+    """True once this worker has joined its group and recovered its tables, and is not
+    rebalancing: only then is its view of its partitions complete."""
+    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
+    return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+
+
 config = load_config()
 app = create_app(config)
 

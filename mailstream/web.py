@@ -10,7 +10,7 @@ from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from yarl import URL
 
-from mailstream.app import app, config, events_topic
+from mailstream.app import app, config, events_topic, settled
 from mailstream.users import UserState, user_key
 from tables.users import users
 
@@ -45,13 +45,11 @@ def _is_me(url: URL) -> bool:
 
 @app.page("/health")
 async def health(web: View, request: Request) -> Response:
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    ready = not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
     return json_response(
         web,
         {
             "status": "ok",
-            "ready": ready,
+            "ready": settled(),
             "app_id": config.app_id,
             "url": str(app.conf.canonical_url),
             "partitions": users.active_partitions(),
