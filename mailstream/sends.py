@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailstream.engine import SendIntent
+from mailstream.engine import SendIntent, user_scope
 from mailstream.templates import Rendered
 from mailstream.users import UserState
 
@@ -46,10 +46,7 @@ def send_command(
 
 
 def template_user(user: UserState) -> dict[str, Any]:
-    """What templates see as ``user``: traits plus consent, event counts and activity."""
-    view = dict(user.traits)
+    """What templates see as ``user``: what conditions see, plus the user id."""
+    view = user_scope(user)
     view.setdefault("user_id", user.user_id)
-    view["consent"] = dict(user.consent)
-    view["events"] = dict(user.events)
-    view["last_activity"] = user.last_activity
     return view

@@ -12,7 +12,7 @@ internals lives in this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import rocksdict
@@ -61,8 +61,8 @@ class PartitionStore:
                 batch.put(key, value)
         store._db_for_partition(partition).write(batch)
         key_index = store._key_index
-        for key in items:
-            if key != PROGRESS_KEY:
+        for key, value in items.items():
+            if value is not None and key != PROGRESS_KEY:
                 key_index[key] = partition
         store.set_persisted_offset(TP(self.changelog_topic, partition), changelog_offset)
 
@@ -88,14 +88,6 @@ class PartitionStore:
         actives = self.table.app.assignor.assigned_actives()
         topic = self.changelog_topic
         return sorted(tp.partition for tp in actives if tp.topic == topic)
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every key and value in the actively owned partitions (for tools, not hot paths)."""
-        internal = {self._store.offset_key, PROGRESS_KEY}
-        for db in self._store._dbs_for_actives():
-            for key, value in db.items():
-                if key not in internal:
-                    yield bytes(key), bytes(value)
 
 
 def raw_table(app: Any, name: str, partitions: int, help: str) -> PartitionStore:
