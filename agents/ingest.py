@@ -25,7 +25,7 @@ from mailstream.ingest import (
     plan_offsets,
 )
 from mailstream.outbox import STATE_LOCK, Outbox, flush
-from mailstream.runtime import applier, engine
+from mailstream.runtime import applier, automation, suppression_list
 from mailstream.storage import PROGRESS_KEY
 from mailstream.users import UserState
 from tables.users import users
@@ -37,6 +37,8 @@ settings = IngestSettings(
     default_tenant=config.ingest.default_tenant,
     dedup_window_s=config.ingest.dedup_window,
     dedup_max_ids=config.ingest.dedup_max_ids_per_user,
+    sampling={kind: rule.rule() for kind, rule in config.sampling.items()},
+    throttling={kind: rule.rule() for kind, rule in config.throttling.items()},
 )
 backfill = Backfill(config.bootstrap_servers, config.topics.events)
 
@@ -104,12 +106,14 @@ last_seen: dict[int, float] = {}
 
 async def process(messages: list[RawMessage]) -> None:
     """Decide a batch and make its effects durable. Call with STATE_LOCK held."""
+    # No send is decided before the global suppression list has been read once.
+    await suppression_list.ready.wait()
     started = time.perf_counter()
     fresh, replayed = await complete(messages)
     now = int(time.time() * 1000)
 
     def react(state: UserState, event: Event) -> Effects:
-        return engine.on_event(state, event, now)
+        return automation.on_event(state, event, now)
 
     result = ingest_batch(fresh, load_user, now, settings, react)
     if fresh:

@@ -1,4 +1,4 @@
-"""The timer agent: runs due waits and inactivity checks, a few times a second."""
+"""The timer agent: runs due waits, inactivity checks and held sends, a few times a second."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from mailstream import metrics
 from mailstream.app import app, settled
 from mailstream.outbox import AFTER_STATE, STATE_LOCK, Outbox, flush
-from mailstream.runtime import applier, engine
+from mailstream.runtime import applier, automation, suppression_list
 from mailstream.timers import TimerKey, due_bound
 from mailstream.users import UserState
 from tables.timers import timers
@@ -36,7 +36,7 @@ async def fire_partition(partition: int, now: int) -> int:
             if stored is None:
                 continue
             state = UserState.decode(stored)
-        fx = engine.on_timer(state, timer.kind, timer.workflow, timer.due, now)
+        fx = automation.on_timer(state, timer.kind, timer.workflow, timer.due, now)
         metrics.TIMER_LAG.observe(max(0, now - timer.due) / 1000)
         if fx.changed:
             touched[timer.user_key] = state
@@ -50,7 +50,7 @@ async def fire_partition(partition: int, now: int) -> int:
 
 @app.timer(interval=TICK_SECONDS)
 async def fire_due_timers() -> None:
-    if not settled():
+    if not settled() or not suppression_list.ready.is_set():
         return
     async with STATE_LOCK:
         if not settled():

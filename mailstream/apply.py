@@ -1,5 +1,5 @@
-"""Turn the workflow engine's effects into outbox entries: timers, send commands, dead
-letters for sends that cannot be rendered."""
+"""Turn the effects of a workflow run into outbox entries: timers, send commands (for the
+sends the policy let through), dead letters for sends that cannot be rendered."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 from mailstream import metrics
 from mailstream.engine import Effects, SendIntent
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox
-from mailstream.sends import recipient, send_command, template_user
+from mailstream.sends import send_command, template_user
 from mailstream.storage import PartitionStore
 from mailstream.templates import TemplateError, Templates
 from mailstream.timers import TimerKey
@@ -65,13 +65,12 @@ class EffectsApplier:
             self._send(outbox, partition, user, intent, now)
         for workflow, what in fx.counts:
             metrics.WORKFLOW_TRANSITIONS.labels(workflow, what).inc()
+        for category, decision, reason in fx.decisions:
+            metrics.SEND_DECISIONS.labels(category, decision, reason).inc()
 
     def _send(
         self, outbox: Outbox, partition: int, user: UserState, intent: SendIntent, now: int
     ) -> None:
-        if recipient(user) is None:
-            metrics.SEND_COMMANDS.labels(intent.category, "no_recipient").inc()
-            return
         try:
             rendered = self.templates.render(
                 intent.template,

@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import IO
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
+from mailstream.config import Config
 from mailstream.exceptions import BrokerError
 
 logger = logging.getLogger(__name__)
 
 BROKER_BIN_ENV = "MAILSTREAM_BROKER_BIN"
+# For topics where only the latest record per key matters (the suppression list).
+COMPACTED = {"cleanup.policy": "compact"}
 
 
 def find_broker_bin() -> str:
@@ -136,8 +140,12 @@ async def ensure_topics(
     partitions: int,
     replication: int = 1,
     timeout: float = 20.0,
+    configs: dict[str, str] | None = None,
 ) -> None:
-    """Create the topics that do not exist yet, then wait until all are visible."""
+    """Create the topics that do not exist yet, then wait until all are visible.
+
+    ``configs`` (e.g. ``{"cleanup.policy": "compact"}``) apply to the topics created here;
+    a broker that rejects them gets the topics without."""
     wanted = list(dict.fromkeys(names))
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     deadline = time.monotonic() + timeout
@@ -153,12 +161,15 @@ async def ensure_topics(
         existing = set(await admin.list_topics())
         missing = [n for n in wanted if n not in existing]
         if missing:
-            await admin.create_topics(
-                [
-                    NewTopic(n, num_partitions=partitions, replication_factor=replication)
-                    for n in missing
-                ]
-            )
+            rejected = await _create_topics(admin, missing, partitions, replication, configs)
+            if rejected and configs:
+                logger.warning(
+                    "the broker rejected topic configs %s for %s (%s); creating them without",
+                    configs,
+                    ", ".join(rejected),
+                    "; ".join(rejected.values()),
+                )
+                await _create_topics(admin, list(rejected), partitions, replication, None)
             logger.info("created topics %s with %d partitions", ", ".join(missing), partitions)
         while missing:
             existing = set(await admin.list_topics())
@@ -169,3 +180,58 @@ async def ensure_topics(
                 await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+async def _create_topics(
+    admin: AIOKafkaAdminClient,
+    names: list[str],
+    partitions: int,
+    replication: int,
+    configs: dict[str, str] | None,
+) -> dict[str, str]:
+    """Ask for the topics; return those the broker refused (other than as existing) and why."""
+    response = await admin.create_topics(
+        [
+            NewTopic(
+                n,
+                num_partitions=partitions,
+                replication_factor=replication,
+                topic_configs=configs or {},
+            )
+            for n in names
+        ]
+    )
+    refused: dict[str, str] = {}
+    for topic, code, *rest in response.topic_errors:
+        if code not in (0, TopicAlreadyExistsError.errno):
+            message = rest[0] if rest and rest[0] else ""
+            refused[topic] = f"error {code} {message}".strip()
+    return refused
+
+
+async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+    """The partition ids of ``topic``; empty when it does not exist (it is not created)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        # Metadata for all topics: asking for one by name may create it on some brokers.
+        for described in await admin.describe_topics():
+            if described["topic"] == topic and described["error_code"] == 0:
+                return sorted(p["partition"] for p in described["partitions"])
+        return []
+    finally:
+        await admin.close()
+
+
+async def create_topics(config: Config, bootstrap_servers: str | None = None) -> None:
+    """Every topic the config names; the suppression list's is compacted (latest per address)."""
+    servers = bootstrap_servers or config.bootstrap_servers
+    topics = config.topics
+    await ensure_topics(
+        servers,
+        [topics.suppression],
+        topics.partitions,
+        topics.replication,
+        configs=COMPACTED,
+    )
+    await ensure_topics(servers, topics.all_names(), topics.partitions, topics.replication)

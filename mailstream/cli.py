@@ -23,6 +23,7 @@ commands:
   emit      send one event
   loadgen   send a realistic mix of synthetic events
   dlq       print dead-lettered messages with their reasons
+  suppress  add, remove, import or list addresses that must never be mailed
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
   bench     measure ingest throughput against a bare Faust agent, or timer lag
@@ -73,21 +74,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from mailstream.broker import EmbeddedBroker, ensure_topics
+    from mailstream.broker import EmbeddedBroker, create_topics
 
     config = _config(args)
     broker = EmbeddedBroker(args.host, args.port)
     stop = stop_on_signals()
     broker.start()
     try:
-        asyncio.run(
-            ensure_topics(
-                broker.bootstrap_servers,
-                config.topics.all_names(),
-                config.topics.partitions,
-                config.topics.replication,
-            )
-        )
+        asyncio.run(create_topics(config, broker.bootstrap_servers))
         print(f"broker ready at {broker.url} (pid {broker.process.pid if broker.process else '?'})")
         names = ", ".join(config.topics.all_names())
         print(f"topics: {names} ({config.topics.partitions} partitions)")
@@ -114,18 +108,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise MailstreamError("\n".join(problems))
     from faust import Worker
 
-    from mailstream.broker import ensure_topics
+    from mailstream.broker import create_topics
 
-    asyncio.run(
-        ensure_topics(
-            config.bootstrap_servers,
-            config.topics.all_names(),
-            config.topics.partitions,
-            config.topics.replication,
-        )
-    )
+    asyncio.run(create_topics(config))
 
     import agents.ingest  # noqa: F401  (registers the agents)
+    import agents.suppression_list  # noqa: F401
     import agents.timers  # noqa: F401
     import mailstream.web  # noqa: F401  (registers the views)
     from mailstream.app import app
@@ -251,6 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     p.add_argument("--idle", type=float, default=2.0, help="stop after this long with nothing new")
     p.set_defaults(func=cmd_dlq)
+
+    from mailstream.suppress_cli import add_suppress_parser
+
+    add_suppress_parser(sub)
 
     from mailstream.render_cli import add_render_parser
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from mailstream.durations import parse_duration
 from mailstream.exceptions import ConfigError
+from mailstream.policy import PolicySettings
+from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule, parse_clock, zone
 from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
 
 CONFIG_ENV = "MAILSTREAM_CONFIG"
@@ -43,6 +53,7 @@ class TopicsConfig(_Section):
     sends_transactional: str = Field("mailstream.sends.transactional", min_length=1)
     sends_marketing: str = Field("mailstream.sends.marketing", min_length=1)
     feedback: str = Field("mailstream.feedback", min_length=1)
+    suppression: str = Field("mailstream.suppression", min_length=1)
 
     def all_names(self) -> list[str]:
         return [
@@ -51,6 +62,7 @@ class TopicsConfig(_Section):
             self.sends_transactional,
             self.sends_marketing,
             self.feedback,
+            self.suppression,
         ]
 
 
@@ -62,6 +74,122 @@ class IngestConfig(_Section):
     batch_size: int = Field(500, ge=1, le=100_000)
     batch_within: Seconds = 0.05
     default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+EventType = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+
+
+def _not_identify(rules: dict[str, Any]) -> dict[str, Any]:
+    if "identify" in rules:
+        raise ValueError(
+            "identify events carry traits and consent and are never sampled or throttled"
+        )
+    return rules
+
+
+class SignificantChange(_Section):
+    # a dotted path into the payload, e.g. `price` or `cart.total`
+    field: str = Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    # numbers: the smallest difference that counts (0: any); other values: any change
+    threshold: float = Field(0.0, ge=0)
+
+
+class SamplingConfig(_Section):
+    rate: float = Field(1.0, ge=0.0, le=1.0)
+    min_interval: Seconds = 0.0
+    significant_change: SignificantChange | None = None
+
+    def rule(self) -> SamplingRule:
+        change = self.significant_change
+        return SamplingRule(
+            rate=self.rate,
+            min_interval_ms=int(self.min_interval * 1000),
+            watch=tuple(change.field.split(".")) if change else None,
+            threshold=change.threshold if change else 0.0,
+        )
+
+
+class ThrottleConfig(_Section):
+    limit: int = Field(ge=1, le=10_000)
+    per: Annotated[Seconds, Field(gt=0)]
+
+    def rule(self) -> ThrottleRule:
+        return ThrottleRule(self.limit, int(self.per * 1000))
+
+
+def _cap_period(value: object) -> object:
+    return value if value in ("day", "week") else parse_duration(value)
+
+
+class CapConfig(_Section):
+    max: int = Field(ge=1, le=1000)
+    # `day` or `week`: the user's calendar day or week (from Monday), in their time zone;
+    # a duration (`24h`, `7d`): a sliding window
+    per: Annotated[
+        Literal["day", "week"] | Annotated[float, Field(gt=0)], BeforeValidator(_cap_period)
+    ]
+
+    def cap(self) -> Cap:
+        if self.per == "day" or self.per == "week":
+            return Cap(self.max, calendar=self.per)
+        return Cap(self.max, per_ms=int(self.per * 1000))
+
+
+def _clock(value: str) -> str:
+    parse_clock(value)
+    return value
+
+
+Clock = Annotated[str, AfterValidator(_clock)]
+
+
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except Exception:
+        raise ValueError(f"{value!r} is not an IANA time zone such as Europe/Paris") from None
+    return value
+
+
+class QuietHoursConfig(_Section):
+    start: Clock  # local time the window opens, e.g. 21:00
+    end: Clock  # and closes, e.g. 08:00 (a window may cross midnight)
+
+
+class ConsentConfig(_Section):
+    # opt_in: marketing needs consent.marketing true; opt_out: only false stops it
+    marketing: Literal["opt_in", "opt_out"] = "opt_in"
+    # per value of the region trait (case-insensitive), e.g. {EU: opt_in, US: opt_out}
+    by_region: dict[str, Literal["opt_in", "opt_out"]] = {}
+    region_trait: str = Field("region", min_length=1)
+
+
+class FrequencyCapsConfig(_Section):
+    caps: list[CapConfig] = []
+    when_capped: Literal["defer", "drop"] = "defer"
+
+
+class PolicyConfig(_Section):
+    consent: ConsentConfig = ConsentConfig()
+    frequency_caps: FrequencyCapsConfig = FrequencyCapsConfig()
+    quiet_hours: QuietHoursConfig | None = None
+    # for users without a valid `timezone` trait
+    default_timezone: Annotated[str, AfterValidator(_timezone)] = "UTC"
+    decisions_kept: int = Field(20, ge=1, le=1000)
+
+    def settings(self) -> PolicySettings:
+        default_tz = ZoneInfo(self.default_timezone)
+        quiet = self.quiet_hours
+        return PolicySettings(
+            consent=self.consent.marketing,
+            consent_by_region={k.casefold(): v for k, v in self.consent.by_region.items()},
+            region_trait=self.consent.region_trait,
+            caps=tuple(c.cap() for c in self.frequency_caps.caps),
+            when_capped=self.frequency_caps.when_capped,
+            quiet=QuietHours(parse_clock(quiet.start), parse_clock(quiet.end)) if quiet else None,
+            default_tz=zone(self.default_timezone, default_tz),
+            decisions_kept=self.decisions_kept,
+        )
 
 
 class WebConfig(_Section):
@@ -79,6 +207,11 @@ class Config(_Section):
     topics: TopicsConfig = TopicsConfig()
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
+    # event type -> how many of its events to keep (never identify)
+    sampling: Annotated[dict[EventType, SamplingConfig], AfterValidator(_not_identify)] = {}
+    # event type -> at most `limit` per user per `per`
+    throttling: Annotated[dict[EventType, ThrottleConfig], AfterValidator(_not_identify)] = {}
+    policy: PolicyConfig = PolicyConfig()
     # Where email templates live; default: the templates/ directory beside the package.
     templates_dir: Path | None = None
     # None: the shipped example journeys (mailstream/default_workflows.yaml).

@@ -26,6 +26,12 @@ class SeenIds:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def __contains__(self, event_id: str) -> bool:
+        return id_hash(event_id) in self._seen
+
+    def add(self, event_id: str, now_s: int) -> None:
+        self._seen.setdefault(id_hash(event_id), now_s)
+
     def check_and_add(self, event_id: str, now_s: int) -> bool:
         """True when the id is already in the window; otherwise remember it and return False."""
         digest = id_hash(event_id)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailstream.broker import EmbeddedBroker, ensure_topics
+from mailstream.broker import EmbeddedBroker, create_topics
 from mailstream.config import load_config
 from mailstream.signals import stop_on_signals
 
@@ -75,9 +75,7 @@ def run_demo(args: argparse.Namespace) -> int:
     try:
         print(f"starting the embedded broker on 127.0.0.1:{args.port} ...", flush=True)
         broker.start()
-        asyncio.run(
-            ensure_topics(broker.bootstrap_servers, base.topics.all_names(), base.topics.partitions)
-        )
+        asyncio.run(create_topics(base, broker.bootstrap_servers))
         print("starting a worker (log: .demo/worker.log) ...", flush=True)
         cmd = [sys.executable, "-m", "mailstream", "worker"]
         with open(DEMO_DIR / "worker.log", "ab") as log:

@@ -41,8 +41,8 @@ class SendIntent:
 @dataclass(frozen=True, slots=True)
 class TimerOp:
     due: int
-    kind: str  # WAIT_TIMER or INACTIVITY_TIMER
-    workflow: str
+    kind: str  # WAIT_TIMER, INACTIVITY_TIMER or mailstream.policy.DEFER_TIMER
+    workflow: str  # for a deferred send: its send id
 
 
 @dataclass(slots=True)
@@ -51,6 +51,10 @@ class Effects:
     timers_add: list[TimerOp] = field(default_factory=list)
     timers_del: list[TimerOp] = field(default_factory=list)
     counts: list[tuple[str, str]] = field(default_factory=list)  # (workflow, what)
+    # (workflow, enrollment id) of enrollments that reached a goal: their held sends go
+    goal_exits: list[tuple[str, str]] = field(default_factory=list)
+    # (category, decision, reason) of each send decision the policy made
+    decisions: list[tuple[str, str, str]] = field(default_factory=list)
     changed: bool = False
 
     def count(self, workflow: str, what: str) -> None:
@@ -158,6 +162,18 @@ class Engine:
             fx.count(workflow.name, "wait_for_matched")
             self._run(user, workflow, step.on_event, payload, now, fx)
 
+    def reaches_goal(
+        self, user: UserState, name: str, event: Event, context: dict[str, Any]
+    ) -> bool:
+        """Whether ``event`` is a goal of workflow ``name`` for an enrollment with ``context``."""
+        workflow = self.workflows.get(name)
+        if workflow is None:
+            return False
+        scope = {"event": event.payload, "user": user_scope(user), "context": context}
+        return any(
+            event.event_type == goal_event and goal(scope) for goal_event, goal in workflow.goals
+        )
+
     def _may_enter(self, user: UserState, workflow: Workflow, now: int) -> bool:
         if workflow.name in user.enrollments:
             return False
@@ -251,7 +267,9 @@ class Engine:
         self._finish(user, name, fx, "exited")
 
     def _finish(self, user: UserState, name: str, fx: Effects, outcome: str) -> None:
-        user.enrollments.pop(name, None)
+        enrollment = user.enrollments.pop(name, None)
+        if outcome == "exited_goal" and enrollment is not None:
+            fx.goal_exits.append((name, enrollment["id"]))
         fx.changed = True
         fx.count(name, outcome)
 

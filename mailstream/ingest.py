@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailstream.events import Event, Invalid, decode_event
 from mailstream.users import UserState, apply_event, user_key
+from mailstream.windows import SamplingRule, ThrottleRule, sample, throttle
 
 PROCESSED = "processed"
 DEDUPLICATED = "deduplicated"
+SAMPLED_OUT = "sampled_out"
+THROTTLED = "throttled"
 DEAD_LETTERED = "dead_lettered"
-OUTCOMES = (PROCESSED, DEDUPLICATED, DEAD_LETTERED)
+OUTCOMES = (PROCESSED, DEDUPLICATED, SAMPLED_OUT, THROTTLED, DEAD_LETTERED)
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,6 +42,8 @@ class IngestSettings:
     default_tenant: str
     dedup_window_s: float
     dedup_max_ids: int
+    sampling: Mapping[str, SamplingRule] = field(default_factory=dict)
+    throttling: Mapping[str, ThrottleRule] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -101,6 +106,32 @@ def _key_problem(key: bytes | None, user_id: str) -> Invalid:
     )
 
 
+def admit(state: UserState, event: Event, now_ms: int, settings: IngestSettings) -> str | None:
+    """Run the event's sampling and throttling rules: None when it is to be processed
+    (its windows updated), else the outcome that drops it.
+
+    Windows use the event's own time, so a replay decides as the first run did; a time
+    in the future counts as now, so a wrong client clock cannot hold a window open.
+    """
+    kind = event.event_type
+    at = min(event.timestamp, now_ms)
+    rule = settings.sampling.get(kind)
+    kept = None
+    if rule is not None:
+        kept = sample(rule, state.sampling.get(kind), event.event_id, at, event.payload)
+        if kept is None:
+            return SAMPLED_OUT
+    limit = settings.throttling.get(kind)
+    if limit is not None:
+        window = throttle(limit, state.throttle.get(kind, ()), at)
+        if window is None:
+            return THROTTLED
+        state.throttle[kind] = window
+    if kept is not None:
+        state.sampling[kind] = kept
+    return None
+
+
 # Loads the stored state of a user key in a partition, or None for a new user.
 StateLoader = Callable[[int, bytes], UserState | None]
 
@@ -140,9 +171,15 @@ def ingest_batch(
         if state is None:
             state = load(*slot) or UserState(decoded.tenant_id, decoded.user_id)
             loaded[slot] = state
-        if state.seen.check_and_add(decoded.event_id, now_s):
+        if decoded.event_id in state.seen:
             result.count(DEDUPLICATED, decoded.event_type)
             continue
+        dropped = admit(state, decoded, now_ms, settings)
+        if dropped is not None:
+            # Nothing is written for it: not the state, not even the dedup window.
+            result.count(dropped, decoded.event_type)
+            continue
+        state.seen.add(decoded.event_id, now_s)
         apply_event(state, decoded)
         changed[slot] = state
         result.events.append(decoded)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS_CONSUMED = Counter(
     "mailstream_events_consumed_total", "Event messages consumed from the events topic."
@@ -39,8 +39,16 @@ WORKFLOW_TRANSITIONS = Counter(
 )
 SEND_COMMANDS = Counter(
     "mailstream_send_commands_total",
-    "Send steps reached, by category and result: emitted, no_recipient, template_error.",
+    "Sends the policy let through, by category and result: emitted to a send topic, or"
+    " template_error (dead-lettered).",
     ["category", "result"],
+)
+SEND_DECISIONS = Counter(
+    "mailstream_send_decisions_total",
+    "Send policy decisions by category, decision (send, drop, defer) and reason (ok,"
+    " no_recipient, suppressed, globally_suppressed, no_consent, capped, quiet_hours,"
+    " goal_reached). A deferred send is decided again when due, so it counts again.",
+    ["category", "decision", "reason"],
 )
 TIMERS_FIRED = Counter("mailstream_timers_fired_total", "Timers that came due and were run.")
 TIMER_LAG = Histogram(
@@ -55,6 +63,10 @@ TIMER_TICK = Histogram(
 )
 CHANGELOG_RECORDS = Counter(
     "mailstream_changelog_records_total", "State records written to table changelogs.", ["table"]
+)
+SUPPRESSION_LIST_SIZE = Gauge(
+    "mailstream_suppression_list_addresses",
+    "Addresses on the global suppression list held by this worker.",
 )
 
 

@@ -10,8 +10,20 @@ import orjson
 
 from mailstream.dedup import SeenIds
 from mailstream.events import CONSENT_FLAGS, Event, normalise_email
+from mailstream.suppression import Suppression
 
 _HEADER = struct.Struct("<BI")
+# How a stored send decision (a list, to keep records small) reads as fields.
+DECISION_FIELDS = (
+    "at",
+    "send_id",
+    "workflow",
+    "template",
+    "category",
+    "decision",
+    "reason",
+    "until",
+)
 _FORMAT_VERSION = 1
 
 
@@ -41,6 +53,18 @@ class UserState:
     entries: dict[str, int] = field(default_factory=dict)
     # inactivity workflow name -> due time (ms) of its pending check
     inactive_due: dict[str, int] = field(default_factory=dict)
+    # event type -> sampling window (see mailstream.windows.sample)
+    sampling: dict[str, list[Any]] = field(default_factory=dict)
+    # event type -> times (ms) of the events the throttle let through, oldest first
+    throttle: dict[str, list[int]] = field(default_factory=dict)
+    # suppression reason -> entry (bounces, complaints, unsubscribes)
+    suppressions: dict[str, Suppression] = field(default_factory=dict)
+    # times (ms) of recent marketing sends, for the frequency caps
+    sent: list[int] = field(default_factory=list)
+    # send id -> a send held back by the policy (see mailstream.policy)
+    deferred: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the latest send decisions, oldest first, laid out as DECISION_FIELDS
+    decisions: list[list[Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The user's state as the API shows it (the dedup window is internal)."""
@@ -54,24 +78,42 @@ class UserState:
             "events": self.events,
             "enrollments": self.enrollments,
             "entries": self.entries,
+            "suppressions": {r: s.to_json() for r, s in self.suppressions.items()},
+            "deferred_sends": [
+                {"send_id": sid, **{k: d[k] for k in ("workflow", "template", "until", "reason")}}
+                for sid, d in self.deferred.items()
+            ],
+            "send_decisions": [dict(zip(DECISION_FIELDS, d, strict=True)) for d in self.decisions],
         }
 
     def encode(self) -> bytes:
-        doc = orjson.dumps(
-            {
-                "t": self.tenant_id,
-                "u": self.user_id,
-                "tr": self.traits,
-                "c": self.consent,
-                "fs": self.first_seen,
-                "la": self.last_activity,
-                "ev": self.events,
-                "en": self.enrollments,
-                "et": self.entries,
-                "id": self.inactive_due,
-            }
-        )
-        return _HEADER.pack(_FORMAT_VERSION, len(doc)) + doc + self.seen.to_bytes()
+        doc: dict[str, Any] = {
+            "t": self.tenant_id,
+            "u": self.user_id,
+            "tr": self.traits,
+            "c": self.consent,
+            "fs": self.first_seen,
+            "la": self.last_activity,
+            "ev": self.events,
+            "en": self.enrollments,
+            "et": self.entries,
+            "id": self.inactive_due,
+        }
+        # Policy state is absent for most users: leave it out rather than store empties.
+        if self.sampling:
+            doc["sm"] = self.sampling
+        if self.throttle:
+            doc["th"] = self.throttle
+        if self.suppressions:
+            doc["su"] = {r: [s.source, s.at] for r, s in self.suppressions.items()}
+        if self.sent:
+            doc["se"] = self.sent
+        if self.deferred:
+            doc["df"] = self.deferred
+        if self.decisions:
+            doc["dc"] = self.decisions
+        raw = orjson.dumps(doc)
+        return _HEADER.pack(_FORMAT_VERSION, len(raw)) + raw + self.seen.to_bytes()
 
     @classmethod
     def decode(cls, data: bytes) -> UserState:
@@ -92,6 +134,14 @@ class UserState:
             enrollments=doc.get("en", {}),
             entries=doc.get("et", {}),
             inactive_due=doc.get("id", {}),
+            sampling=doc.get("sm", {}),
+            throttle=doc.get("th", {}),
+            suppressions={
+                r: Suppression(r, source, at) for r, (source, at) in doc.get("su", {}).items()
+            },
+            sent=doc.get("se", []),
+            deferred=doc.get("df", {}),
+            decisions=doc.get("dc", []),
             seen=SeenIds.from_bytes(view[start + size :]),
         )
 

@@ -11,6 +11,7 @@ from faust.web import Request, Response, View
 from yarl import URL
 
 from mailstream.app import app, config, events_topic, settled
+from mailstream.runtime import suppression_list
 from mailstream.users import UserState, user_key
 from tables.users import users
 
@@ -49,7 +50,8 @@ async def health(web: View, request: Request) -> Response:
         web,
         {
             "status": "ok",
-            "ready": settled(),
+            "ready": settled() and suppression_list.ready.is_set(),
+            "suppression_list": len(suppression_list) if suppression_list.ready.is_set() else None,
             "app_id": config.app_id,
             "url": str(app.conf.canonical_url),
             "partitions": users.active_partitions(),

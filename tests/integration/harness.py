@@ -153,7 +153,14 @@ class Deployment:
 
     @property
     def topics(self) -> dict[str, str]:
-        names = ("events", "dlq", "sends_transactional", "sends_marketing", "feedback")
+        names = (
+            "events",
+            "dlq",
+            "sends_transactional",
+            "sends_marketing",
+            "feedback",
+            "suppression",
+        )
         return {n: f"{self.app_id}.{n}" for n in names} | {"partitions": PARTITIONS}  # type: ignore[dict-item]
 
     @property

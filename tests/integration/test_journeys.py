@@ -46,7 +46,9 @@ CART = [{"name": "mug", "qty": 2}, {"name": "poster", "qty": 1}]
 
 
 async def identify(producer: Any, user: str, **traits: Any) -> None:
-    await producer.identify(user, {"email": f"{user}@example.com", **traits})
+    """A user with an address who agreed to marketing (the default policy is opt-in)."""
+    traits = {"email": f"{user}@example.com", "consent": {"marketing": True}, **traits}
+    await producer.identify(user, traits)
 
 
 def by_user(commands: list[dict[str, Any]]) -> dict[str, list[str]]:

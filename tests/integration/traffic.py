@@ -144,6 +144,9 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
                 "events": {},
                 "enrollments": {},
                 "entries": {},
+                "suppressions": {},
+                "deferred_sends": [],
+                "send_decisions": [],
             },
         )
         ts = e["timestamp"]

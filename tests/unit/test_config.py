@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from mailstream.config import Config, load_config, parse_config
 from mailstream.durations import parse_duration
 from mailstream.events import Invalid, decode_event
 from mailstream.exceptions import ConfigError, MailstreamError
+from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule
 
 SOURCE = "mailstream.yaml"
 
@@ -146,6 +148,72 @@ def test_the_file_named_by_mailstream_config_is_used_when_no_path_is_given(tmp_p
             "greater than or equal to 256",
             id="max-event-bytes-tiny",
         ),
+        pytest.param(
+            {"sampling": {"page_view": {"rate": 1.5}}},
+            "sampling.page_view.rate",
+            "less than or equal to 1",
+            id="sampling-rate-above-one",
+        ),
+        pytest.param(
+            {"sampling": {"page_view": {"significant_change": {"field": "a..b"}}}},
+            "sampling.page_view.significant_change.field",
+            "should match pattern",
+            id="sampling-watch-bad-path",
+        ),
+        pytest.param(
+            {"sampling": {"identify": {"rate": 0.5}}},
+            "sampling",
+            "never sampled or throttled",
+            id="sampling-identify",
+        ),
+        pytest.param(
+            {"throttling": {"search": {"limit": 0, "per": "1m"}}},
+            "throttling.search.limit",
+            "greater than or equal to 1",
+            id="throttle-limit-zero",
+        ),
+        pytest.param(
+            {"throttling": {"search": {"limit": 5}}},
+            "throttling.search.per",
+            "Field required",
+            id="throttle-without-window",
+        ),
+        pytest.param(
+            {"policy": {"consent": {"marketing": "maybe"}}},
+            "policy.consent.marketing",
+            "'opt_in' or 'opt_out'",
+            id="consent-mode-unknown",
+        ),
+        pytest.param(
+            {"policy": {"consent": {"by_region": {"EU": "yes"}}}},
+            "policy.consent.by_region.EU",
+            "'opt_in' or 'opt_out'",
+            id="consent-region-mode-unknown",
+        ),
+        pytest.param(
+            {"policy": {"frequency_caps": {"caps": [{"max": 1, "per": "fortnight"}]}}},
+            "policy.frequency_caps.caps.0.per",
+            "is not a duration",
+            id="cap-period-unknown",
+        ),
+        pytest.param(
+            {"policy": {"quiet_hours": {"start": "9pm", "end": "08:00"}}},
+            "policy.quiet_hours.start",
+            "expected a time of day like 21:00",
+            id="quiet-hours-bad-time",
+        ),
+        pytest.param(
+            {"policy": {"quiet_hours": {"start": "21:00"}}},
+            "policy.quiet_hours.end",
+            "Field required",
+            id="quiet-hours-without-end",
+        ),
+        pytest.param(
+            {"policy": {"default_timezone": "Mars/Olympus"}},
+            "policy.default_timezone",
+            "not an IANA time zone",
+            id="default-timezone-unknown",
+        ),
         pytest.param({"web": ["port", 80]}, "web", "valid dictionary", id="section-not-a-mapping"),
     ],
 )
@@ -155,6 +223,44 @@ def test_a_bad_key_reports_its_path_and_reason(raw: dict[str, Any], key: str, re
     assert message.startswith(f"{SOURCE}: {key}: ")
     assert reason in message
     assert len(message.splitlines()) == 1
+
+
+def test_policy_and_window_rules_become_settings() -> None:
+    config = parse_config(
+        {
+            "sampling": {
+                "page_view": {
+                    "rate": 0.25,
+                    "min_interval": "10s",
+                    "significant_change": {"field": "cart.total", "threshold": 5},
+                }
+            },
+            "throttling": {"search": {"limit": 20, "per": "1h"}},
+            "policy": {
+                "consent": {"marketing": "opt_out", "by_region": {"EU": "opt_in"}},
+                "frequency_caps": {
+                    "caps": [{"max": 1, "per": "day"}, {"max": 3, "per": "7d"}],
+                    "when_capped": "drop",
+                },
+                "quiet_hours": {"start": "21:00", "end": "08:00:30"},
+                "default_timezone": "Europe/Paris",
+            },
+        },
+        SOURCE,
+        env={},
+    )
+
+    assert config.sampling["page_view"].rule() == SamplingRule(
+        rate=0.25, min_interval_ms=10_000, watch=("cart", "total"), threshold=5
+    )
+    assert config.throttling["search"].rule() == ThrottleRule(20, 3_600_000)
+    settings = config.policy.settings()
+    assert settings.consent == "opt_out"
+    assert settings.consent_by_region == {"eu": "opt_in"}
+    assert settings.caps == (Cap(1, calendar="day"), Cap(3, per_ms=7 * 86_400_000))
+    assert settings.when_capped == "drop"
+    assert settings.quiet == QuietHours(time(21, 0), time(8, 0, 30))
+    assert str(settings.default_tz) == "Europe/Paris"
 
 
 def test_every_error_is_reported_not_just_the_first() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,8 @@ from mailstream.ingest import (
     DEDUPLICATED,
     OUTCOMES,
     PROCESSED,
+    SAMPLED_OUT,
+    THROTTLED,
     BatchResult,
     IngestSettings,
     RawMessage,
@@ -21,6 +24,7 @@ from mailstream.ingest import (
     plan_offsets,
 )
 from mailstream.users import UserState, split_key, user_key
+from mailstream.windows import SamplingRule, ThrottleRule
 
 NOW_MS = 1_700_000_000_000
 MINUTE_MS = 60_000
@@ -476,3 +480,123 @@ def test_filling_the_holes_leaves_nothing_missing() -> None:
     again = plan_offsets(merged, {0: 5})
     assert again.missing == {}
     assert [m.offset for m in again.fresh] == [5, 6, 7, 8, 9]
+
+
+# ---- sampling and throttling ----------------------------------------------------------
+
+RULED = dataclasses.replace(
+    SETTINGS,
+    sampling={
+        "page_view": SamplingRule(min_interval_ms=10_000),
+        "price_seen": SamplingRule(rate=0.0, watch=("price",), threshold=5),
+    },
+    throttling={"search": ThrottleRule(limit=3, per_ms=MINUTE_MS)},
+)
+
+
+def run_ruled(store: Store, messages: Sequence[RawMessage], now_ms: int = NOW_MS) -> BatchResult:
+    reacted: list[str] = []
+    result = ingest_batch(
+        messages, store.load, now_ms, RULED, lambda state, e: reacted.append(e.event_id)
+    )
+    store.write(result)
+    assert reacted == [e.event_id for e in result.events]  # only processed events react
+    return result
+
+
+def test_a_burst_is_throttled_to_the_limit_and_every_event_is_counted() -> None:
+    store = Store()
+    burst = [event(f"s{i}", event_type="search", timestamp=NOW_MS - 1000 + i) for i in range(500)]
+
+    result = run_ruled(store, batch(*burst))
+
+    assert result.outcomes == {(PROCESSED, "search"): 3, (THROTTLED, "search"): 497}
+    alice = store.user("alice")
+    assert alice.events == {"search": 3}
+    assert alice.throttle["search"] == [NOW_MS - 1000, NOW_MS - 999, NOW_MS - 998]
+    assert len(alice.seen) == 3  # throttled events leave no trace, not even a dedup entry
+
+
+def test_the_throttle_window_slides_with_event_time() -> None:
+    store = Store()
+    first = [
+        event(f"a{i}", event_type="search", timestamp=NOW_MS - 2 * MINUTE_MS) for i in range(3)
+    ]
+    run_ruled(store, batch(*first))
+
+    inside = event("b1", event_type="search", timestamp=NOW_MS - MINUTE_MS - 1)
+    after = event("b2", event_type="search", timestamp=NOW_MS - MINUTE_MS)
+    result = run_ruled(store, batch(inside, after))
+
+    assert result.outcomes == {(THROTTLED, "search"): 1, (PROCESSED, "search"): 1}
+
+
+def test_min_interval_samples_out_and_writes_nothing() -> None:
+    store = Store()
+    run_ruled(store, batch(event("p1", timestamp=NOW_MS - 20_000)))
+    before = store.data.copy()
+
+    result = run_ruled(store, batch(event("p2", timestamp=NOW_MS - 15_000)))
+
+    assert result.outcomes == {(SAMPLED_OUT, "page_view"): 1}
+    assert result.changed == {}
+    assert store.data == before
+    result = run_ruled(store, batch(event("p3", timestamp=NOW_MS - 10_000)))
+    assert result.outcomes == {(PROCESSED, "page_view"): 1}
+
+
+def test_a_significant_change_is_processed_despite_sampling() -> None:
+    store = Store()
+    prices = [100, 101, 104, 106, 106, 90]
+    messages = batch(
+        *(
+            event(f"v{i}", event_type="price_seen", payload={"price": p})
+            for i, p in enumerate(prices)
+        )
+    )
+
+    result = run_ruled(store, messages)
+
+    assert [e.payload["price"] for e in result.events] == [100, 106, 90]
+    assert result.outcomes == {(PROCESSED, "price_seen"): 3, (SAMPLED_OUT, "price_seen"): 3}
+
+
+def test_a_replay_of_sampled_events_decides_the_same() -> None:
+    settings = dataclasses.replace(SETTINGS, sampling={"page_view": SamplingRule(rate=0.5)})
+    messages = batch(*(event(f"r{i}", user_id=f"u{i}") for i in range(200)))
+
+    first = ingest_batch(messages, Store().load, NOW_MS, settings)
+    again = ingest_batch(messages, Store().load, NOW_MS + 10 * MINUTE_MS, settings)
+
+    assert [e.event_id for e in first.events] == [e.event_id for e in again.events]
+    assert 70 < len(first.events) < 130
+    assert first.outcomes[(SAMPLED_OUT, "page_view")] == 200 - len(first.events)
+
+
+def test_a_future_timestamp_counts_as_now_in_the_windows() -> None:
+    store = Store()
+    future = event("f1", event_type="search", timestamp=NOW_MS + 3_600_000)
+
+    run_ruled(store, batch(future))
+
+    assert store.user("alice").throttle["search"] == [NOW_MS]
+
+
+def test_window_state_does_not_grow_with_the_number_of_events() -> None:
+    store = Store()
+    sizes = []
+    for round_ in range(5):
+        now = NOW_MS + round_ * 10 * MINUTE_MS
+        messages = [
+            event(f"x{round_}-{i}", event_type=kind, timestamp=now - 1000 + i, payload={"price": i})
+            for i in range(300)
+            for kind in ("search", "page_view", "price_seen")
+        ]
+        run_ruled(store, batch(*messages), now_ms=now)
+        alice = store.user("alice")
+        # the record without the dedup window, which is bounded by its own settings
+        sizes.append(len(alice.encode()) - len(alice.seen.to_bytes()))
+    alice = store.user("alice")
+    assert len(alice.throttle["search"]) == 3
+    assert len(alice.sampling) == 2
+    assert max(sizes) - min(sizes) < 40  # the event counters gain a digit or two

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from mailstream.events import Event
+from mailstream.suppression import Suppression
 from mailstream.users import UserState, apply_event, merge_traits, split_key, user_key
 
 TS = 1_700_000_000_000
@@ -232,6 +233,27 @@ def _full_state() -> UserState:
         first_seen=TS,
         last_activity=TS + 1000,
         events={"page_view": 3, "order.placed": 1},
+        sampling={"page_view": [TS, "/home"], "search": [TS]},
+        throttle={"page_view": [TS - 5, TS]},
+        suppressions={"unsubscribe": Suppression("unsubscribe", "one-click", TS)},
+        sent=[TS - 86_400_000, TS],
+        deferred={
+            "s1": {
+                "workflow": "cart",
+                "enrollment_id": "e1",
+                "step": 1,
+                "template": "cart_reminder",
+                "category": "marketing",
+                "priority": "normal",
+                "context": {"items": [1]},
+                "event": {},
+                "until": TS + 3_600_000,
+                "reason": "quiet_hours",
+            }
+        },
+        decisions=[
+            [TS, "s1", "cart", "cart_reminder", "marketing", "defer", "quiet_hours", TS + 1]
+        ],
     )
     for i in range(50):
         state.seen.check_and_add(f"evt-{i}", TS // 1000 + i)
@@ -284,8 +306,23 @@ def test_to_json_is_the_api_view_without_the_dedup_window() -> None:
         "events",
         "enrollments",
         "entries",
+        "suppressions",
+        "deferred_sends",
+        "send_decisions",
     }
     assert orjson.loads(orjson.dumps(view)) == view
+    assert view["suppressions"]["unsubscribe"]["scope"] == "marketing"
+    assert view["deferred_sends"] == [
+        {
+            "send_id": "s1",
+            "workflow": "cart",
+            "template": "cart_reminder",
+            "until": TS + 3_600_000,
+            "reason": "quiet_hours",
+        }
+    ]
+    assert view["send_decisions"][0]["decision"] == "defer"
+    assert view["send_decisions"][0]["until"] == TS + 1
 
 
 @pytest.mark.parametrize(
