@@ -13,7 +13,7 @@ from faust.types import TP
 from mailstream import metrics
 from mailstream.app import app, config, events_topic, settled
 from mailstream.apply import dead_letter_headers
-from mailstream.backfill import Backfill
+from mailstream.backfill import Backfill, complete
 from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (
@@ -22,7 +22,6 @@ from mailstream.ingest import (
     IngestSettings,
     RawMessage,
     ingest_batch,
-    plan_offsets,
 )
 from mailstream.outbox import STATE_LOCK, Outbox, flush
 from mailstream.runtime import applier, automation, suppression_list
@@ -46,28 +45,6 @@ backfill = Backfill(config.bootstrap_servers, config.topics.events)
 def load_user(partition: int, key: bytes) -> UserState | None:
     raw = users.get(partition, key)
     return None if raw is None else UserState.decode(raw)
-
-
-async def complete(messages: list[RawMessage]) -> tuple[list[RawMessage], int]:
-    """The batch without replays, with any skipped offsets fetched and put in place."""
-    progress = {p: users.progress(p) for p in {m.partition for m in messages}}
-    plan = plan_offsets(messages, progress)
-    if not plan.missing:
-        return plan.fresh, plan.replayed
-    fetched: list[RawMessage] = []
-    for partition, ranges in plan.missing.items():
-        for start, end in ranges:
-            logger.warning(
-                "the consumer skipped offsets %d..%d of partition %d: reading them directly",
-                start,
-                end - 1,
-                partition,
-            )
-            fetched.extend(await backfill.fetch(partition, start, end))
-    metrics.BACKFILLED.inc(len(fetched))
-    merged = sorted(fetched + plan.fresh, key=lambda m: (m.partition, m.offset))
-    again = plan_offsets(merged, progress)
-    return again.fresh, plan.replayed
 
 
 def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
@@ -109,7 +86,7 @@ async def process(messages: list[RawMessage]) -> None:
     # No send is decided before the global suppression list has been read once.
     await suppression_list.ready.wait()
     started = time.perf_counter()
-    fresh, replayed = await complete(messages)
+    fresh, replayed = await complete(messages, users.progress, backfill)
     now = int(time.time() * 1000)
 
     def react(state: UserState, event: Event) -> Effects:

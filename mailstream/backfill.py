@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mailstream.ingest import RawMessage
+from mailstream import metrics
+from mailstream.ingest import RawMessage, plan_offsets
 
 logger = logging.getLogger(__name__)
 
@@ -70,3 +72,30 @@ class Backfill:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+async def complete(
+    messages: list[RawMessage], progress: Callable[[int], int | None], backfill: Backfill
+) -> tuple[list[RawMessage], int]:
+    """A batch of one topic without replays, with any skipped offsets fetched and put in
+    place; and how many replays were dropped. ``progress(p)`` is partition p's next
+    unapplied offset (None: never processed)."""
+    known = {p: progress(p) for p in {m.partition for m in messages}}
+    plan = plan_offsets(messages, known)
+    if not plan.missing:
+        return plan.fresh, plan.replayed
+    fetched: list[RawMessage] = []
+    for partition, ranges in plan.missing.items():
+        for start, end in ranges:
+            logger.warning(
+                "the consumer skipped offsets %d..%d of %s[%d]: reading them directly",
+                start,
+                end - 1,
+                backfill.topic,
+                partition,
+            )
+            fetched.extend(await backfill.fetch(partition, start, end))
+    metrics.BACKFILLED.inc(len(fetched))
+    merged = sorted(fetched + plan.fresh, key=lambda m: (m.partition, m.offset))
+    again = plan_offsets(merged, known)
+    return again.fresh, plan.replayed

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,7 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
             MAILSTREAM_CONFIG=str(root / "mailstream.yaml"),
             MAILSTREAM_WEB_PORT=str(port),
             MAILSTREAM_DATA_DIR=str(root / "data"),
+            MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
         )
         with open(root / "worker.log", "ab") as log:
             worker = subprocess.Popen(
@@ -250,12 +252,14 @@ async def bench_ingest(
                 "session_timeout": "3s",
                 "heartbeat_interval": "500ms",
             },
+            "providers": {"outbox": {"directory": str(root / "outbox")}},
         }
         (root / "mailstream.yaml").write_text(yaml.safe_dump(config))
         env.update(
             MAILSTREAM_CONFIG=str(root / "mailstream.yaml"),
             MAILSTREAM_WEB_PORT=str(port),
             MAILSTREAM_DATA_DIR=str(root / "data"),
+            MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
         )
         with open(root / "worker.log", "ab") as log:
             procs.append(

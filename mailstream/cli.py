@@ -19,7 +19,7 @@ mailstream: event-driven email automation on Kafka.
 commands:
   demo      embedded broker + one worker + synthetic traffic; Ctrl-C stops all
   broker    run the embedded Kafka-compatible broker and create the topics
-  worker    run a worker (ingest, state tables, HTTP API and metrics)
+  worker    run a worker (ingest, workflows, policy, delivery, HTTP API and metrics)
   emit      send one event
   loadgen   send a realistic mix of synthetic events
   dlq       print dead-lettered messages with their reasons
@@ -115,6 +115,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import agents.ingest  # noqa: F401  (registers the agents)
     import agents.suppression_list  # noqa: F401
     import agents.timers  # noqa: F401
+
+    if config.delivery.enabled:
+        from mailstream.runtime import delivery_runtime
+
+        delivery_runtime()  # a missing secret or API key fails here, before Faust starts
+        import agents.delivery  # noqa: F401
     import mailstream.web  # noqa: F401  (registers the views)
     from mailstream.app import app
 

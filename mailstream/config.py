@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -16,11 +17,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    model_validator,
 )
 
 from mailstream.durations import parse_duration
 from mailstream.exceptions import ConfigError
 from mailstream.policy import PolicySettings
+from mailstream.providers.outbox import OutboxSettings
+from mailstream.providers.settings import MailgunSettings, PostmarkSettings, SendGridSettings
+from mailstream.providers.smtp import SmtpSettings
 from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule, parse_clock, zone
 from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
 
@@ -192,6 +197,51 @@ class PolicyConfig(_Section):
         )
 
 
+class ProvidersConfig(_Section):
+    outbox: OutboxSettings = OutboxSettings()
+    smtp: SmtpSettings | None = None
+    postmark: PostmarkSettings | None = None
+    sendgrid: SendGridSettings | None = None
+    mailgun: MailgunSettings | None = None
+
+
+class RetryConfig(_Section):
+    max_attempts: int = Field(5, ge=1, le=100)
+    base: Annotated[Seconds, Field(gt=0)] = 2.0  # the first retry waits about this long
+    max_delay: Annotated[Seconds, Field(gt=0)] = 600.0
+
+
+class WarmupConfig(_Section):
+    start: date  # day 1 of the schedule
+    daily_caps: list[Annotated[int, Field(ge=1)]] = Field(min_length=1)
+
+
+PROVIDERS = ("outbox", "smtp", "postmark", "sendgrid", "mailgun")
+
+
+class DeliveryConfig(_Section):
+    enabled: bool = True  # false: this deployment only emits send commands
+    provider: Literal["outbox", "smtp", "postmark", "sendgrid", "mailgun"] = "outbox"
+    from_address: str = Field("mailstream <mailstream@localhost>", min_length=3)
+    reply_to: str | None = None
+    # Message-IDs are <send_id@this>; default: the from address's domain
+    message_id_domain: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    rate_limit: float = Field(50.0, gt=0)  # sends per second, for the whole deployment
+    burst: float | None = Field(None, ge=1)  # default: one second's worth
+    # recipient domain -> sends per second, e.g. {gmail.com: 20}
+    domain_limits: dict[str, Annotated[float, Field(gt=0)]] = {}
+    warmup: WarmupConfig | None = None
+    retry: RetryConfig = RetryConfig()
+    concurrency: int = Field(16, ge=1, le=1000)  # provider calls in flight per worker
+    # where one-click unsubscribe links point; default: this worker's web address
+    public_url: str | None = Field(None, pattern=r"^https?://\S+$")
+    unsubscribe_mailto: str | None = None
+    # the NAME of the variable holding the secret that signs unsubscribe links
+    unsubscribe_secret_env: str = Field(
+        "MAILSTREAM_UNSUBSCRIBE_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
+    )
+
+
 class WebConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(6066, ge=1, le=65535)
@@ -212,6 +262,8 @@ class Config(_Section):
     # event type -> at most `limit` per user per `per`
     throttling: Annotated[dict[EventType, ThrottleConfig], AfterValidator(_not_identify)] = {}
     policy: PolicyConfig = PolicyConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    providers: ProvidersConfig = ProvidersConfig()
     # Where email templates live; default: the templates/ directory beside the package.
     templates_dir: Path | None = None
     # None: the shipped example journeys (mailstream/default_workflows.yaml).
@@ -220,6 +272,16 @@ class Config(_Section):
     ) = None
     # Other YAML files whose `workflows:` are added to these (paths relative to this file).
     include: list[str] = []
+
+    @model_validator(mode="after")
+    def _provider_configured(self) -> Config:
+        name = self.delivery.provider
+        if name in ("smtp", "mailgun") and getattr(self.providers, name) is None:
+            raise ValueError(
+                f"delivery.provider is {name}, but providers.{name} is not set"
+                " (it needs at least a host or a domain; see the README)"
+            )
+        return self
 
     def compiled_workflows(self) -> list[Workflow]:
         specs = self.workflows if self.workflows is not None else default_workflows()

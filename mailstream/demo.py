@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -32,6 +33,11 @@ def _outcome_totals(web_url: str) -> dict[str, int]:
                 label = sample.labels["outcome"]
             elif sample.name == "mailstream_send_commands_total":
                 label = f"{sample.labels['category']} sends {sample.labels['result']}"
+            elif sample.name == "mailstream_send_decisions_total":
+                decision = {"drop": "dropped", "defer": "held"}.get(sample.labels["decision"])
+                if decision is None:
+                    continue
+                label = f"sends {decision} ({sample.labels['reason']})"
             else:
                 continue
             totals[label] = totals.get(label, 0) + int(sample.value)
@@ -66,6 +72,8 @@ def run_demo(args: argparse.Namespace) -> int:
         MAILSTREAM_WEB_HOST="127.0.0.1",
     )
     env.pop("MAILSTREAM_CANONICAL_URL", None)
+    # Signs the one-click unsubscribe links; a demo makes its own.
+    env.setdefault("MAILSTREAM_UNSUBSCRIBE_SECRET", secrets.token_urlsafe(24))
     if args.config:
         env["MAILSTREAM_CONFIG"] = os.path.abspath(args.config)
     web_url = f"http://127.0.0.1:{args.web_port}"
@@ -110,6 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
             f"\n  health    {web_url}/health\n"
             f"  a user    {web_url}/api/users/user-1\n"
             f"  metrics   {web_url}/metrics\n"
+            f"  sent      {base.providers.outbox.directory}/ (one .eml file per email)\n"
             f"  DLQ       MAILSTREAM_BROKER_URL=kafka://127.0.0.1:{args.port} "
             f"{Path(sys.executable).parent / 'mailstream'} dlq\n"
             "\nCtrl-C stops everything.\n",

@@ -87,3 +87,34 @@ class LabelCap:
 
 
 event_type_label = LabelCap()
+
+DELIVERIES = Counter(
+    "mailstream_deliveries_total",
+    "Send commands the delivery agent took in or resolved, by category and result: queued,"
+    " deduplicated (send id seen before), requeued (transactional found mid-attempt after a"
+    " crash) and unknown (marketing found mid-attempt: not sent again).",
+    ["category", "result"],
+)
+SENDS = Counter(
+    "mailstream_sends_total",
+    "Provider calls by provider, category and result: sent, retry, permanent, exhausted.",
+    ["provider", "category", "result"],
+)
+PROVIDER_SECONDS = Histogram(
+    "mailstream_provider_request_seconds",
+    "Time for one provider call, answered or failed.",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+PACER_WAITS = Counter(
+    "mailstream_pacer_waits_total",
+    "Times the dispatcher stopped for the provider rate limit (rate_wait) or the day's"
+    " warm-up cap (warmup_cap) with sends ready.",
+    ["reason"],
+)
+SUPPRESSED = Counter(
+    "mailstream_users_suppressed_total",
+    "Users suppressed by mailstream itself, by reason (hard_bounce: the provider refused"
+    " the address).",
+    ["reason"],
+)

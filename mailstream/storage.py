@@ -23,6 +23,11 @@ from faust.types import TP
 PROGRESS_KEY = b"\x00next-offset"
 
 
+def progress_key(topic: str) -> bytes:
+    """The progress record of a table fed by several topics: one per topic."""
+    return PROGRESS_KEY + b":" + topic.encode()
+
+
 class PartitionStore:
     """Read and write one RocksDB-backed Faust table by partition, bypassing its changelog."""
 
@@ -42,8 +47,8 @@ class PartitionStore:
         value = self._store._db_for_partition(partition).get(key)
         return None if value is None else bytes(value)
 
-    def progress(self, partition: int) -> int | None:
-        value = self.get(partition, PROGRESS_KEY)
+    def progress(self, partition: int, key: bytes = PROGRESS_KEY) -> int | None:
+        value = self.get(partition, key)
         return None if value is None else int(value)
 
     def write(
@@ -62,16 +67,20 @@ class PartitionStore:
         store._db_for_partition(partition).write(batch)
         key_index = store._key_index
         for key, value in items.items():
-            if value is not None and key != PROGRESS_KEY:
+            if value is not None and not key.startswith(PROGRESS_KEY):
                 key_index[key] = partition
         store.set_persisted_offset(TP(self.changelog_topic, partition), changelog_offset)
 
     def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` keys of a partition that sort before ``bound``, in order."""
+        return self.keys_between(partition, b"", bound, limit)
+
+    def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` keys of a partition in [start, end), in order."""
         found: list[bytes] = []
         db = self._store._db_for_partition(partition)
-        for key in db.keys():
-            if key >= bound or len(found) >= limit:
+        for key in db.keys(from_key=start) if start else db.keys():
+            if key >= end or len(found) >= limit:
                 break
             found.append(bytes(key))
         return found

@@ -24,6 +24,7 @@ from mailstream.producer import EventProducer
 
 T = TypeVar("T")
 PARTITIONS = 4
+UNSUBSCRIBE_SECRET = "test-secret-for-one-click-links"
 
 
 async def wait_for(
@@ -179,6 +180,7 @@ class Deployment:
             "topics": self.topics,
             "ingest": {"batch_within": "20ms"},
             "workflows": {},
+            "providers": {"outbox": {"directory": str(self.root / "outbox")}},
         }
         for section, values in self.overrides.items():
             if isinstance(values, dict):
@@ -201,6 +203,7 @@ class Deployment:
             MAILSTREAM_CONFIG=str(self.config_path),
             MAILSTREAM_WEB_PORT=str(port),
             MAILSTREAM_DATA_DIR=str(data),
+            MAILSTREAM_UNSUBSCRIBE_SECRET=UNSUBSCRIBE_SECRET,
             PYTHONUNBUFFERED="1",
         )
         w = Worker(name, port, data, self.root / f"{name}-{len(self.workers)}.log", env)

@@ -1,0 +1,212 @@
+"""The delivery of one send: its record in the deliveries table and how it moves.
+
+queued -> attempting -> sent
+                     -> queued again (retryable failure, after a backoff)
+                     -> failed (permanent failure, or retries used up)
+attempting, found after a crash -> queued again (transactional: never lost)
+                                -> unknown (marketing: never sent twice)
+
+Pure: the agent passes the time, the provider's answer and the jitter in.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mailstream.providers.base import Accepted, SendFailure
+from mailstream.ratelimit import retry_delay
+
+QUEUED = "queued"
+ATTEMPTING = "attempting"
+SENT = "sent"
+FAILED = "failed"
+UNKNOWN = "unknown"
+FINAL = (SENT, FAILED, UNKNOWN)
+
+# Queue order: every transactional send before any marketing one, then by priority.
+_RANK = {
+    ("transactional", "high"): 0,
+    ("transactional", "normal"): 1,
+    ("transactional", "low"): 2,
+    ("marketing", "high"): 3,
+    ("marketing", "normal"): 4,
+    ("marketing", "low"): 5,
+}
+_QUEUE_HEAD = struct.Struct(">BQ")  # rank, then ready time: byte order is queue order
+
+
+def rank(category: str, priority: str) -> int:
+    found = _RANK.get((category, priority))
+    if found is not None:
+        return found
+    return _RANK[("transactional" if category == "transactional" else "marketing", "normal")]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKey:
+    rank: int
+    ready: int  # epoch ms: not before
+    send_id: str
+
+    def encode(self) -> bytes:
+        return _QUEUE_HEAD.pack(self.rank, self.ready) + self.send_id.encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> QueueKey:
+        r, ready = _QUEUE_HEAD.unpack_from(raw)
+        return cls(r, ready, raw[_QUEUE_HEAD.size :].decode())
+
+
+def rank_bounds(r: int, now: int) -> tuple[bytes, bytes]:
+    """Keys of rank ``r`` ready at ``now`` sort in [start, end)."""
+    return _QUEUE_HEAD.pack(r, 0), _QUEUE_HEAD.pack(r, now + 1)
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A send's record in the deliveries table."""
+
+    state: str
+    category: str
+    user_id: str
+    tenant_id: str
+    attempts: int = 0
+    updated: int = 0
+    provider_id: str | None = None
+    # [at, code, message] for every failed attempt
+    history: list[list[Any]] = field(default_factory=list)
+    queue_key: bytes | None = None  # where it waits, while queued
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "s": self.state,
+                "c": self.category,
+                "u": self.user_id,
+                "t": self.tenant_id,
+                "a": self.attempts,
+                "at": self.updated,
+                "p": self.provider_id,
+                "h": self.history,
+                "q": self.queue_key.hex() if self.queue_key is not None else None,
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Delivery:
+        d = orjson.loads(raw)
+        return cls(
+            state=d["s"],
+            category=d["c"],
+            user_id=d["u"],
+            tenant_id=d["t"],
+            attempts=d["a"],
+            updated=d["at"],
+            provider_id=d["p"],
+            history=d["h"],
+            queue_key=bytes.fromhex(d["q"]) if d.get("q") else None,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "category": self.category,
+            "attempts": self.attempts,
+            "updated": self.updated,
+            "provider_id": self.provider_id,
+            "history": [dict(zip(("at", "code", "message"), h, strict=True)) for h in self.history],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int = 5
+    base_s: float = 2.0
+    max_delay_s: float = 600.0
+
+
+def accept(existing: Delivery | None, command: dict[str, Any], now: int) -> Delivery | None:
+    """A send command arrives: a new queued delivery, or None for a send id seen before
+    (a replayed or re-sent command)."""
+    if existing is not None:
+        return None
+    key = QueueKey(
+        rank(command["category"], command.get("priority", "normal")), now, command["send_id"]
+    )
+    return Delivery(
+        state=QUEUED,
+        category=command["category"],
+        user_id=command["user_id"],
+        tenant_id=command["tenant_id"],
+        updated=now,
+        queue_key=key.encode(),
+    )
+
+
+def attempt(delivery: Delivery, now: int) -> None:
+    """Recorded, and acknowledged, before the provider is called."""
+    delivery.state = ATTEMPTING
+    delivery.attempts += 1
+    delivery.updated = now
+
+
+def succeeded(delivery: Delivery, accepted: Accepted, now: int) -> None:
+    delivery.state = SENT
+    delivery.provider_id = accepted.provider_message_id
+    delivery.updated = now
+    delivery.queue_key = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailureOutcome:
+    retry_at: int | None  # epoch ms of the next attempt, or None: no more attempts
+    suppress: bool  # the address is invalid: suppress the user as a hard bounce
+    reason: str  # "retry", "permanent" or "exhausted"
+
+
+def failed(
+    delivery: Delivery,
+    failure: SendFailure,
+    policy: RetryPolicy,
+    now: int,
+    jitter: float,
+) -> FailureOutcome:
+    """A failed attempt: queue it again after a backoff, or give up."""
+    delivery.history.append([now, failure.code, failure.message])
+    delivery.updated = now
+    if not failure.retryable:
+        delivery.state = FAILED
+        delivery.queue_key = None
+        return FailureOutcome(None, failure.invalid_recipient, "permanent")
+    if delivery.attempts >= policy.max_attempts:
+        delivery.state = FAILED
+        delivery.queue_key = None
+        return FailureOutcome(None, False, "exhausted")
+    delay = retry_delay(
+        delivery.attempts, policy.base_s, policy.max_delay_s, jitter, failure.retry_after
+    )
+    retry_at = now + int(delay * 1000)
+    delivery.state = QUEUED
+    assert delivery.queue_key is not None, "a delivery keeps its queue key until it is final"
+    old = QueueKey.decode(delivery.queue_key)
+    delivery.queue_key = QueueKey(old.rank, retry_at, old.send_id).encode()
+    return FailureOutcome(retry_at, False, "retry")
+
+
+def orphaned(delivery: Delivery, now: int) -> bool:
+    """An ``attempting`` delivery nobody is attempting: the worker died mid-call, and the
+    provider may or may not have taken it. Transactional: queue it again (never lost;
+    the same Message-ID lets a receiver spot the duplicate). Marketing: give it up as
+    ``unknown`` (never sent twice). Returns whether it is queued again."""
+    delivery.updated = now
+    if delivery.category == "transactional":
+        delivery.state = QUEUED
+        delivery.history.append([now, "unknown_outcome", "worker stopped during the attempt"])
+        return True
+    delivery.state = UNKNOWN
+    delivery.queue_key = None
+    return False

@@ -1,0 +1,244 @@
+"""The delivery agent on real workers against a local imitation of the providers' APIs:
+each send once, retries after backoff, hard bounces suppressed, the rate kept, crashes."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from tests.fakes.http_providers import FakeProviders
+from tests.fakes.smtp_server import FakeSmtpServer
+from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
+
+
+def command(
+    send_id: str, user: str, category: str = "transactional", **extra: Any
+) -> dict[str, Any]:
+    return {
+        "send_id": send_id,
+        "tenant_id": "default",
+        "user_id": user,
+        "to": f"{user}@example.com",
+        "category": category,
+        "priority": "normal",
+        "workflow": "test",
+        "subject": f"Hello {user}",
+        "text": "Hello",
+        "html": "<p>Hello</p>",
+        "headers": {"X-Mailstream-Send-Id": send_id, "X-Mailstream-User-Id": user},
+        **extra,
+    }
+
+
+async def produce(deployment: Deployment, commands: list[dict[str, Any]]) -> None:
+    """Send commands straight onto the send topics, keyed by user id, as the engine does."""
+    producer = AIOKafkaProducer(bootstrap_servers=deployment.broker.bootstrap_servers, linger_ms=5)
+    await producer.start()
+    try:
+        for c in commands:
+            topic = deployment.topics[f"sends_{c['category']}"]
+            await producer.send(topic, orjson.dumps(c), key=c["user_id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def use_fake(deployment: Deployment, fake: FakeProviders, **delivery: Any) -> None:
+    deployment.overrides["delivery"] = {"provider": "postmark", **delivery}
+    deployment.overrides["providers"] = {"postmark": {"base_url": fake.url}}
+
+
+def start(deployment: Deployment, fake: FakeProviders, name: str, **kw: Any) -> Worker:
+    worker = deployment.worker(name, **kw)
+    worker.env.update(fake.env())
+    return worker.start()
+
+
+async def test_each_send_arrives_once_with_its_headers_and_a_repeat_is_skipped(
+    deployment: Deployment,
+) -> None:
+    async with FakeProviders() as fake:
+        use_fake(deployment, fake, from_address="Shop <hello@shop.test>")
+        worker = start(deployment, fake, "a")
+        await deployment.wait_ready([worker])
+        commands = [
+            command(f"s{i}", f"user{i}", "marketing" if i % 2 else "transactional")
+            for i in range(20)
+        ]
+        await produce(deployment, commands)
+        got = await fake.wait_for(20, timeout=30)
+
+        by_id = {r.metadata["send_id"]: r for r in got}
+        assert sorted(by_id) == sorted(c["send_id"] for c in commands)
+        for c in commands:
+            r = by_id[c["send_id"]]
+            assert r.to == c["to"] and r.subject == c["subject"]
+            assert r.message_id == f"<{c['send_id']}@shop.test>"
+            assert r.metadata["user_id"] == c["user_id"]
+            assert r.headers["X-Mailstream-Send-Id"] == c["send_id"]
+            marketing = c["category"] == "marketing"
+            assert ("List-Unsubscribe" in r.headers) is marketing
+            if marketing:
+                assert r.headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+                assert r.headers["List-Unsubscribe"].startswith(f"<{worker.url}/unsubscribe/")
+
+        await produce(deployment, commands)  # the same send ids again
+
+        async def skipped() -> bool:
+            m = await worker.metrics()
+            return metric_sum(m, "mailstream_deliveries_total", result="deduplicated") == 20
+
+        await wait_for(skipped, 20, "the repeated commands to be skipped")
+        assert len(fake.received) == 20
+
+
+async def test_retries_after_backoff_and_an_invalid_address_is_suppressed(
+    deployment: Deployment,
+) -> None:
+    async with FakeProviders() as fake:
+        use_fake(deployment, fake, retry={"base": "300ms", "max_attempts": 3})
+        fake.script("flaky@example.com", [("429", {"Retry-After": "2"}), ("ok",)])
+        fake.script("busy@example.com", [("500",), ("503",), ("ok",)])
+        fake.script("down@example.com", [("500",)] * 5)
+        fake.invalid("bad@example.com")
+        worker = start(deployment, fake, "a")
+        await deployment.wait_ready([worker])
+        users = ["flaky", "busy", "down", "bad", "fine"]
+        async with deployment.producer() as p:
+            for user in users:
+                await p.identify(user, {"email": f"{user}@example.com"})
+            await p.flush()
+        await produce(deployment, [command(f"send-{u}", u) for u in users])
+
+        await fake.wait_for(3, timeout=30)
+        arrived = {r.to.split("@")[0] for r in fake.received}
+        assert arrived == {"flaky", "busy", "fine"}
+        tries = [a for a in fake.attempts if a.to == "flaky@example.com"]
+        assert [a.status for a in tries] == [429, 200]
+        assert tries[1].monotonic - tries[0].monotonic >= 2.0, "Retry-After is honoured"
+        busy = [a.status for a in fake.attempts if a.to == "busy@example.com"]
+        assert busy == [500, 503, 200]
+
+        letters = await deployment.read_topic(deployment.topics["dlq"], 2, timeout=30)
+        reasons = {}
+        for letter in letters:
+            headers = {k: v for k, v in letter.headers}
+            reasons[orjson.loads(letter.value)["user_id"]] = headers
+        assert reasons["bad"]["mailstream.reason_code"] == b"delivery_failed"
+        assert b"http_422" in reasons["bad"]["mailstream.reason"]
+        assert reasons["down"]["mailstream.reason_code"] == b"delivery_exhausted"
+        assert len(orjson.loads(reasons["down"]["mailstream.attempts"])) == 3
+        assert len([a for a in fake.attempts if a.to == "down@example.com"]) == 3
+
+        status, bad = await worker.get("/api/users/bad")
+        assert status == 200 and bad["suppressions"]["hard_bounce"]["scope"] == "all"
+        status, fine = await worker.get("/api/users/fine")
+        assert fine["suppressions"] == {}
+
+
+async def test_the_provider_limit_holds_across_two_workers(deployment: Deployment) -> None:
+    limit, burst, total = 50, 5, 2000
+    async with FakeProviders() as fake:
+        use_fake(deployment, fake, rate_limit=limit, burst=burst)
+        workers = [start(deployment, fake, name) for name in ("a", "b")]
+        await deployment.wait_ready(workers)
+        await produce(deployment, [command(f"r{i}", f"u{i}", "marketing") for i in range(total)])
+        await fake.wait_for(limit * 2, timeout=30)  # the backlog is draining at the limit
+        urgent = [command(f"t{i}", f"v{i}") for i in range(5)]
+        before = len(fake.received)
+        await produce(deployment, urgent)
+        got = await fake.wait_for(total + len(urgent), timeout=120)
+
+    # Receipts do not wait behind the marketing backlog: they go with the next tokens.
+    order = [r.metadata["send_id"] for r in sorted(got, key=lambda r: r.monotonic)]
+    receipt_positions = [order.index(c["send_id"]) for c in urgent]
+    # within about a second of sends (the provider limit) after they were produced
+    assert max(receipt_positions) < before + limit, (before, receipt_positions)
+    got = [r for r in got if r.metadata["send_id"].startswith("r")]
+    times = sorted(r.monotonic for r in got)
+    busiest = max(
+        sum(1 for t in times[i : i + limit + burst + 1] if t < start + 1.0)
+        for i, start in enumerate(times)
+    )
+    assert busiest <= limit + burst, f"{busiest} messages within one second"
+    rate = (total - 1) / (times[-1] - times[0])
+    assert rate >= 0.9 * limit, f"{rate:.1f}/s is below 90 % of the {limit}/s limit"
+
+
+@pytest.mark.parametrize("sends", [5000])
+async def test_sigkill_mid_run_loses_no_receipt_and_sends_no_marketing_twice(
+    deployment: Deployment, sends: int
+) -> None:
+    async with FakeProviders() as fake:
+        use_fake(deployment, fake, rate_limit=1500, burst=100, concurrency=32)
+        a = start(deployment, fake, "a")
+        await deployment.wait_ready([a])
+        commands = [
+            command(f"k{i}", f"u{i % 700}", "marketing" if i % 2 else "transactional")
+            for i in range(sends)
+        ]
+        await produce(deployment, commands)
+        await fake.wait_for(sends // 5, timeout=60)
+        a.kill(signal.SIGKILL)
+        restarted = start(deployment, fake, "a", data_dir=a.data_dir)
+        await deployment.wait_ready([restarted])
+
+        transactional = {c["send_id"] for c in commands if c["category"] == "transactional"}
+        marketing = {c["send_id"] for c in commands if c["category"] == "marketing"}
+
+        async def settled() -> dict[str, float] | None:
+            seen = {r.metadata["send_id"] for r in fake.received}
+            m = await restarted.metrics()
+            unknown = metric_sum(m, "mailstream_deliveries_total", result="unknown")
+            done = transactional <= seen and len(seen & marketing) + unknown >= len(marketing)
+            return m if done else None
+
+        m = await wait_for(settled, 90, "every receipt and every marketing send accounted for")
+        per_id = Counter(r.metadata["send_id"] for r in fake.received)
+        twice = [sid for sid in marketing if per_id[sid] > 1]
+        assert twice == [], f"marketing sent twice: {twice[:5]}"
+        assert transactional <= set(per_id), "no receipt is lost"
+        unknown = int(metric_sum(m, "mailstream_deliveries_total", result="unknown"))
+        delivered = len(set(per_id) & marketing)
+        assert delivered + unknown == len(marketing)
+        if unknown:
+            letters = await deployment.read_topic(deployment.topics["dlq"], unknown, timeout=20)
+            codes = Counter(dict(x.headers)["mailstream.reason_code"] for x in letters)
+            assert codes[b"unknown_outcome"] == unknown, "each unknown outcome is listed"
+
+
+async def test_smtp_retries_a_421_and_suppresses_a_550(deployment: Deployment) -> None:
+    with FakeSmtpServer() as smtp:
+        smtp.script("later@example.com", [421, 250])
+        smtp.script("gone@example.com", [550])
+        deployment.overrides["delivery"] = {"provider": "smtp", "retry": {"base": "300ms"}}
+        deployment.overrides["providers"] = {
+            "smtp": {"host": smtp.host, "port": smtp.port, "tls": "none"}
+        }
+        worker = deployment.worker("a").start()
+        await deployment.wait_ready([worker])
+        users = ["later", "gone", "fine"]
+        async with deployment.producer() as p:
+            for user in users:
+                await p.identify(user, {"email": f"{user}@example.com"})
+            await p.flush()
+        await produce(deployment, [command(f"smtp-{u}", u, "marketing") for u in users])
+
+        got = await smtp.until(2, timeout=30)
+        assert sorted(r.rcpt_tos[0] for r in got) == ["fine@example.com", "later@example.com"]
+        for r in got:
+            assert r.message_id == f"<smtp-{r.rcpt_tos[0].split('@')[0]}@localhost>"
+            assert r.header("List-Unsubscribe-Post") == "List-Unsubscribe=One-Click"
+
+        async def suppressed() -> bool:
+            status, gone = await worker.get("/api/users/gone")
+            return status == 200 and "hard_bounce" in gone["suppressions"]
+
+        await wait_for(suppressed, 20, "the 550 recipient to be suppressed")
+        m = await worker.metrics()
+        assert metric_sum(m, "mailstream_sends_total", provider="smtp", result="retry") == 1
