@@ -33,6 +33,8 @@ def _outcome_totals(web_url: str) -> dict[str, int]:
                 label = sample.labels["outcome"]
             elif sample.name == "mailstream_send_commands_total":
                 label = f"{sample.labels['category']} sends {sample.labels['result']}"
+            elif sample.name == "mailstream_sends_total":
+                label = f"{sample.labels['category']} {sample.labels['result']} by provider"
             elif sample.name == "mailstream_send_decisions_total":
                 decision = {"drop": "dropped", "defer": "held"}.get(sample.labels["decision"])
                 if decision is None:
