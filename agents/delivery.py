@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from mailstream import metrics
 from mailstream.app import app, config, settled
@@ -123,6 +124,13 @@ async def accept_batch(messages: list[RawMessage]) -> None:
         await flush(app.producer, outbox)
 
 
+# The agent and the tail sweep both accept commands; one batch at a time.
+ACCEPT_LOCK = asyncio.Lock()
+# (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
+last_seen: dict[tuple[str, int], float] = {}
+SWEEP_SECONDS = 2.0
+
+
 @app.agent(sends_topic, name="mailstream.delivery")
 async def accept_sends(stream: Any) -> None:
     """Acknowledge send commands only once they are durably queued."""
@@ -131,9 +139,46 @@ async def accept_sends(stream: Any) -> None:
             RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
             for m in (event.message for event in batch)
         ]
-        await accept_batch(messages)
+        seen_at = time.monotonic()
+        for m in messages:
+            last_seen[(m.topic, m.partition)] = seen_at
+        async with ACCEPT_LOCK:
+            await accept_batch(messages)
         for event in batch:
             await stream.ack(event)
+
+
+@app.timer(interval=SWEEP_SECONDS)
+async def sweep_skipped_send_tails() -> None:
+    """Read back send commands the consumer skipped at the end of a quiet partition (see
+    agents.ingest.sweep_skipped_tails): a skipped receipt would otherwise wait for the
+    next command on its partition."""
+    if not settled():
+        return
+    now = time.monotonic()
+    for partition in deliveries.active_partitions():
+        for topic in SEND_TOPICS:
+            if now - last_seen.get((topic, partition), 0.0) < SWEEP_SECONDS:
+                continue
+            highwater = app.consumer.highwater(TP(topic, partition))
+            progress = deliveries.progress(partition, progress_key(topic)) or 0
+            if highwater is None or progress >= highwater:
+                continue
+            async with ACCEPT_LOCK:
+                progress = deliveries.progress(partition, progress_key(topic)) or 0
+                if progress >= highwater:
+                    continue
+                logger.warning(
+                    "%s[%d] is quiet at offset %d but holds commands up to %d: reading them",
+                    topic,
+                    partition,
+                    progress,
+                    highwater - 1,
+                )
+                tail = await backfills[topic].fetch(partition, progress, highwater)
+                metrics.BACKFILLED.inc(len(tail))
+                if tail:
+                    await accept_batch(tail)
 
 
 def _sent_today_key(today: str) -> bytes:

@@ -1,7 +1,9 @@
 """``mailstream bench``: measurements that start everything they need and print figures.
 
-Scenarios: ``ingest`` (the engine against a bare Faust agent on the same topic) and
-``timers`` (how late waits fire, and what a tick costs, with many pending timers).
+Scenarios: ``ingest`` (the engine against a bare Faust agent on the same topic),
+``timers`` (how late waits fire, and what a tick costs, with many pending timers) and
+``delivery`` (sends per second to a local provider, and how well a rate limit holds;
+in mailstream.bench_delivery).
 """
 
 from __future__ import annotations
@@ -57,8 +59,8 @@ def _quantile(samples: dict[str, list[tuple[dict[str, str], float]]], name: str,
     return float("nan")
 
 
-def _clean_up(procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker, root: Path) -> None:
-    """Stop every process the bench started, by pid, then the broker; remove its files."""
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop processes the bench started, by pid: politely, then not."""
     for proc in procs:
         if proc.poll() is None:
             proc.terminate()
@@ -67,6 +69,11 @@ def _clean_up(procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker, root
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def clean_up(procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker, root: Path) -> None:
+    """Stop every process the bench started, then the broker; remove its files."""
+    stop_processes(procs)
     broker.stop()
     shutil.rmtree(root, ignore_errors=True)
 
@@ -181,7 +188,7 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        _clean_up([worker] if worker is not None else [], broker, root)
+        clean_up([worker] if worker is not None else [], broker, root)
 
 
 async def bench_ingest(
@@ -314,12 +321,16 @@ async def bench_ingest(
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        _clean_up(procs, broker, root)
+        clean_up(procs, broker, root)
 
 
 def add_bench_parser(sub: Any) -> None:
-    p = sub.add_parser("bench", help="measure throughput or timer lag; prints figures")
-    p.add_argument("scenario", choices=["ingest", "timers"], nargs="?", default="ingest")
+    p = sub.add_parser(
+        "bench", help="measure ingest throughput, timer lag or delivery rate; prints figures"
+    )
+    p.add_argument(
+        "scenario", choices=["ingest", "timers", "delivery"], nargs="?", default="ingest"
+    )
     p.add_argument("--events", type=int, default=50_000, help="ingest: events produced")
     p.add_argument("--users", type=int, default=5_000, help="ingest: distinct users")
     p.add_argument(
@@ -331,6 +342,8 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
     p.add_argument("--wait", type=float, default=3.0, help="timers: the probes' wait, seconds")
+    p.add_argument("--sends", type=int, default=5_000, help="delivery: sends with no limit")
+    p.add_argument("--rate", type=float, default=100.0, help="delivery: the limit measured")
     p.add_argument("--out", help="where to write the JSON figures (default bench-SCENARIO.json)")
     p.set_defaults(func=cmd_bench)
 
@@ -339,6 +352,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-{args.scenario}.json")
     if args.scenario == "ingest":
         result = asyncio.run(bench_ingest(args.events, args.users, out, args.batching))
+    elif args.scenario == "delivery":
+        from mailstream.bench_delivery import bench_delivery
+
+        result = asyncio.run(bench_delivery(args.sends, args.rate, out))
     else:
         result = asyncio.run(bench_timers(args.pending, args.probes, args.wait, out))
     width = max(len(k) for k in result)

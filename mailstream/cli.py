@@ -26,7 +26,7 @@ commands:
   suppress  add, remove, import or list addresses that must never be mailed
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
-  bench     measure ingest throughput against a bare Faust agent, or timer lag
+  bench     measure ingest throughput, timer lag or delivery rate
 """
 
 

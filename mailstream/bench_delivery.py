@@ -1,0 +1,188 @@
+"""``mailstream bench delivery``: sends per second to a local provider with no limit, and
+how closely a configured rate limit is kept.
+
+A local server speaking Postmark's send API (``POST /email``) records when each message
+arrives; a worker delivers pre-produced send commands to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+from aiokafka import AIOKafkaProducer
+
+from mailstream.bench import clean_up, stop_processes
+from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
+
+
+class Sink:
+    """Accepts every Postmark-style send on 127.0.0.1 and notes when it arrived."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _email(self, request: web.Request) -> web.Response:
+        await request.read()
+        self.arrivals.append(time.monotonic())
+        body = {"ErrorCode": 0, "Message": "OK", "MessageID": secrets.token_hex(8)}
+        return web.json_response(body)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/email", self._email)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _command(i: int) -> dict[str, Any]:
+    user = f"user-{i % 5000}"
+    return {
+        "send_id": f"bench-{i:08d}",
+        "tenant_id": "default",
+        "user_id": user,
+        "to": f"{user}@example.com",
+        "category": "marketing" if i % 3 else "transactional",
+        "priority": "normal",
+        "subject": "Your weekly digest",
+        "text": "Hello\n" * 40,
+        "html": "<p>Hello</p>" * 40,
+        "headers": {"X-Mailstream-Send-Id": f"bench-{i:08d}", "X-Mailstream-User-Id": user},
+    }
+
+
+def busiest_second(times: list[float]) -> int:
+    """The most arrivals within any one-second window."""
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] < t - 1.0:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+async def _run(
+    broker: EmbeddedBroker, root: Path, name: str, sends: int, rate: float | None
+) -> dict[str, Any]:
+    """Deliver ``sends`` commands with one worker; the arrival times at the sink."""
+    sink = Sink()
+    await sink.start()
+    topics = {
+        "events": f"{name}.events",
+        "dlq": f"{name}.dlq",
+        "sends_transactional": f"{name}.sends.transactional",
+        "sends_marketing": f"{name}.sends.marketing",
+        "feedback": f"{name}.feedback",
+        "suppression": f"{name}.suppression",
+    }
+    await ensure_topics(broker.bootstrap_servers, topics.values(), 4)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=20)
+    await producer.start()
+    try:
+        for i in range(sends):
+            c = _command(i)
+            await producer.send(
+                topics[f"sends_{c['category']}"], orjson.dumps(c), key=c["user_id"].encode()
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+    port = free_port()
+    config = {
+        "app_id": name,
+        "broker": {"url": broker.url, "session_timeout": "3s", "heartbeat_interval": "500ms"},
+        "topics": topics,
+        "delivery": {
+            "provider": "postmark",
+            "rate_limit": rate or 1_000_000,
+            "concurrency": 64,
+        },
+        "providers": {"postmark": {"base_url": sink.url}},
+    }
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {
+        "MAILSTREAM_CONFIG": str(path),
+        "MAILSTREAM_WEB_PORT": str(port),
+        "MAILSTREAM_DATA_DIR": str(root / name),
+        "MAILSTREAM_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(24),
+        "POSTMARK_SERVER_TOKEN": "bench",
+        "PATH": "/usr/bin:/bin",
+    }
+    with open(root / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailstream", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while len(sink.arrivals) < sends and time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited; see {root / (name + '.log')}")
+            await asyncio.sleep(0.2)
+        if len(sink.arrivals) < sends:
+            raise RuntimeError(f"only {len(sink.arrivals)} of {sends} sends arrived in time")
+        times = sorted(sink.arrivals)
+        # after the first second, which holds the initial burst as well as the rate
+        later = [t for t in times if t >= times[0] + 1.0]
+        return {
+            "per_s": (len(times) - 1) / max(times[-1] - times[0], 1e-6),
+            "steady_per_s": (len(later) - 1) / max(later[-1] - later[0], 1e-6)
+            if len(later) > 1
+            else float("nan"),
+            "busiest_second": busiest_second(times),
+        }
+    finally:
+        stop_processes([proc])
+        await sink.stop()
+
+
+async def bench_delivery(sends: int, rate: float, out: Path) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
+    broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+    try:
+        broker.start()
+        print(f"no limit: {sends:,} sends to a local provider ...", flush=True)
+        free = await _run(broker, root, "bench-free", sends, None)
+        limited_sends = max(int(rate * 20), 100)
+        print(f"limited: {limited_sends:,} sends at {rate:g}/s ...", flush=True)
+        limited = await _run(broker, root, "bench-limited", limited_sends, rate)
+        result = {
+            "scenario": "delivery",
+            "provider": "postmark API on a local server",
+            "sends": sends,
+            "sends_per_s_no_limit": round(free["per_s"]),
+            "rate_limit_per_s": rate,
+            "sends_per_s_limited": round(limited["per_s"], 1),
+            "steady_per_s_limited": round(limited["steady_per_s"], 1),
+            "rate_accuracy": round(limited["steady_per_s"] / rate, 3),
+            # counted at the server, so network jitter adds a little to the bucket's bound
+            "busiest_second_limited": limited["busiest_second"],
+            "rate_plus_burst": rate * 2,  # the default burst is one second's worth
+        }
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        return result
+    finally:
+        clean_up([], broker, root)
