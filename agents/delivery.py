@@ -18,12 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from faust.types import TP
 
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_headers
-from mailstream.backfill import Backfill, complete
+from mailstream.backfill import QUIET_SECONDS, Backfill, complete, sweep_quiet_partitions
 from mailstream.compose import compose, recipient_domain
 from mailstream.delivery import (
     ATTEMPTING,
@@ -128,7 +127,6 @@ async def accept_batch(messages: list[RawMessage]) -> None:
 ACCEPT_LOCK = asyncio.Lock()
 # (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
 last_seen: dict[tuple[str, int], float] = {}
-SWEEP_SECONDS = 2.0
 
 
 @app.agent(sends_topic, name="mailstream.delivery")
@@ -148,37 +146,18 @@ async def accept_sends(stream: Any) -> None:
             await stream.ack(event)
 
 
-@app.timer(interval=SWEEP_SECONDS)
+@app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_send_tails() -> None:
-    """Read back send commands the consumer skipped at the end of a quiet partition (see
-    agents.ingest.sweep_skipped_tails): a skipped receipt would otherwise wait for the
-    next command on its partition."""
+    """Send commands the consumer skipped at the end of a quiet partition: a skipped
+    receipt would otherwise wait for the next command on its partition."""
     if not settled():
         return
-    now = time.monotonic()
-    for partition in deliveries.active_partitions():
-        for topic in SEND_TOPICS:
-            if now - last_seen.get((topic, partition), 0.0) < SWEEP_SECONDS:
-                continue
-            highwater = app.consumer.highwater(TP(topic, partition))
-            progress = deliveries.progress(partition, progress_key(topic)) or 0
-            if highwater is None or progress >= highwater:
-                continue
-            async with ACCEPT_LOCK:
-                progress = deliveries.progress(partition, progress_key(topic)) or 0
-                if progress >= highwater:
-                    continue
-                logger.warning(
-                    "%s[%d] is quiet at offset %d but holds commands up to %d: reading them",
-                    topic,
-                    partition,
-                    progress,
-                    highwater - 1,
-                )
-                tail = await backfills[topic].fetch(partition, progress, highwater)
-                metrics.BACKFILLED.inc(len(tail))
-                if tail:
-                    await accept_batch(tail)
+    partitions = deliveries.active_partitions()
+    for topic in SEND_TOPICS:
+        progress = functools.partial(deliveries.progress, key=progress_key(topic))
+        await sweep_quiet_partitions(
+            partitions, last_seen, progress, backfills[topic], accept_batch, ACCEPT_LOCK
+        )
 
 
 def _sent_today_key(today: str) -> bytes:

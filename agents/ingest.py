@@ -8,12 +8,10 @@ import logging
 import time
 from typing import Any
 
-from faust.types import TP
-
 from mailstream import metrics
 from mailstream.app import app, config, events_topic, settled
 from mailstream.apply import dead_letter_headers
-from mailstream.backfill import Backfill, complete
+from mailstream.backfill import QUIET_SECONDS, Backfill, complete, sweep_quiet_partitions
 from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (
@@ -77,8 +75,8 @@ def count(result: BatchResult, consumed: int, replayed: int) -> None:
             metrics.EVENT_OUTCOMES.labels(outcome, metrics.event_type_label(label)).inc(n)
 
 
-# partition -> when the agent last saw a message of it (monotonic seconds)
-last_seen: dict[int, float] = {}
+# (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
+last_seen: dict[tuple[str, int], float] = {}
 
 
 async def process(messages: list[RawMessage]) -> None:
@@ -111,48 +109,22 @@ async def ingest(stream: Any) -> None:
         ]
         seen_at = time.monotonic()
         for m in messages:
-            last_seen[m.partition] = seen_at
+            last_seen[(m.topic, m.partition)] = seen_at
         async with STATE_LOCK:
             await process(messages)
         for event in batch:
             await stream.ack(event)
 
 
-SWEEP_SECONDS = 2.0
-
-
-@app.timer(interval=SWEEP_SECONDS)
+@app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_tails() -> None:
-    """Read back the tail of a quiet partition that the consumer skipped.
-
-    A skipped message is found when a later one arrives; if the consumer skipped
-    (and acknowledged) everything up to the end of a partition, nothing later arrives,
-    so a partition that has been quiet for a while is compared with its high-water mark.
-    """
-    if not settled():
-        return
-    now = time.monotonic()
-    for partition in users.active_partitions():
-        if now - last_seen.get(partition, 0.0) < SWEEP_SECONDS:
-            continue
-        highwater = app.consumer.highwater(TP(config.topics.events, partition))
-        progress = users.progress(partition) or 0
-        if highwater is None or progress >= highwater:
-            continue
-        async with STATE_LOCK:
-            progress = users.progress(partition) or 0
-            if progress >= highwater:
-                continue
-            logger.warning(
-                "partition %d is quiet at offset %d but holds events up to %d: reading them",
-                partition,
-                progress,
-                highwater - 1,
-            )
-            tail = await backfill.fetch(partition, progress, highwater)
-            metrics.BACKFILLED.inc(len(tail))
-            if tail:
-                await process(tail)
+    """Events the consumer skipped at the end of a quiet partition (see
+    mailstream.backfill.sweep_quiet_partitions)."""
+    if settled():
+        partitions = users.active_partitions()
+        await sweep_quiet_partitions(
+            partitions, last_seen, users.progress, backfill, process, STATE_LOCK
+        )
 
 
 @app.task

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -40,8 +41,14 @@ class Backfill:
             self._consumer = consumer
         return self._consumer
 
-    async def fetch(self, partition: int, start: int, end: int) -> list[RawMessage]:
-        """Messages with ``start <= offset < end`` (fewer if the log no longer has them)."""
+    async def fetch(
+        self, partition: int, start: int, end: int | None = None, idle_ms: int = 150
+    ) -> list[RawMessage]:
+        """Messages with ``start <= offset < end`` (fewer if the log no longer has them).
+
+        Without ``end``: up to the end of the partition, found by reading until a fetch
+        comes back empty for ``idle_ms`` (the high-water mark the embedded broker reports
+        can fall short of the last producer batch, so it is not trusted)."""
         consumer = await self._client()
         tp = TopicPartition(self.topic, partition)
         consumer.assign([tp])
@@ -49,15 +56,17 @@ class Backfill:
         found: list[RawMessage] = []
         deadline = time.monotonic() + self.timeout
         position = start
-        while position < end and time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=500)
+        while (end is None or position < end) and time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=idle_ms if end is None else 500)
             for m in batch.get(tp, ()):
                 position = m.offset + 1
-                if start <= m.offset < end:
+                if m.offset >= start and (end is None or m.offset < end):
                     found.append(RawMessage(m.topic, m.partition, m.offset, m.key, m.value))
             if not batch:
+                if end is None:
+                    return found
                 position = max(position, await consumer.position(tp))
-        if position < end:
+        if end is not None and position < end:
             logger.error(
                 "could not read offsets %d..%d of %s[%d] within %.0fs",
                 start,
@@ -99,3 +108,43 @@ async def complete(
     merged = sorted(fetched + plan.fresh, key=lambda m: (m.partition, m.offset))
     again = plan_offsets(merged, known)
     return again.fresh, plan.replayed
+
+
+QUIET_SECONDS = 2.0
+
+
+async def sweep_quiet_partitions(
+    partitions: Iterable[int],
+    last_seen: Mapping[tuple[str, int], float],
+    progress: Callable[[int], int | None],
+    backfill: Backfill,
+    apply: Callable[[list[RawMessage]], Awaitable[None]],
+    lock: asyncio.Lock,
+) -> None:
+    """Read back the tail of each quiet partition of ``backfill.topic`` that the consumer
+    skipped, and apply it.
+
+    A skipped message is found when a later one arrives; if the consumer skipped (and
+    acknowledged) everything up to the end of a partition, nothing later arrives. So a
+    partition quiet for a while is read from its next unapplied offset to its end. The
+    read happens outside ``lock``; ``apply`` re-plans the batch against the progress
+    records, so anything applied meanwhile is dropped as a replay.
+    """
+    now = time.monotonic()
+    for partition in partitions:
+        if now - last_seen.get((backfill.topic, partition), 0.0) < QUIET_SECONDS:
+            continue
+        start = progress(partition) or 0
+        tail = await backfill.fetch(partition, start)
+        if not tail:
+            continue
+        logger.warning(
+            "%s[%d] is quiet at offset %d but holds messages up to %d: reading them",
+            backfill.topic,
+            partition,
+            start,
+            tail[-1].offset,
+        )
+        metrics.BACKFILLED.inc(len(tail))
+        async with lock:
+            await apply(tail)

@@ -35,13 +35,21 @@ class ConditionError(ValueError):
     """A condition is malformed; the message says where (as a key path) and why."""
 
 
+def _index(part: str) -> int:
+    """A path part as a list index; a huge value (never a valid index) when it is not one.
+    ``isdigit`` also accepts digits such as "²" that ``int`` refuses."""
+    if part.isascii() and part.isdigit() and len(part) <= 9:
+        return int(part)
+    return 1 << 62
+
+
 def _lookup(scope: Scope, path: tuple[str, ...]) -> Any:
     node: Any = scope
     for part in path:
         if isinstance(node, Mapping):
             node = node.get(part, _MISSING)
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
+        elif isinstance(node, list) and _index(part) < len(node):
+            node = node[_index(part)]
         else:
             return _MISSING
         if node is _MISSING:

@@ -26,6 +26,11 @@ from mailstream.policy import PolicySettings
 from mailstream.providers.outbox import OutboxSettings
 from mailstream.providers.settings import MailgunSettings, PostmarkSettings, SendGridSettings
 from mailstream.providers.smtp import SmtpSettings
+from mailstream.webhooks.settings import (
+    MailgunWebhookSettings,
+    PostmarkWebhookSettings,
+    SendGridWebhookSettings,
+)
 from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule, parse_clock, zone
 from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
 
@@ -242,6 +247,19 @@ class DeliveryConfig(_Section):
     )
 
 
+class FeedbackConfig(_Section):
+    soft_bounces: int = Field(3, ge=1, le=100)  # this many soft bounces ...
+    soft_bounce_window: Annotated[Seconds, Field(gt=0)] = 7 * 86400.0  # ... within this
+
+
+class WebhooksConfig(_Section):
+    """Which provider webhooks this deployment accepts (POST /webhooks/{provider})."""
+
+    sendgrid: SendGridWebhookSettings | None = None
+    mailgun: MailgunWebhookSettings | None = None
+    postmark: PostmarkWebhookSettings | None = None
+
+
 class WebConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(6066, ge=1, le=65535)
@@ -264,6 +282,8 @@ class Config(_Section):
     policy: PolicyConfig = PolicyConfig()
     delivery: DeliveryConfig = DeliveryConfig()
     providers: ProvidersConfig = ProvidersConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     # Where email templates live; default: the templates/ directory beside the package.
     templates_dir: Path | None = None
     # None: the shipped example journeys (mailstream/default_workflows.yaml).

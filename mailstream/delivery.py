@@ -80,6 +80,8 @@ class Delivery:
     # [at, code, message] for every failed attempt
     history: list[list[Any]] = field(default_factory=list)
     queue_key: bytes | None = None  # where it waits, while queued
+    # what the provider or the recipient reported later: [at, kind], latest first
+    feedback: list[list[Any]] = field(default_factory=list)
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -93,6 +95,7 @@ class Delivery:
                 "p": self.provider_id,
                 "h": self.history,
                 "q": self.queue_key.hex() if self.queue_key is not None else None,
+                "f": self.feedback,
             }
         )
 
@@ -109,6 +112,7 @@ class Delivery:
             provider_id=d["p"],
             history=d["h"],
             queue_key=bytes.fromhex(d["q"]) if d.get("q") else None,
+            feedback=d.get("f", []),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -119,6 +123,7 @@ class Delivery:
             "updated": self.updated,
             "provider_id": self.provider_id,
             "history": [dict(zip(("at", "code", "message"), h, strict=True)) for h in self.history],
+            "feedback": [dict(zip(("at", "kind"), f, strict=True)) for f in self.feedback],
         }
 
 
@@ -210,3 +215,18 @@ def orphaned(delivery: Delivery, now: int) -> bool:
     delivery.state = UNKNOWN
     delivery.queue_key = None
     return False
+
+
+FEEDBACK_KEPT = 10
+
+
+def note_feedback(delivery: Delivery, at: int, kind: str) -> bool:
+    """Record what a webhook or the recipient said about this send (bounced, delivered,
+    opened, ...); the same report twice is noted once."""
+    entry = [at, kind]
+    if entry in delivery.feedback:
+        return False
+    delivery.feedback.insert(0, entry)
+    delivery.feedback.sort(key=lambda f: f[0], reverse=True)
+    del delivery.feedback[FEEDBACK_KEPT:]
+    return True

@@ -118,3 +118,22 @@ SUPPRESSED = Counter(
     " the address).",
     ["reason"],
 )
+WEBHOOKS = Counter(
+    "mailstream_webhooks_total",
+    "Provider webhook requests by provider and result: accepted, or why refused"
+    " (missing_signature, bad_signature, stale, replayed, unauthorized, not_json, bad_shape,"
+    " too_large, not_configured).",
+    ["provider", "result"],
+)
+FEEDBACK = Counter(
+    "mailstream_feedback_total",
+    "Feedback events by kind and what they did: hard_bounce, complaint, unsubscribe"
+    " (suppressions), soft_bounce, delivered, open, click, no_change, duplicate,"
+    " unknown_user, no_user, suppressed_by_address.",
+    ["kind", "result"],
+)
+UNSUBSCRIBES = Counter(
+    "mailstream_unsubscribe_requests_total",
+    "One-click unsubscribe requests by result: done, forged (bad token), bad_request.",
+    ["result"],
+)

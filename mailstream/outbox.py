@@ -56,10 +56,29 @@ class Outbox:
         return bool(self.messages or any(self.writes.values()))
 
 
+# One flush at a time per store: a store records the changelog offset its local state
+# reflects, and recovery replays the changelog from there. Two overlapping flushes could
+# record the later one's offset before the earlier one's records are applied locally,
+# and a crash then would skip those records on recovery.
+_STORE_LOCKS: dict[str, asyncio.Lock] = {}
+
+
 async def flush(producer: Any, outbox: Outbox) -> None:
     """Send every record and message stage by stage, each stage acknowledged by the
     broker before the next starts, then write the local stores. Callers acknowledge
     their input only after this returns."""
+    names = sorted({store.name for stage in outbox.writes.values() for store, _ in stage})
+    locks = [_STORE_LOCKS.setdefault(name, asyncio.Lock()) for name in names]
+    for lock in locks:  # always in name order, so two flushes cannot deadlock
+        await lock.acquire()
+    try:
+        await _flush(producer, outbox)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+async def _flush(producer: Any, outbox: Outbox) -> None:
     last: dict[tuple[PartitionStore, int], int] = {}
     merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
     for stage in STAGES:

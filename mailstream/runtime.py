@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from mailstream.app import config
 from mailstream.apply import EffectsApplier
@@ -87,4 +88,14 @@ def delivery_runtime(env: Mapping[str, str] = os.environ) -> DeliveryRuntime:
         tokens=unsubscribe_tokens(env),
         retry=RetryPolicy(d.retry.max_attempts, d.retry.base, d.retry.max_delay),
         concurrency=d.concurrency,
+    )
+
+
+def webhook_handlers(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """A verifier and parser per configured provider webhook, keyed by provider name."""
+    from mailstream.webhooks import build_webhooks
+
+    hooks = config.webhooks
+    return build_webhooks(
+        {"sendgrid": hooks.sendgrid, "mailgun": hooks.mailgun, "postmark": hooks.postmark}, env
     )

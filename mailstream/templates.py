@@ -37,6 +37,7 @@ from jinja2.exceptions import (
     TemplateSyntaxError,
     UndefinedError,
 )
+from jinja2.filters import do_format
 from jinja2.loaders import split_template_path
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -253,7 +254,32 @@ def _huge_repeat(left: Any, right: Any) -> bool:
     for seq, times in ((left, right), (right, left)):
         if isinstance(times, int) and isinstance(seq, str | list | tuple):
             return len(seq) * times > MAX_REPEAT
+    if isinstance(left, int) and isinstance(right, int):  # squaring in a loop grows too
+        return abs(left).bit_length() + abs(right).bit_length() > MAX_POWER_BITS
     return False
+
+
+# Methods and format specs that pad a string to a width: bounded like repetition.
+_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+_WIDE_SPEC = re.compile(r"\d{7,}")  # a width or precision of a million or more
+
+
+def _huge_width(method: Any, args: tuple[Any, ...]) -> bool:
+    method = getattr(method, "__wrapped__", method)  # the sandbox wraps str.format
+    owner = getattr(method, "__self__", None)
+    if not isinstance(owner, str):
+        return False
+    name = getattr(method, "__name__", "")
+    if name in _WIDTH_METHODS:
+        return any(isinstance(a, int) and a > MAX_REPEAT for a in args)
+    return name in ("format", "format_map") and bool(_WIDE_SPEC.search(owner))
+
+
+def _bounded_format(value: Any, *args: Any, **kwargs: Any) -> str:
+    """Jinja's ``format`` filter (printf style), refusing widths past the repeat limit."""
+    if isinstance(value, str) and _WIDE_SPEC.search(value):
+        raise SecurityError(f"a format width past {MAX_REPEAT} is not allowed in a template")
+    return str(do_format(value, *args, **kwargs))
 
 
 class _MissingKey(StrictUndefined):
@@ -297,11 +323,19 @@ class _Sandbox(ImmutableSandboxedEnvironment):
             return _MissingKey(value, obj, attribute)
         return value
 
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+        if _huge_width(__obj, args) or _huge_width(__obj, tuple(kwargs.values())):
+            raise SecurityError(f"padding a string past {MAX_REPEAT} is not allowed")
+        return super().call(__context, __obj, *args, **kwargs)
+
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         if operator == "**" and _huge_power(left, right):
             raise SecurityError(f"a power over {MAX_POWER_BITS} bits is not allowed in a template")
         if operator == "*" and _huge_repeat(left, right):
-            raise SecurityError(f"repeating a sequence past {MAX_REPEAT} items is not allowed")
+            raise SecurityError(
+                f"repeating a sequence past {MAX_REPEAT} items (or multiplying numbers past"
+                f" {MAX_POWER_BITS} bits) is not allowed"
+            )
         return super().call_binop(context, operator, left, right)
 
 
@@ -363,6 +397,8 @@ class Templates:
         }
         self._text_env = _Sandbox(autoescape=False, **options)
         self._html_env = _Sandbox(autoescape=True, **options)
+        for env in (self._text_env, self._html_env):
+            env.filters["format"] = _bounded_format
         self._prepared: dict[str, _Fault | None] = {}
         self._versions: dict[str, str] = {}
 

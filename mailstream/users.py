@@ -61,6 +61,8 @@ class UserState:
     suppressions: dict[str, Suppression] = field(default_factory=dict)
     # times (ms) of recent marketing sends, for the frequency caps
     sent: list[int] = field(default_factory=list)
+    # times (ms) of recent soft bounces; enough of them make a hard bounce
+    soft_bounces: list[int] = field(default_factory=list)
     # send id -> a send held back by the policy (see mailstream.policy)
     deferred: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the latest send decisions, oldest first, laid out as DECISION_FIELDS
@@ -108,6 +110,8 @@ class UserState:
             doc["su"] = {r: [s.source, s.at] for r, s in self.suppressions.items()}
         if self.sent:
             doc["se"] = self.sent
+        if self.soft_bounces:
+            doc["sb"] = self.soft_bounces
         if self.deferred:
             doc["df"] = self.deferred
         if self.decisions:
@@ -140,6 +144,7 @@ class UserState:
                 r: Suppression(r, source, at) for r, (source, at) in doc.get("su", {}).items()
             },
             sent=doc.get("se", []),
+            soft_bounces=doc.get("sb", []),
             deferred=doc.get("df", {}),
             decisions=doc.get("dc", []),
             seen=SeenIds.from_bytes(view[start + size :]),

@@ -171,14 +171,16 @@ def _period_start(day: date, calendar: Calendar) -> date:
 def cap_free_at(cap: Cap, sent: Sequence[int], now: int, tz: ZoneInfo) -> int:
     """The earliest time at or after ``now`` when one more send fits under the cap."""
     if cap.per_ms is not None:
-        recent = sorted(s for s in sent if s > now - cap.per_ms)
+        # A send dated after now (another worker's clock) counts as made now, as the
+        # calendar caps count it, so the answer only falls as time passes.
+        recent = sorted(min(s, now) for s in sent if s > now - cap.per_ms)
         if len(recent) < cap.max:
             return now
         # the oldest sends must age out until only max - 1 remain
         return recent[len(recent) - cap.max] + cap.per_ms
     assert cap.calendar is not None
     start = _period_start(_local(now, tz).date(), cap.calendar)
-    in_period = sum(1 for s in sent if s <= now and _local(s, tz).date() >= start)
+    in_period = sum(1 for s in sent if _local(min(s, now), tz).date() >= start)
     if in_period < cap.max:
         return now
     length = 7 if cap.calendar == "week" else 1

@@ -198,7 +198,22 @@ async def test_sigkill_mid_run_loses_no_receipt_and_sends_no_marketing_twice(
             done = transactional <= seen and len(seen & marketing) + unknown >= len(marketing)
             return m if done else None
 
-        m = await wait_for(settled, 90, "every receipt and every marketing send accounted for")
+        try:
+            m = await wait_for(settled, 90, "every receipt and every marketing send accounted")
+        except AssertionError:
+            seen = {r.metadata["send_id"] for r in fake.received}
+            m = await restarted.metrics()
+            raise AssertionError(
+                f"receipts missing: {len(transactional - seen)} (e.g."
+                f" {sorted(transactional - seen)[:3]}); marketing delivered"
+                f" {len(seen & marketing)} + unknown"
+                f" {metric_sum(m, 'mailstream_deliveries_total', result='unknown')}"
+                f" of {len(marketing)}; queued"
+                f" {metric_sum(m, 'mailstream_deliveries_total', result='queued')},"
+                f" deduplicated"
+                f" {metric_sum(m, 'mailstream_deliveries_total', result='deduplicated')},"
+                f" backfilled {metric_sum(m, 'mailstream_events_backfilled_total')}"
+            ) from None
         per_id = Counter(r.metadata["send_id"] for r in fake.received)
         twice = [sid for sid in marketing if per_id[sid] > 1]
         assert twice == [], f"marketing sent twice: {twice[:5]}"

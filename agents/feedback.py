@@ -1,0 +1,132 @@
+"""The feedback agent: bounces, complaints, unsubscribes and engagement, from provider
+webhooks and one-click links, applied to the user and to the send's delivery record."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from typing import Any
+
+from mailstream import metrics
+from mailstream.app import app, config, settled
+from mailstream.apply import dead_letter_headers
+from mailstream.backfill import QUIET_SECONDS, Backfill, complete, sweep_quiet_partitions
+from mailstream.delivery import Delivery, note_feedback
+from mailstream.feedback import Feedback, FeedbackSettings, apply_feedback
+from mailstream.ingest import RawMessage
+from mailstream.outbox import STATE_LOCK, Outbox, flush
+from mailstream.storage import progress_key
+from mailstream.users import UserState, user_key
+from tables.deliveries import deliveries
+from tables.users import users
+
+logger = logging.getLogger(__name__)
+
+TOPIC = config.topics.feedback
+feedback_topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
+backfill = Backfill(config.bootstrap_servers, TOPIC)
+settings = FeedbackSettings(
+    soft_bounces=config.feedback.soft_bounces,
+    soft_bounce_window_ms=int(config.feedback.soft_bounce_window * 1000),
+)
+PROGRESS = progress_key(TOPIC)
+
+
+async def apply_batch(messages: list[RawMessage]) -> None:
+    """Apply a batch of feedback; call with STATE_LOCK held."""
+    fresh, replayed = await complete(
+        messages, functools.partial(users.progress, key=PROGRESS), backfill
+    )
+    metrics.REPLAYED.inc(replayed)
+    if not fresh:
+        return
+    now_s = int(time.time())
+    outbox = Outbox()
+    states: dict[tuple[int, bytes], UserState] = {}
+    for m in fresh:
+        try:
+            fb = Feedback.decode(m.value or b"")
+        except (ValueError, TypeError) as exc:
+            headers = dead_letter_headers("bad_feedback", str(exc), m.topic, m.partition, m.offset)
+            outbox.send(config.topics.dlq, m.key, m.value or b"", headers)
+            metrics.DEAD_LETTERS.labels("bad_feedback").inc()
+            continue
+        if not fb.user_id:
+            metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
+            continue
+        slot = (m.partition, user_key(fb.tenant_id or config.ingest.default_tenant, fb.user_id))
+        state = states.get(slot)
+        if state is None:
+            stored = users.get(*slot)
+            if stored is None:
+                metrics.FEEDBACK.labels(fb.kind, "unknown_user").inc()
+                continue
+            state = UserState.decode(stored)
+        # Providers retry webhooks: an event they sent before changes nothing again.
+        if fb.event_id is not None:
+            marker = f"feedback:{fb.provider}:{fb.event_id}"
+            if marker in state.seen:
+                metrics.FEEDBACK.labels(fb.kind, "duplicate").inc()
+                continue
+            state.seen.add(marker, now_s)
+        done = apply_feedback(state, fb, settings)
+        states[slot] = state
+        metrics.FEEDBACK.labels(fb.kind, done or "no_change").inc()
+        if done in ("hard_bounce", "complaint", "unsubscribe"):
+            metrics.SUPPRESSED.labels(done).inc()
+        if fb.send_id:
+            _note_delivery(outbox, m.partition, fb)
+    for (partition, key), state in states.items():
+        outbox.put(users, partition, key, state.encode())
+    for partition in {m.partition for m in fresh}:
+        last = max(m.offset for m in fresh if m.partition == partition)
+        outbox.put(users, partition, PROGRESS, str(last + 1).encode())
+    await flush(app.producer, outbox)
+
+
+def _note_delivery(outbox: Outbox, partition: int, fb: Feedback) -> None:
+    assert fb.send_id is not None
+    key = fb.send_id.encode()
+    pending = outbox.writes
+    raw = None
+    for stage in pending.values():  # an earlier event of this batch may have changed it
+        raw = stage.get((deliveries, partition), {}).get(key) or raw
+    raw = raw or deliveries.get(partition, key)
+    if raw is None:
+        return  # not sent by this deployment, or long forgotten
+    delivery = Delivery.decode(raw)
+    kind = f"{fb.kind}:{fb.bounce}" if fb.bounce else fb.kind
+    if note_feedback(delivery, fb.at, kind):
+        outbox.put(deliveries, partition, key, delivery.encode())
+
+
+# (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
+last_seen: dict[tuple[str, int], float] = {}
+
+
+@app.agent(feedback_topic, name="mailstream.feedback")
+async def apply_feedback_events(stream: Any) -> None:
+    async for batch in stream.noack_take(500, within=0.05):
+        messages = [
+            RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
+            for m in (event.message for event in batch)
+        ]
+        seen_at = time.monotonic()
+        for m in messages:
+            last_seen[(m.topic, m.partition)] = seen_at
+        async with STATE_LOCK:
+            await apply_batch(messages)
+        for event in batch:
+            await stream.ack(event)
+
+
+@app.timer(interval=QUIET_SECONDS)
+async def sweep_skipped_feedback() -> None:
+    """Feedback the consumer skipped at the end of a quiet partition: a skipped
+    unsubscribe would otherwise wait for the next feedback on its partition."""
+    if settled():
+        progress = functools.partial(users.progress, key=PROGRESS)
+        await sweep_quiet_partitions(
+            users.active_partitions(), last_seen, progress, backfill, apply_batch, STATE_LOCK
+        )

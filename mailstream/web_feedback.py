@@ -1,0 +1,133 @@
+"""HTTP views that take feedback in: provider webhooks and one-click unsubscribe links.
+
+Both only verify and normalise, then hand the feedback to the feedback topic (keyed by
+user id, so the user's own worker applies it) and answer once the broker has it. A bad
+request gets a 4xx and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from faust.web import Request, Response, View
+
+from mailstream import metrics
+from mailstream.app import app, config
+from mailstream.feedback import BOUNCE, COMPLAINT, UNSUBSCRIBE, Feedback
+from mailstream.pages import render_page
+from mailstream.runtime import unsubscribe_tokens, webhook_handlers
+from mailstream.suppression import Suppression, normalise_address
+from mailstream.webhooks import MAX_BODY, WebhookRejected, WebhookRequest
+
+logger = logging.getLogger(__name__)
+
+handlers = webhook_handlers()
+tokens = unsubscribe_tokens()
+# Feedback naming only an address: these kinds go to the global list by address instead.
+BY_ADDRESS = {COMPLAINT: "complaint", UNSUBSCRIBE: "unsubscribe"}
+
+
+def _problem(web: View, status: int, reason: str, detail: str) -> Response:
+    return web.json({"error": reason, "detail": detail}, status=status)
+
+
+async def _publish(feedback: list[Feedback]) -> None:
+    """Hand each event on, and wait until the broker has them all."""
+    pending = []
+    for fb in feedback:
+        key = fb.key()
+        if key is not None:
+            pending.append(
+                await app.producer.send(config.topics.feedback, key, fb.encode(), None, None, None)
+            )
+            continue
+        address = normalise_address(fb.email or "")
+        reason = (
+            "hard_bounce" if fb.kind == BOUNCE and fb.bounce == "hard" else BY_ADDRESS.get(fb.kind)
+        )
+        if address is None or reason is None:
+            metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
+            continue
+        entry = Suppression(reason, f"webhook:{fb.provider}", fb.at)
+        pending.append(
+            await app.producer.send(
+                config.topics.suppression, address.encode(), entry.encode(), None, None, None
+            )
+        )
+        metrics.FEEDBACK.labels(fb.kind, "suppressed_by_address").inc()
+    for future in pending:
+        await future
+
+
+@app.page("/webhooks/{provider}")
+class Webhooks(View):
+    """POST /webhooks/{provider}: a provider's event webhook."""
+
+    async def post(self, request: Request, provider: str) -> Response:
+        http: Any = request  # aiohttp's request, under Faust's narrower type
+        handler = handlers.get(provider)
+        if handler is None:
+            metrics.WEBHOOKS.labels("unknown", "not_configured").inc()
+            return _problem(self, 404, "not_configured", f"no webhook configured for {provider!r}")
+        length = http.content_length
+        if length is not None and length > MAX_BODY:
+            metrics.WEBHOOKS.labels(provider, "too_large").inc()
+            return _problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
+        body = await http.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            metrics.WEBHOOKS.labels(provider, "too_large").inc()
+            return _problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
+        webhook = WebhookRequest(dict(http.headers), body, http.content_type)
+        try:
+            feedback = handler.handle(webhook, time.time())
+        except WebhookRejected as rejected:
+            metrics.WEBHOOKS.labels(provider, rejected.reason).inc()
+            return _problem(self, rejected.status, rejected.reason, rejected.detail)
+        await _publish(feedback)
+        metrics.WEBHOOKS.labels(provider, "accepted").inc()
+        return self.json({"accepted": len(feedback)})
+
+
+def _page(web: View, state: str, status: int = 200) -> Response:
+    titles = {"confirm": "Unsubscribe", "done": "You are unsubscribed", "invalid": "Link not valid"}
+    html = render_page("unsubscribe.html", state=state, title=titles[state], note="")
+    return web.html(html, status=status)
+
+
+@app.page("/unsubscribe/{token}")
+class OneClickUnsubscribe(View):
+    """GET: a page with a button. POST ``List-Unsubscribe=One-Click`` (RFC 8058): done."""
+
+    async def get(self, request: Request, token: str) -> Response:
+        if tokens.verify(token) is None:
+            metrics.UNSUBSCRIBES.labels("forged").inc()
+            return _page(self, "invalid", 403)
+        return _page(self, "confirm")
+
+    async def post(self, request: Request, token: str) -> Response:
+        found = tokens.verify(token)
+        if found is None:
+            metrics.UNSUBSCRIBES.labels("forged").inc()
+            return _page(self, "invalid", 403)
+        http: Any = request
+        form = await http.post()
+        if form.get("List-Unsubscribe") != "One-Click":
+            metrics.UNSUBSCRIBES.labels("bad_request").inc()
+            return self.json(
+                {"error": "bad_request", "detail": "expected List-Unsubscribe=One-Click"},
+                status=400,
+            )
+        fb = Feedback(
+            kind=UNSUBSCRIBE,
+            provider="one-click",
+            at=int(time.time() * 1000),
+            user_id=found.user_id,
+            tenant_id=found.tenant_id,
+            send_id=found.send_id,
+            event_id=f"unsubscribe:{found.send_id}",
+        )
+        await _publish([fb])
+        metrics.UNSUBSCRIBES.labels("done").inc()
+        return _page(self, "done")
