@@ -22,7 +22,13 @@ import orjson
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_headers
-from mailstream.backfill import QUIET_SECONDS, Backfill, complete, sweep_quiet_partitions
+from mailstream.backfill import (
+    QUIET_SECONDS,
+    Backfill,
+    complete,
+    consume_in_batches,
+    sweep_quiet_partitions,
+)
 from mailstream.compose import compose, recipient_domain
 from mailstream.delivery import (
     ATTEMPTING,
@@ -132,18 +138,7 @@ last_seen: dict[tuple[str, int], float] = {}
 @app.agent(sends_topic, name="mailstream.delivery")
 async def accept_sends(stream: Any) -> None:
     """Acknowledge send commands only once they are durably queued."""
-    async for batch in stream.noack_take(500, within=0.05):
-        messages = [
-            RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
-            for m in (event.message for event in batch)
-        ]
-        seen_at = time.monotonic()
-        for m in messages:
-            last_seen[(m.topic, m.partition)] = seen_at
-        async with ACCEPT_LOCK:
-            await accept_batch(messages)
-        for event in batch:
-            await stream.ack(event)
+    await consume_in_batches(stream, accept_batch, ACCEPT_LOCK, last_seen)
 
 
 @app.timer(interval=QUIET_SECONDS)
@@ -317,6 +312,9 @@ class Dispatcher:
             metrics.PROVIDER_SECONDS.labels(provider).observe(time.perf_counter() - started)
             if isinstance(outcome, Accepted):
                 succeeded(delivery, outcome, now)
+                event_at = command.get("event_at")
+                if isinstance(event_at, int) and delivery.attempts == 1:
+                    metrics.EVENT_TO_SEND.observe(max(0, now - event_at) / 1000)
                 outbox.put(delivery_queue, p, key, None, AFTER_STATE)
                 metrics.SENDS.labels(provider, category, "sent").inc()
             else:

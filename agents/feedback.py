@@ -11,7 +11,13 @@ from typing import Any
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_headers
-from mailstream.backfill import QUIET_SECONDS, Backfill, complete, sweep_quiet_partitions
+from mailstream.backfill import (
+    QUIET_SECONDS,
+    Backfill,
+    complete,
+    consume_in_batches,
+    sweep_quiet_partitions,
+)
 from mailstream.delivery import Delivery, note_feedback
 from mailstream.feedback import Feedback, FeedbackSettings, apply_feedback
 from mailstream.ingest import RawMessage
@@ -107,18 +113,7 @@ last_seen: dict[tuple[str, int], float] = {}
 
 @app.agent(feedback_topic, name="mailstream.feedback")
 async def apply_feedback_events(stream: Any) -> None:
-    async for batch in stream.noack_take(500, within=0.05):
-        messages = [
-            RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
-            for m in (event.message for event in batch)
-        ]
-        seen_at = time.monotonic()
-        for m in messages:
-            last_seen[(m.topic, m.partition)] = seen_at
-        async with STATE_LOCK:
-            await apply_batch(messages)
-        for event in batch:
-            await stream.ack(event)
+    await consume_in_batches(stream, apply_batch, STATE_LOCK, last_seen)
 
 
 @app.timer(interval=QUIET_SECONDS)

@@ -11,7 +11,13 @@ from typing import Any
 from mailstream import metrics
 from mailstream.app import app, config, events_topic, settled
 from mailstream.apply import dead_letter_headers
-from mailstream.backfill import QUIET_SECONDS, Backfill, complete, sweep_quiet_partitions
+from mailstream.backfill import (
+    QUIET_SECONDS,
+    Backfill,
+    complete,
+    consume_in_batches,
+    sweep_quiet_partitions,
+)
 from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (
@@ -100,20 +106,14 @@ async def process(messages: list[RawMessage]) -> None:
 @app.agent(events_topic, name="mailstream.ingest")
 async def ingest(stream: Any) -> None:
     """Process events in batches; acknowledge each batch only after its effects are durable."""
-    async for batch in stream.noack_take(
-        config.ingest.batch_size, within=config.ingest.batch_within
-    ):
-        messages = [
-            RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
-            for m in (event.message for event in batch)
-        ]
-        seen_at = time.monotonic()
-        for m in messages:
-            last_seen[(m.topic, m.partition)] = seen_at
-        async with STATE_LOCK:
-            await process(messages)
-        for event in batch:
-            await stream.ack(event)
+    await consume_in_batches(
+        stream,
+        process,
+        STATE_LOCK,
+        last_seen,
+        size=config.ingest.batch_size,
+        within=config.ingest.batch_within,
+    )
 
 
 @app.timer(interval=QUIET_SECONDS)

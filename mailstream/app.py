@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from faust.sensors.prometheus import setup_prometheus_sensors
 
+from mailstream import faust_metrics
 from mailstream.config import Config, load_config
 
 
@@ -40,7 +40,7 @@ def create_app(config: Config) -> faust.App:
         web_stats_enabled=False,
         **options,
     )
-    setup_prometheus_sensors(app, name_prefix="faust")
+    faust_metrics.install(app)  # served at /metrics by mailstream.web, beside our own
     return app
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from mailstream.engine import Effects, Engine
 from mailstream.events import Event
 from mailstream.policy import DEFER_TIMER, Policy
@@ -17,6 +19,7 @@ class Automation:
 
     def on_event(self, user: UserState, event: Event, now: int) -> Effects:
         fx = self.engine.on_event(user, event, now)
+        fx.sends = [dataclasses.replace(s, event_at=event.timestamp) for s in fx.sends]
         # A held send outlives its enrollment when it was the last step; its workflow's
         # goal still cancels it (a reminder for a cart bought during the night).
         for held in user.deferred.values():

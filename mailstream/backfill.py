@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -148,3 +149,28 @@ async def sweep_quiet_partitions(
         metrics.BACKFILLED.inc(len(tail))
         async with lock:
             await apply(tail)
+
+
+async def consume_in_batches(
+    stream: Any,
+    apply: Callable[[list[RawMessage]], Awaitable[None]],
+    lock: asyncio.Lock,
+    last_seen: dict[tuple[str, int], float],
+    size: int = 500,
+    within: float = 0.05,
+) -> None:
+    """An agent's loop: take batches, apply each under ``lock``, and acknowledge it only
+    after ``apply`` returns (its effects durable). Notes when each partition was last
+    seen, for ``sweep_quiet_partitions``."""
+    async for batch in stream.noack_take(size, within=within):
+        messages = [
+            RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
+            for m in (event.message for event in batch)
+        ]
+        seen_at = time.monotonic()
+        for m in messages:
+            last_seen[(m.topic, m.partition)] = seen_at
+        async with lock:
+            await apply(messages)
+        for event in batch:
+            await stream.ack(event)

@@ -123,6 +123,7 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
             MAILSTREAM_WEB_PORT=str(port),
             MAILSTREAM_DATA_DIR=str(root / "data"),
             MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
+            MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
         )
         with open(root / "worker.log", "ab") as log:
             worker = subprocess.Popen(
@@ -267,6 +268,7 @@ async def bench_ingest(
             MAILSTREAM_WEB_PORT=str(port),
             MAILSTREAM_DATA_DIR=str(root / "data"),
             MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
+            MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
         )
         with open(root / "worker.log", "ab") as log:
             procs.append(

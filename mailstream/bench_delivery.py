@@ -126,6 +126,7 @@ async def _run(
         "MAILSTREAM_WEB_PORT": str(port),
         "MAILSTREAM_DATA_DIR": str(root / name),
         "MAILSTREAM_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(24),
+        "MAILSTREAM_ADMIN_TOKEN": secrets.token_urlsafe(18),
         "POSTMARK_SERVER_TOKEN": "bench",
         "PATH": "/usr/bin:/bin",
     }

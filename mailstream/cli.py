@@ -122,6 +122,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         delivery_runtime()  # a missing secret or API key fails here, before Faust starts
         import agents.delivery  # noqa: F401
     import agents.feedback  # noqa: F401
+    import mailstream.dashboard  # noqa: F401  (the dashboard and its JSON twins)
     import mailstream.web  # noqa: F401  (registers the views)
     import mailstream.web_feedback  # noqa: F401  (webhooks and one-click unsubscribe)
     from mailstream.app import app

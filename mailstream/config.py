@@ -265,6 +265,12 @@ class WebConfig(_Section):
     port: int = Field(6066, ge=1, le=65535)
     # The address other workers use to reach this one; defaults to http://host:port.
     canonical_url: str | None = None
+    # the NAME of the variable holding the admin token (dashboard and API)
+    admin_token_env: str = Field("MAILSTREAM_ADMIN_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # the NAME of a variable holding a token for /metrics; unset: /metrics is open
+    metrics_token_env: str = Field("MAILSTREAM_METRICS_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # how often each worker counts the enrollments waiting at each step, for the funnel
+    funnel_every: Annotated[Seconds, Field(ge=5)] = 60.0
 
 
 class Config(_Section):

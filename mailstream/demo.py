@@ -76,6 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
     env.pop("MAILSTREAM_CANONICAL_URL", None)
     # Signs the one-click unsubscribe links; a demo makes its own.
     env.setdefault("MAILSTREAM_UNSUBSCRIBE_SECRET", secrets.token_urlsafe(24))
+    env.setdefault("MAILSTREAM_ADMIN_TOKEN", secrets.token_urlsafe(18))
     if args.config:
         env["MAILSTREAM_CONFIG"] = os.path.abspath(args.config)
     web_url = f"http://127.0.0.1:{args.web_port}"
@@ -117,8 +118,9 @@ def run_demo(args: argparse.Namespace) -> int:
             loadgen = subprocess.Popen(gen, env=env, stdout=log, stderr=subprocess.STDOUT)
         children.append(("loadgen", loadgen))
         print(
-            f"\n  health    {web_url}/health\n"
-            f"  a user    {web_url}/api/users/user-1\n"
+            f"\n  dashboard {web_url}/  (admin token: {env['MAILSTREAM_ADMIN_TOKEN']})\n"
+            f"  health    {web_url}/health\n"
+            f"  a user    {web_url}/users/user-1\n"
             f"  metrics   {web_url}/metrics\n"
             f"  sent      {base.providers.outbox.directory}/ (one .eml file per email)\n"
             f"  DLQ       MAILSTREAM_BROKER_URL=kafka://127.0.0.1:{args.port} "

@@ -36,6 +36,7 @@ class SendIntent:
     priority: str
     context: dict[str, Any]
     event: dict[str, Any]
+    event_at: int | None = None  # the triggering event's time, for a send made right away
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,3 +137,14 @@ UNSUBSCRIBES = Counter(
     "One-click unsubscribe requests by result: done, forged (bad token), bad_request.",
     ["result"],
 )
+EVENT_TO_SEND = Histogram(
+    "mailstream_event_to_send_seconds",
+    "From the timestamp of the event that triggered a send to the provider accepting it,"
+    " for sends made right away (not after a wait or a hold).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+TIMERS_PENDING = Gauge(
+    "mailstream_timers_pending",
+    "Timers (waits, inactivity checks, held sends) pending in this worker's partitions,"
+    " as last counted.",
+)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,16 @@ _env = Environment(
     autoescape=select_autoescape(default=True, default_for_string=True),
     auto_reload=False,
 )
+
+
+def when(ms: Any) -> str:
+    """Epoch milliseconds as a UTC time to read; anything else as it is."""
+    if isinstance(ms, int) and not isinstance(ms, bool) and 0 < ms < 10**14:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return "-" if ms is None else str(ms)
+
+
+_env.filters["when"] = when
 
 
 def render_page(name: str, **context: Any) -> str:

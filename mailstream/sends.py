@@ -42,6 +42,7 @@ def send_command(
             "X-Mailstream-User-Id": user.user_id,
         },
         "created_at": now,
+        "event_at": intent.event_at,
     }
 
 

@@ -12,7 +12,7 @@ internals lives in this module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import rocksdict
@@ -21,6 +21,10 @@ from faust.types import TP
 # One per partition: the next events offset that partition's state has not yet applied.
 # The control byte keeps it apart from user keys, which always start with a tenant id.
 PROGRESS_KEY = b"\x00next-offset"
+
+
+# Faust keeps the changelog offset a partition reflects under this key in the same store.
+_FAUST_KEYS = b"__faust\x00"
 
 
 def progress_key(topic: str) -> bytes:
@@ -84,6 +88,15 @@ class PartitionStore:
                 break
             found.append(bytes(key))
         return found
+
+    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
+        """Every record of a partition, in key order, without progress records and
+        Faust's own bookkeeping (the persisted changelog offset)."""
+        db = self._store._db_for_partition(partition)
+        for key, value in db.items():
+            raw = bytes(key)
+            if not raw.startswith(PROGRESS_KEY) and not raw.startswith(_FAUST_KEYS):
+                yield raw, bytes(value)
 
     def find(self, key: bytes) -> bytes | None:
         """Look a key up in every partition this worker actively owns."""

@@ -1,18 +1,28 @@
-"""HTTP views on the worker's web port: health and the user API, routed to the key's owner."""
+"""HTTP views on the worker's web port: health, and the user API routed to the key's
+owner; plus what the other views share: admin access and asking other workers."""
 
 from __future__ import annotations
 
+import hmac
 import logging
-from typing import Any
+import os
+from typing import Any, cast
+from urllib.parse import quote
 
 import orjson
+from aiohttp.web import Response as AioResponse
 from faust.exceptions import SameNode
 from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from yarl import URL
 
 from mailstream.app import app, config, events_topic, settled
+from mailstream.auth import SESSION_COOKIE, AdminAuth, mask_email
+from mailstream.delivery import Delivery
+from mailstream.exceptions import ConfigError
 from mailstream.runtime import suppression_list
 from mailstream.users import UserState, user_key
+from tables.deliveries import deliveries
 from tables.users import users
 
 logger = logging.getLogger(__name__)
@@ -20,28 +30,67 @@ logger = logging.getLogger(__name__)
 ROUTED_HEADER = "X-Mailstream-Routed"
 
 
+def admin_auth(env: Any = os.environ) -> AdminAuth:
+    var = config.web.admin_token_env
+    token = env.get(var) or ""
+    if len(token) < 16:
+        raise ConfigError(
+            f"web.admin_token_env: set ${var} to a random token of 16 or more characters;"
+            " it opens the dashboard and the API (every worker needs the same one)"
+        )
+    return AdminAuth(token)
+
+
+auth = admin_auth()
+
+
 def json_response(web: View, body: Any, status: int = 200) -> Response:
     return web.bytes(orjson.dumps(body), content_type="application/json", status=status)
 
 
-def _worker_urls() -> list[URL]:
+def authorised(request: Request) -> bool:
+    """The admin token as a bearer header, or a valid session cookie."""
+    http: Any = request
+    if auth.bearer_ok(http.headers.get("Authorization")):
+        return True
+    return auth.session_ok(http.cookies.get(SESSION_COOKIE))
+
+
+def refused(web: View) -> Response:
+    return json_response(web, {"error": "unauthorized", "detail": "the admin token is needed"}, 401)
+
+
+def worker_urls() -> list[URL]:
     try:
         return [URL(u) for u in app.router.external_topics_metadata()]
     except Exception:  # no assignment yet
         return []
 
 
-async def _ask(url: URL, request: Request) -> tuple[int, bytes]:
-    target = (
-        request.url.with_scheme(url.scheme or "http").with_host(url.host or "").with_port(url.port)
-    )
-    async with app.http_client.get(target, headers={ROUTED_HEADER: "1"}) as resp:
+def is_me(url: URL) -> bool:
+    me = URL(app.conf.canonical_url)
+    return (url.host, url.port) == (me.host, me.port)
+
+
+async def ask(url: URL, path_qs: str) -> tuple[int, bytes]:
+    """GET a path of another worker, as the admin, marked as already routed."""
+    target = URL(str(url).rstrip("/") + path_qs)
+    headers = {ROUTED_HEADER: "1", "Authorization": auth.bearer_header()}
+    async with app.http_client.get(target, headers=headers) as resp:
         return resp.status, await resp.read()
 
 
-def _is_me(url: URL) -> bool:
-    me = URL(app.conf.canonical_url)
-    return (url.host, url.port) == (me.host, me.port)
+@app.page("/metrics")
+async def metrics_page(web: View, request: Request) -> Response:
+    """Prometheus text; with ``$MAILSTREAM_METRICS_TOKEN`` set, only for that bearer."""
+    token = os.environ.get(config.web.metrics_token_env)
+    if token:
+        http: Any = request
+        scheme, _, given = http.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            return web.text("the metrics token is needed\n", status=401)
+    headers = {"Content-Type": CONTENT_TYPE_LATEST}
+    return cast(Response, AioResponse(body=generate_latest(REGISTRY), headers=headers))
 
 
 @app.page("/health")
@@ -59,37 +108,72 @@ async def health(web: View, request: Request) -> Response:
     )
 
 
-@app.page("/api/users/{user_id}")
-async def user_detail(web: View, request: Request, user_id: str) -> Response:
-    """A user's state, from whichever worker owns the user's partition."""
-    tenant = request.query.get("tenant") or config.ingest.default_tenant
-    raw = users.find(user_key(tenant, user_id))
-    if raw is not None:
-        return json_response(web, UserState.decode(raw).to_json())
+def local_user(tenant: str, user_id: str, full: bool) -> dict[str, Any] | None:
+    """A user this worker owns, with the delivery records of their recent sends."""
+    key = user_key(tenant, user_id)
+    for partition in users.active_partitions():
+        raw = users.get(partition, key)
+        if raw is None:
+            continue
+        state = UserState.decode(raw)
+        view = state.to_json()
+        sent: dict[str, Any] = {}
+        for decision in view["send_decisions"]:
+            send_id = decision["send_id"]
+            record = deliveries.get(partition, send_id.encode())
+            if record is not None and send_id not in sent:
+                sent[send_id] = {"send_id": send_id, **Delivery.decode(record).to_json()}
+        view["deliveries"] = list(sent.values())
+        email = view["traits"].get("email")
+        if isinstance(email, str) and not full:
+            view["traits"] = {**view["traits"], "email": mask_email(email)}
+        return view
+    return None
+
+
+async def find_user(request: Request, user_id: str) -> tuple[int, dict[str, Any]]:
+    """A user's view from whichever worker owns the user's partition (asked there as
+    ``/api/users/{user_id}`` with this request's query)."""
+    http: Any = request
+    tenant = http.query.get("tenant") or config.ingest.default_tenant
+    full = http.query.get("full") == "1"
+    view = local_user(tenant, user_id, full)
+    if view is not None:
+        return 200, view
     not_found = {"error": f"no user {user_id!r} in tenant {tenant!r}"}
-    if request.headers.get(ROUTED_HEADER):
-        return json_response(web, not_found, 404)
+    if http.headers.get(ROUTED_HEADER):
+        return 404, not_found
     # Ask the owner of the partition the default partitioner gives this user id; then, for
     # producers that partition differently, every other worker.
     try:
         owner = app.router.external_topic_key_store(events_topic, user_id.encode())
     except (KeyError, SameNode):
         owner = None
-    candidates = ([owner] if owner is not None else []) + [u for u in _worker_urls() if u != owner]
+    candidates = ([owner] if owner is not None else []) + [u for u in worker_urls() if u != owner]
     unreachable = 0
+    path_qs = "/api/users/" + quote(user_id, safe="")
+    if http.query_string:
+        path_qs += "?" + http.query_string
     for url in candidates:
-        if _is_me(url):
+        if is_me(url):
             continue
         try:
-            status, body = await _ask(url, request)
+            status, body = await ask(url, path_qs)
         except Exception as exc:
-            logger.warning("asking %s for user %r failed: %r", url, user_id, exc)
+            logger.warning("asking %s for a user failed: %r", url, exc)
             unreachable += 1
             continue
         if status == 200:
-            return web.bytes(body, content_type="application/json")
+            return 200, orjson.loads(body)
     if unreachable:
-        return json_response(
-            web, {"error": f"{unreachable} worker(s) did not answer; try again"}, 503
-        )
-    return json_response(web, not_found, 404)
+        return 503, {"error": f"{unreachable} worker(s) did not answer; try again"}
+    return 404, not_found
+
+
+@app.page("/api/users/{user_id}")
+async def user_detail(web: View, request: Request, user_id: str) -> Response:
+    """A user's state, from whichever worker owns the user's partition."""
+    if not authorised(request):
+        return refused(web)
+    status, body = await find_user(request, user_id)
+    return json_response(web, body, status)

@@ -25,6 +25,7 @@ from mailstream.producer import EventProducer
 T = TypeVar("T")
 PARTITIONS = 4
 UNSUBSCRIBE_SECRET = "test-secret-for-one-click-links"
+ADMIN_TOKEN = "test-admin-token-for-the-dashboard"
 
 
 async def wait_for(
@@ -118,10 +119,17 @@ class Worker:
         except OSError:
             return "(no log)"
 
-    async def get(self, path: str, **params: str) -> tuple[int, Any]:
+    async def get(
+        self, path: str, *, token: str | None = ADMIN_TOKEN, **params: str
+    ) -> tuple[int, Any]:
+        """GET a path as the admin (``token=None``: as anyone)."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with aiohttp.ClientSession() as session:
             async with session.get(
-                self.url + path, params=params, timeout=aiohttp.ClientTimeout(total=10)
+                self.url + path,
+                params=params,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=10),
             ) as resp:
                 if resp.content_type == "application/json":
                     return resp.status, await resp.json()
@@ -204,6 +212,7 @@ class Deployment:
             MAILSTREAM_WEB_PORT=str(port),
             MAILSTREAM_DATA_DIR=str(data),
             MAILSTREAM_UNSUBSCRIBE_SECRET=UNSUBSCRIBE_SECRET,
+            MAILSTREAM_ADMIN_TOKEN=ADMIN_TOKEN,
             PYTHONUNBUFFERED="1",
         )
         w = Worker(name, port, data, self.root / f"{name}-{len(self.workers)}.log", env)
@@ -260,13 +269,18 @@ async def get_users(
     """GET /api/users/{id} for each (tenant, user) on one worker, a few at a time."""
     results: dict[tuple[str, str], tuple[int, Any]] = {}
     sem = asyncio.Semaphore(8)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=15), headers=headers
+    ) as session:
 
         async def one(key: tuple[str, str]) -> None:
             tenant, user = key
             async with (
                 sem,
-                session.get(f"{worker.url}/api/users/{user}", params={"tenant": tenant}) as resp,
+                session.get(
+                    f"{worker.url}/api/users/{user}", params={"tenant": tenant, "full": "1"}
+                ) as resp,
             ):
                 results[key] = (resp.status, await resp.json())
 

@@ -147,6 +147,7 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
                 "suppressions": {},
                 "deferred_sends": [],
                 "send_decisions": [],
+                "deliveries": [],
             },
         )
         ts = e["timestamp"]

@@ -1,0 +1,281 @@
+"""The operator's dashboard: accounting, send rate, lag, funnels, dead letters and users,
+as HTML pages and their JSON twins. Figures that span partitions are gathered from
+every worker; each worker reports its own at /api/local/stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
+from faust.web import Request, Response, View
+
+from mailstream import metrics
+from mailstream.app import app, config, settled
+from mailstream.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS
+from mailstream.broker import topic_partitions
+from mailstream.dlq import describe
+from mailstream.pages import render_page
+from mailstream.ratelimit import warmup_cap
+from mailstream.stats import Minutes, add_up, collect, figures, funnel
+from mailstream.users import UserState
+from mailstream.web import (
+    ask,
+    auth,
+    authorised,
+    find_user,
+    is_me,
+    json_response,
+    refused,
+    worker_urls,
+)
+from tables.deliveries import deliveries
+from tables.timers import timers
+from tables.users import users
+
+logger = logging.getLogger(__name__)
+
+minutes = Minutes()
+waiting: Counter[tuple[str, int]] = Counter()  # (workflow, step) -> enrollments, this worker
+DLQ_SHOWN = 20
+_dlq_cache: tuple[float, list[dict[str, Any]]] = (0.0, [])
+
+
+@app.timer(interval=5.0)
+async def snapshot_figures() -> None:
+    minutes.add(time.monotonic(), figures(collect()))
+
+
+@app.timer(interval=config.web.funnel_every)
+async def count_waiting() -> None:
+    """Count the enrollments at each step in this worker's partitions, a chunk at a time
+    so the agents keep running."""
+    if not settled():
+        return
+    found: Counter[tuple[str, int]] = Counter()
+    for partition in users.active_partitions():
+        for n, (key, raw) in enumerate(users.items(partition)):
+            try:
+                enrollments = UserState.decode(raw).enrollments
+            except (ValueError, KeyError, struct.error) as exc:  # never stop the worker
+                logger.warning("cannot read the user record %r: %s", key[:80], exc)
+                continue
+            for name, enrollment in enrollments.items():
+                found[(name, int(enrollment.get("step", 0)))] += 1
+            if n % 1000 == 999:
+                await asyncio.sleep(0)
+    waiting.clear()
+    waiting.update(found)
+    metrics.TIMERS_PENDING.set(
+        sum(sum(1 for _ in timers.items(p)) for p in timers.active_partitions())
+    )
+
+
+def _sent_today(partition: int, day: str) -> int:
+    return deliveries.progress(partition, b"\x00sent:" + day.encode()) or 0
+
+
+def local_stats() -> dict[str, Any]:
+    """This worker's own figures: counters since it started, their growth over the last
+    minute, its partitions' lag, its funnel, and the sends its partitions made today."""
+    samples = collect()
+    now = figures(samples)
+    partitions = users.active_partitions()
+    day = datetime.now(UTC).date().isoformat()
+    lag = {}
+    for p in partitions:
+        highwater = app.consumer.highwater(TP(config.topics.events, p))
+        applied = users.progress(p) or 0
+        lag[str(p)] = {
+            "highwater": highwater,
+            "applied": applied,
+            "lag": max(0, (highwater or 0) - applied),
+        }
+    return {
+        "workers": 1,
+        "totals": now,
+        "last_minute": minutes.last_minute(time.monotonic(), now),
+        "lag": lag,
+        "funnel": funnel(waiting, samples),
+        "sent_today": sum(_sent_today(p, day) for p in partitions),
+    }
+
+
+@app.page("/api/local/stats")
+async def local_stats_view(web: View, request: Request) -> Response:
+    if not authorised(request):
+        return refused(web)
+    return json_response(web, local_stats())
+
+
+async def gather() -> dict[str, Any]:
+    """Every worker's figures, added up; this worker's own if another does not answer."""
+    parts = [local_stats()]
+    missing = 0
+    for url in worker_urls():
+        if is_me(url):
+            continue
+        try:
+            status, body = await ask(url, "/api/local/stats")
+        except Exception as exc:
+            logger.warning("asking %s for its figures failed: %r", url, exc)
+            status, body = 0, b""
+        if status == 200:
+            parts.append(orjson.loads(body))
+        else:
+            missing += 1
+    total = add_up(parts)
+    d = config.delivery
+    cap = (
+        warmup_cap(d.warmup.daily_caps, d.warmup.start, datetime.now(UTC).date())
+        if d.warmup
+        else None
+    )
+    total["missing_workers"] = missing
+    total["send"] = {
+        "per_s_last_minute": round(total["last_minute"]["sent"] / 60.0, 2),
+        "rate_limit": d.rate_limit,
+        "warmup_cap_today": cap,
+        "sent_today": total["sent_today"],
+    }
+    total["dead_letters"] = await latest_dead_letters()
+    return total
+
+
+async def latest_dead_letters() -> list[dict[str, Any]]:
+    """The newest dead letters on the topic, newest first (re-read at most every 5 s)."""
+    global _dlq_cache
+    if time.monotonic() - _dlq_cache[0] < 5.0:
+        return _dlq_cache[1]
+    parts = await topic_partitions(config.bootstrap_servers, config.topics.dlq)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    await consumer.start()
+    letters: list[Any] = []
+    try:
+        tps = [TopicPartition(config.topics.dlq, p) for p in parts]
+        if tps:
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            for tp in tps:
+                consumer.seek(tp, max(0, ends[tp] - DLQ_SHOWN))
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    letters.extend(messages)
+                if not batch and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                    break
+    finally:
+        await consumer.stop()
+    letters.sort(key=lambda m: m.timestamp, reverse=True)
+    shown = []
+    for m in letters[:DLQ_SHOWN]:
+        doc = describe(m)
+        doc.pop("value", None)  # the original bytes may hold personal data
+        doc.pop("value_base64", None)
+        doc["at"] = datetime.fromtimestamp(m.timestamp / 1000, UTC).isoformat(timespec="seconds")
+        shown.append(doc)
+    _dlq_cache = (time.monotonic(), shown)
+    return shown
+
+
+# ---- pages ---------------------------------------------------------------------------
+
+
+def _login_page(web: View, status: int, message: str = "") -> Response:
+    csrf = auth.new_csrf()
+    html = render_page("login.html", csrf=csrf, message=message)
+    response = web.html(html, status=status)
+    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
+    return response
+
+
+def _cookie(response: Any, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, httponly=True, secure=True, samesite="Strict", path="/"
+    )
+
+
+def _redirect(web: View, location: str) -> Response:
+    return web.html("", status=303, headers={"Location": location})
+
+
+@app.page("/login")
+class Login(View):
+    async def get(self, request: Request) -> Response:
+        return _login_page(self, 200)
+
+    async def post(self, request: Request) -> Response:
+        http: Any = request
+        form = await http.post()
+        if not auth.csrf_ok(http.cookies.get(CSRF_COOKIE), form.get("csrf")):
+            return _login_page(self, 403, "The form expired; try again.")
+        if not auth.token_matches(form.get("token")):
+            return _login_page(self, 401, "That token is not right.")
+        response = _redirect(self, "/")
+        _cookie(response, SESSION_COOKIE, auth.new_session(), SESSION_SECONDS)
+        return response
+
+
+@app.page("/logout")
+class Logout(View):
+    async def post(self, request: Request) -> Response:
+        http: Any = request
+        form = await http.post()
+        if not auth.csrf_ok(http.cookies.get(CSRF_COOKIE), form.get("csrf")):
+            return self.html("", status=403)
+        response = _redirect(self, "/login")
+        _cookie(response, SESSION_COOKIE, "", 0)
+        return response
+
+
+@app.page("/")
+async def dashboard(web: View, request: Request) -> Response:
+    if not authorised(request):
+        return _login_page(web, 401)
+    figures_ = await gather()
+    csrf = auth.new_csrf()
+    html = render_page("dashboard.html", s=figures_, csrf=csrf, refresh=10)
+    response = web.html(html)
+    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
+    return response
+
+
+@app.page("/api/dashboard")
+async def dashboard_json(web: View, request: Request) -> Response:
+    if not authorised(request):
+        return refused(web)
+    return json_response(web, await gather())
+
+
+@app.page("/users")
+async def user_search(web: View, request: Request) -> Response:
+    if not authorised(request):
+        return _login_page(web, 401)
+    http: Any = request
+    user_id = (http.query.get("user_id") or "").strip()
+    if not user_id:
+        return _redirect(web, "/")
+    return _redirect(web, "/users/" + quote(user_id, safe=""))
+
+
+@app.page("/users/{user_id}")
+async def user_page(web: View, request: Request, user_id: str) -> Response:
+    if not authorised(request):
+        return _login_page(web, 401)
+    status, body = await find_user(request, user_id)
+    csrf = auth.new_csrf()
+    html = render_page("user.html", user_id=user_id, status=status, u=body, csrf=csrf)
+    response = web.html(html, status=status)
+    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
+    return response

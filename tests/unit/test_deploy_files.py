@@ -1,0 +1,44 @@
+"""The multi-machine files are valid: compose YAML, the workers' config, Prometheus'."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from mailstream.config import load_config
+from tests.system_packages import install_debian_package
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_compose_file_wires_workers_prometheus_and_the_smtp_sink() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"kafka", "worker-1", "worker-2", "prometheus", "mailpit"} <= set(services)
+    for name in ("worker-1", "worker-2"):
+        env = services[name]["environment"]
+        assert env["MAILSTREAM_CANONICAL_URL"] == f"http://{name}:6066"
+        assert "?" in env["MAILSTREAM_ADMIN_TOKEN"], "secrets come from the host, required"
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == ["worker-1:6066", "worker-2:6066"]
+
+
+def test_the_workers_config_is_valid() -> None:
+    config = load_config(ROOT / "deploy" / "mailstream.yaml", env={})
+    assert config.broker.embedded is False
+    assert config.delivery.provider == "smtp" and config.providers.smtp is not None
+    assert config.providers.smtp.host == "mailpit"
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    promtool = install_debian_package("promtool", "prometheus")
+    done = subprocess.run(
+        [promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
