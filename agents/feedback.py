@@ -65,10 +65,10 @@ async def apply_batch(messages: list[RawMessage]) -> None:
         state = states.get(slot)
         if state is None:
             stored = users.get(*slot)
-            if stored is None:
-                metrics.FEEDBACK.labels(fb.kind, "unknown_user").inc()
-                continue
-            state = UserState.decode(stored)
+            # Feedback can overtake the user's own first events (another topic): it
+            # starts the record rather than be lost, and their identify fills it in.
+            tenant = fb.tenant_id or config.ingest.default_tenant
+            state = UserState.decode(stored) if stored else UserState(tenant, fb.user_id)
         # Providers retry webhooks: an event they sent before changes nothing again.
         if fb.event_id is not None:
             marker = f"feedback:{fb.provider}:{fb.event_id}"

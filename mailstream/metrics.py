@@ -128,8 +128,8 @@ WEBHOOKS = Counter(
 FEEDBACK = Counter(
     "mailstream_feedback_total",
     "Feedback events by kind and what they did: hard_bounce, complaint, unsubscribe"
-    " (suppressions), soft_bounce, delivered, open, click, no_change, duplicate,"
-    " unknown_user, no_user, suppressed_by_address.",
+    " (suppressions), soft_bounce, delivered, open, click, no_change, duplicate, no_user,"
+    " suppressed_by_address.",
     ["kind", "result"],
 )
 UNSUBSCRIBES = Counter(

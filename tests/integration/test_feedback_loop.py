@@ -143,6 +143,44 @@ async def test_a_hard_bounce_and_a_complaint_stop_all_mail_to_that_user(
     assert await post(worker, "/webhooks/mailgun", body, headers) == 401
 
 
+async def test_a_bounce_that_arrives_before_the_user_is_kept(deployment: Deployment) -> None:
+    private_key, env = configure(deployment)
+    worker = await start(deployment, env)
+    now = time.time()
+    bounce = orjson.dumps(
+        [
+            {
+                "email": "early@example.com",
+                "timestamp": int(now),
+                "event": "bounce",
+                "type": "bounce",
+                "sg_event_id": "sg-early",
+                "user_id": "early",
+                "tenant_id": "default",
+            }
+        ]
+    )
+    headers = sendgrid_sign(private_key, bounce, now)
+    assert await post(worker, "/webhooks/sendgrid", bounce, headers) == 200
+
+    async def suppressed() -> bool:
+        return "hard_bounce" in await suppressions(worker, "early")
+
+    await wait_for(suppressed, 20, "the bounce to start the user's record")
+    await identify(deployment, "early")
+    async with deployment.producer() as p:
+        await p.emit("signup", "early")
+        await p.flush()
+
+    async def dropped() -> bool:
+        status, body = await worker.get("/api/users/early")
+        return [d["reason"] for d in body["send_decisions"]] == ["suppressed", "suppressed"]
+
+    await wait_for(dropped, 20, "both sends to be dropped as suppressed")
+    status, body = await worker.get("/api/users/early", full="1")
+    assert body["traits"]["email"] == "early@example.com", "the identify filled it in"
+
+
 async def test_the_link_in_a_delivered_email_unsubscribes_from_marketing_only(
     deployment: Deployment,
 ) -> None:
