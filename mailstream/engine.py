@@ -108,7 +108,18 @@ class Engine:
             self._see_event(user, workflow, event, payload, now, fx)
         for workflow in self.by_trigger.get(event.event_type, ()):
             scope = {"event": payload, "user": user_scope(user), "context": {}}
-            if workflow.trigger(scope) and self._may_enter(user, workflow, now):
+            if not workflow.trigger(scope):
+                continue
+            enrollment = user.enrollments.get(workflow.name)
+            if enrollment is not None:
+                # The trigger again while enrolled (a second cart_updated during the
+                # wait): the enrollment carries on with the latest payload as its
+                # context, so the reminder shows the cart as it is now.
+                if enrollment["ctx"] != payload:
+                    enrollment["ctx"] = dict(payload)
+                    fx.changed = True
+                    fx.count(workflow.name, "context_refreshed")
+            elif self._may_enter(user, workflow, now):
                 self._enroll(user, workflow, event.event_id, dict(payload), payload, now, fx)
         if event.event_type != IDENTIFY:
             self._arm_inactivity(user, fx)

@@ -34,7 +34,8 @@ BACKFILLED = Counter(
 WORKFLOW_TRANSITIONS = Counter(
     "mailstream_workflow_transitions_total",
     "Enrollment transitions by workflow: enrolled, completed, exited_goal, exited, timed_out,"
-    " wait_for_matched, step_limit, dropped.",
+    " wait_for_matched, step_limit, dropped, context_refreshed (the trigger again while"
+    " enrolled).",
     ["workflow", "transition"],
 )
 SEND_COMMANDS = Counter(

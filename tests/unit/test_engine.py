@@ -1011,3 +1011,18 @@ def test_all_four_journeys_together() -> None:
     ]
     assert fx.timers_del == [wait_timer(T0 + MINUTE + HOUR, "abandoned_cart")]
     assert list(user.enrollments) == ["welcome"]
+
+
+def test_the_trigger_again_while_enrolled_refreshes_the_context_not_the_position() -> None:
+    engine = engine_of(cart=CART)
+    user = new_user()
+    first = deliver(engine, user, event("cart_updated", T0, {"items": ["mug"]}))
+    (wait,) = first.timers_add
+    again = deliver(engine, user, event("cart_updated", T0 + MINUTE, {"items": ["mug", "hat"]}))
+    assert again.timers_add == [] and again.timers_del == [], "the wait goes on as it was"
+    assert ("cart", "context_refreshed") in again.counts
+    assert user.enrollments["cart"]["ctx"] == {"items": ["mug", "hat"]}
+    reminder = fire(engine, user, wait)
+    assert [s.context for s in reminder.sends] == [{"items": ["mug", "hat"]}]
+    same = deliver(engine, user, event("cart_updated", T0 + 2 * HOUR, {"items": ["mug", "hat"]}))
+    assert ("cart", "context_refreshed") not in same.counts
