@@ -156,6 +156,12 @@ class WorkflowSpec(_Spec):
         dupes = {i for i in ids if ids.count(i) > 1}
         if dupes:
             raise ValueError(f"step ids must be unique: {sorted(dupes)[0]!r} is used twice")
+        if EXIT in ids:
+            n = next(n for n, s in enumerate(self.steps) if s.id == EXIT)
+            raise ValueError(
+                f"steps[{n}].id: 'exit' is reserved (a jump to 'exit' ends the"
+                " workflow); give the step another id"
+            )
         known = set(ids) | {EXIT}
         for n, step in enumerate(self.steps):
             targets: dict[str, str | None] = {}

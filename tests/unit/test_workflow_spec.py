@@ -268,6 +268,13 @@ INVALID = [
         id="duplicate-step-ids",
     ),
     pytest.param(
+        with_changes(steps=[{"send": "x"}, {"id": "exit", "send": "y"}]),
+        (),
+        "value_error",
+        "steps[1].id: 'exit' is reserved",
+        id="step-id-exit-is-reserved",
+    ),
+    pytest.param(
         with_changes(trigger={"event": "a", "inactive_for": "30d"}),
         ("trigger",),
         "value_error",
