@@ -232,6 +232,7 @@ class Engine:
         name = workflow.name
         enrollment = user.enrollments[name]
         fx.changed = True
+        sends_before = len(fx.sends)
         for _ in range(MAX_STEPS_PER_RUN):
             if index == END:
                 self._finish(user, name, fx, "completed")
@@ -275,6 +276,9 @@ class Engine:
                 index = step.next
             else:  # exit
                 index = EXIT_INDEX
+        # A loop without a wait: a mistake in the workflow, so none of the sends it
+        # made in this run go out (it would otherwise mail the user up to 100 times).
+        del fx.sends[sends_before:]
         fx.count(name, "step_limit")
         self._finish(user, name, fx, "exited")
 

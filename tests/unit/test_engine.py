@@ -675,6 +675,14 @@ def test_a_step_sending_twice_in_one_enrollment_gives_two_ids() -> None:
         pytest.param([{"id": "a", "branch": {"if": None, "then": "a"}}], id="self-jump"),
         pytest.param(
             [
+                {"send": "hello"},
+                {"id": "a", "send": "again"},
+                {"branch": {"if": None, "then": "a"}},
+            ],
+            id="send-loop",
+        ),
+        pytest.param(
+            [
                 {"id": "a", "update_user": {"increment": {"n": 1}}},
                 {"branch": {"if": {"field": "user.n", "op": "gt", "value": 0}, "then": "a"}},
             ],
