@@ -27,10 +27,17 @@ class SeenIds:
         return len(self._seen)
 
     def __contains__(self, event_id: str) -> bool:
-        return id_hash(event_id) in self._seen
+        return self.has(id_hash(event_id))
 
     def add(self, event_id: str, now_s: int) -> None:
-        self._seen.setdefault(id_hash(event_id), now_s)
+        self.remember(id_hash(event_id), now_s)
+
+    def has(self, digest: int) -> bool:
+        """Whether an id with this ``id_hash`` is in the window (hash once, ask twice)."""
+        return digest in self._seen
+
+    def remember(self, digest: int, now_s: int) -> None:
+        self._seen.setdefault(digest, now_s)
 
     def check_and_add(self, event_id: str, now_s: int) -> bool:
         """True when the id is already in the window; otherwise remember it and return False."""

@@ -6,6 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mailstream.dedup import id_hash
 from mailstream.events import Event, Invalid, decode_event
 from mailstream.users import UserState, apply_event, user_key
 from mailstream.windows import SamplingRule, ThrottleRule, sample, throttle
@@ -171,7 +172,8 @@ def ingest_batch(
         if state is None:
             state = load(*slot) or UserState(decoded.tenant_id, decoded.user_id)
             loaded[slot] = state
-        if decoded.event_id in state.seen:
+        digest = id_hash(decoded.event_id)  # checked now, remembered if the event is kept
+        if state.seen.has(digest):
             result.count(DEDUPLICATED, decoded.event_type)
             continue
         dropped = admit(state, decoded, now_ms, settings)
@@ -179,7 +181,7 @@ def ingest_batch(
             # Nothing is written for it: not the state, not even the dedup window.
             result.count(dropped, decoded.event_type)
             continue
-        state.seen.add(decoded.event_id, now_s)
+        state.seen.remember(digest, now_s)
         apply_event(state, decoded)
         changed[slot] = state
         result.events.append(decoded)
