@@ -16,7 +16,7 @@ import orjson
 from pydantic import SecretStr
 
 from mailstream.exceptions import ConfigError
-from mailstream.providers.base import Message, SendFailure
+from mailstream.providers.base import Accepted, Message, SendFailure
 
 logger = logging.getLogger(__name__)
 
@@ -248,3 +248,49 @@ class HttpSession:
             raise SendFailure(
                 "connection", f"{self.base_url}: {exc.strerror or exc}", retryable=True
             ) from None
+
+
+class HttpProvider:
+    """What the HTTP providers share: one session opened by ``start``, a POST per
+    message, the answer turned into Accepted or a SendFailure. A provider says how to
+    open its session (its credentials), build its request and read its answer."""
+
+    name = "http"
+
+    def __init__(self) -> None:
+        self._http: HttpSession | None = None
+
+    def _open(self) -> HttpSession:
+        raise NotImplementedError
+
+    def _request(self, message: Message) -> HttpRequest:
+        raise NotImplementedError
+
+    def _accepted(self, response: HttpResponse) -> Accepted | None:
+        """The provider took the message; None when the answer is a refusal."""
+        raise NotImplementedError
+
+    def _refusal(self, response: HttpResponse) -> SendFailure:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        if self._http is not None:
+            return
+        self._http = self._open()
+        await self._http.start()
+
+    async def send(self, message: Message) -> Accepted:
+        if self._http is None:
+            raise RuntimeError(f"{type(self).__name__} is not started: call start() before send()")
+        response = await self._http.post(self._request(message))
+        accepted = self._accepted(response)
+        if accepted is not None:
+            return accepted
+        failure = self._refusal(response)
+        logger.debug("%s refused %s: %s", self.name, message.send_id, failure)
+        raise failure
+
+    async def close(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()

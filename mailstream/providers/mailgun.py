@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from mailstream.providers.base import Accepted, Message, SendFailure
 from mailstream.providers.http_common import (
     FORM,
+    HttpProvider,
     HttpRequest,
+    HttpResponse,
     HttpSession,
     body_text,
     classify_http,
@@ -79,7 +81,7 @@ def accepted(body: bytes) -> Accepted:
     return Accepted(message_id if isinstance(message_id, str) else None)
 
 
-class MailgunProvider:
+class MailgunProvider(HttpProvider):
     """Sends through Mailgun's messages endpoint for one sending domain."""
 
     name = "mailgun"
@@ -91,9 +93,9 @@ class MailgunProvider:
         *,
         config_key: str = "providers.mailgun",
     ) -> None:
+        super().__init__()
         self.settings = settings
         self._read_key = key_reader(env, settings.api_key_env, config_key, "Mailgun API key")
-        self._http: HttpSession | None = None
 
     def __repr__(self) -> str:
         return (
@@ -101,26 +103,15 @@ class MailgunProvider:
             f"domain={self.settings.domain!r}, api_key_env={self.settings.api_key_env!r})"
         )
 
-    async def start(self) -> None:
-        if self._http is not None:
-            return
+    def _open(self) -> HttpSession:
         key = self._read_key()
-        self._http = HttpSession(
-            self.settings.base_url, self.settings.timeout, basic_auth=(USER, key)
-        )
-        await self._http.start()
+        return HttpSession(self.settings.base_url, self.settings.timeout, basic_auth=(USER, key))
 
-    async def send(self, message: Message) -> Accepted:
-        if self._http is None:
-            raise RuntimeError("MailgunProvider is not started: call start() before send()")
-        response = await self._http.post(build_request(message, self.settings))
-        if response.status == 200:
-            return accepted(response.body)
-        failure = classify(response.status, response.headers, response.body)
-        logger.debug("mailgun refused %s: %s", message.send_id, failure)
-        raise failure
+    def _request(self, message: Message) -> HttpRequest:
+        return build_request(message, self.settings)
 
-    async def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            await http.close()
+    def _accepted(self, response: HttpResponse) -> Accepted | None:
+        return accepted(response.body) if response.status == 200 else None
+
+    def _refusal(self, response: HttpResponse) -> SendFailure:
+        return classify(response.status, response.headers, response.body)

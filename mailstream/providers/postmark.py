@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 from mailstream.providers.base import Accepted, Message, SendFailure
 from mailstream.providers.http_common import (
     JSON,
+    HttpProvider,
     HttpRequest,
+    HttpResponse,
     HttpSession,
     body_text,
     classify_http,
@@ -98,7 +100,7 @@ def accepted(body: bytes) -> Accepted:
     return Accepted(message_id if isinstance(message_id, str) else None)
 
 
-class PostmarkProvider:
+class PostmarkProvider(HttpProvider):
     """Sends through Postmark's single-email endpoint."""
 
     name = "postmark"
@@ -110,9 +112,9 @@ class PostmarkProvider:
         *,
         config_key: str = "providers.postmark",
     ) -> None:
+        super().__init__()
         self.settings = settings
         self._read_key = key_reader(env, settings.api_key_env, config_key, "Postmark server token")
-        self._http: HttpSession | None = None
 
     def __repr__(self) -> str:
         return (
@@ -120,26 +122,17 @@ class PostmarkProvider:
             f"api_key_env={self.settings.api_key_env!r})"
         )
 
-    async def start(self) -> None:
-        if self._http is not None:
-            return
+    def _open(self) -> HttpSession:
         token = self._read_key()
-        self._http = HttpSession(
+        return HttpSession(
             self.settings.base_url, self.settings.timeout, auth_headers={TOKEN_HEADER: token}
         )
-        await self._http.start()
 
-    async def send(self, message: Message) -> Accepted:
-        if self._http is None:
-            raise RuntimeError("PostmarkProvider is not started: call start() before send()")
-        response = await self._http.post(build_request(message, self.settings))
-        if response.status == 200:
-            return accepted(response.body)
-        failure = classify(response.status, response.headers, response.body)
-        logger.debug("postmark refused %s: %s", message.send_id, failure)
-        raise failure
+    def _request(self, message: Message) -> HttpRequest:
+        return build_request(message, self.settings)
 
-    async def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            await http.close()
+    def _accepted(self, response: HttpResponse) -> Accepted | None:
+        return accepted(response.body) if response.status == 200 else None
+
+    def _refusal(self, response: HttpResponse) -> SendFailure:
+        return classify(response.status, response.headers, response.body)

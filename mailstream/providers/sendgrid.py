@@ -17,7 +17,9 @@ from pydantic import SecretStr
 from mailstream.providers.base import Accepted, Message, SendFailure
 from mailstream.providers.http_common import (
     JSON,
+    HttpProvider,
     HttpRequest,
+    HttpResponse,
     HttpSession,
     body_text,
     classify_http,
@@ -97,7 +99,7 @@ def accepted(headers: Mapping[str, str]) -> Accepted:
     return Accepted(headers.get("X-Message-Id") or None)
 
 
-class SendGridProvider:
+class SendGridProvider(HttpProvider):
     """Sends through SendGrid's v3 Mail Send endpoint."""
 
     name = "sendgrid"
@@ -109,9 +111,9 @@ class SendGridProvider:
         *,
         config_key: str = "providers.sendgrid",
     ) -> None:
+        super().__init__()
         self.settings = settings
         self._read_key = key_reader(env, settings.api_key_env, config_key, "SendGrid API key")
-        self._http: HttpSession | None = None
 
     def __repr__(self) -> str:
         return (
@@ -119,27 +121,18 @@ class SendGridProvider:
             f"api_key_env={self.settings.api_key_env!r})"
         )
 
-    async def start(self) -> None:
-        if self._http is not None:
-            return
+    def _open(self) -> HttpSession:
         key = self._read_key()
         bearer = SecretStr(f"Bearer {key.get_secret_value()}")
-        self._http = HttpSession(
+        return HttpSession(
             self.settings.base_url, self.settings.timeout, auth_headers={"Authorization": bearer}
         )
-        await self._http.start()
 
-    async def send(self, message: Message) -> Accepted:
-        if self._http is None:
-            raise RuntimeError("SendGridProvider is not started: call start() before send()")
-        response = await self._http.post(build_request(message, self.settings))
-        if 200 <= response.status <= 299:
-            return accepted(response.headers)
-        failure = classify(response.status, response.headers, response.body)
-        logger.debug("sendgrid refused %s: %s", message.send_id, failure)
-        raise failure
+    def _request(self, message: Message) -> HttpRequest:
+        return build_request(message, self.settings)
 
-    async def close(self) -> None:
-        http, self._http = self._http, None
-        if http is not None:
-            await http.close()
+    def _accepted(self, response: HttpResponse) -> Accepted | None:
+        return accepted(response.headers) if 200 <= response.status <= 299 else None
+
+    def _refusal(self, response: HttpResponse) -> SendFailure:
+        return classify(response.status, response.headers, response.body)
