@@ -21,7 +21,7 @@ import orjson
 
 from mailstream import metrics
 from mailstream.app import app, config, settled
-from mailstream.apply import dead_letter_headers
+from mailstream.apply import dead_letter_headers, dead_letter_message
 from mailstream.backfill import (
     QUIET_SECONDS,
     Backfill,
@@ -50,7 +50,7 @@ from mailstream.runtime import delivery_runtime
 from mailstream.storage import progress_key
 from mailstream.suppression import Suppression
 from mailstream.users import UserState, user_key
-from tables.deliveries import deliveries, delivery_queue
+from tables.deliveries import deliveries, delivery_queue, sent_key, sent_on
 from tables.users import users
 
 logger = logging.getLogger(__name__)
@@ -100,10 +100,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
         for m in fresh:
             command = _decode_command(m.value)
             if isinstance(command, str):
-                headers = dead_letter_headers(
-                    "bad_send_command", command, m.topic, m.partition, m.offset
-                )
-                outbox.send(config.topics.dlq, m.key, m.value or b"", headers)
+                dead_letter_message(outbox, config.topics.dlq, m, "bad_send_command", command)
                 metrics.DEAD_LETTERS.labels("bad_send_command").inc()
                 continue
             send_id = command["send_id"]
@@ -155,10 +152,6 @@ async def sweep_skipped_send_tails() -> None:
         )
 
 
-def _sent_today_key(today: str) -> bytes:
-    return b"\x00sent:" + today.encode()
-
-
 Result = tuple[int, bytes, Delivery, bytes, dict[str, Any], Accepted | SendFailure, float]
 
 
@@ -195,9 +188,7 @@ class Dispatcher:
         self.rt.pacer.resize(len(partitions), config.topics.partitions, time.monotonic())
         now = _now_ms()
         day = datetime.fromtimestamp(now / 1000, tz=UTC).date()
-        counts = {
-            p: deliveries.progress(p, _sent_today_key(day.isoformat())) or 0 for p in partitions
-        }
+        counts = {p: sent_on(p, day.isoformat()) for p in partitions}
         sent_today = sum(counts.values())
         outbox = Outbox()
         chosen: list[tuple[int, bytes, Delivery, bytes, dict[str, Any]]] = []
@@ -222,7 +213,7 @@ class Dispatcher:
                 break
         for p in {c[0] for c in chosen}:
             n = sum(1 for c in chosen if c[0] == p)
-            outbox.put(deliveries, p, _sent_today_key(day.isoformat()), str(counts[p] + n).encode())
+            outbox.put(deliveries, p, sent_key(day.isoformat()), str(counts[p] + n).encode())
         if not outbox:
             return
         await flush(app.producer, outbox)  # `attempting` is durable before any call

@@ -10,7 +10,7 @@ from typing import Any
 
 from mailstream import metrics
 from mailstream.app import app, config, settled
-from mailstream.apply import dead_letter_headers
+from mailstream.apply import dead_letter_message
 from mailstream.backfill import (
     QUIET_SECONDS,
     Backfill,
@@ -54,8 +54,7 @@ async def apply_batch(messages: list[RawMessage]) -> None:
         try:
             fb = Feedback.decode(m.value or b"")
         except (ValueError, TypeError) as exc:
-            headers = dead_letter_headers("bad_feedback", str(exc), m.topic, m.partition, m.offset)
-            outbox.send(config.topics.dlq, m.key, m.value or b"", headers)
+            dead_letter_message(outbox, config.topics.dlq, m, "bad_feedback", str(exc))
             metrics.DEAD_LETTERS.labels("bad_feedback").inc()
             continue
         if not fb.user_id:
@@ -94,11 +93,8 @@ async def apply_batch(messages: list[RawMessage]) -> None:
 def _note_delivery(outbox: Outbox, partition: int, fb: Feedback) -> None:
     assert fb.send_id is not None
     key = fb.send_id.encode()
-    pending = outbox.writes
-    raw = None
-    for stage in pending.values():  # an earlier event of this batch may have changed it
-        raw = stage.get((deliveries, partition), {}).get(key) or raw
-    raw = raw or deliveries.get(partition, key)
+    # an earlier event of this batch may have changed it
+    raw = outbox.pending(deliveries, partition, key) or deliveries.get(partition, key)
     if raw is None:
         return  # not sent by this deployment, or long forgotten
     delivery = Delivery.decode(raw)

@@ -10,7 +10,7 @@ from typing import Any
 
 from mailstream import metrics
 from mailstream.app import app, config, events_topic, settled
-from mailstream.apply import dead_letter_headers
+from mailstream.apply import dead_letter_message
 from mailstream.backfill import (
     QUIET_SECONDS,
     Backfill,
@@ -59,9 +59,7 @@ def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
     for (partition, key), fx in result.reactions:
         applier.apply(outbox, partition, key, result.changed[(partition, key)], fx, now)
     for dl in result.dead_letters:
-        m = dl.message
-        headers = dead_letter_headers(dl.code, dl.reason, m.topic, m.partition, m.offset)
-        outbox.send(config.topics.dlq, m.key, m.value or b"", headers)
+        dead_letter_message(outbox, config.topics.dlq, dl.message, dl.code, dl.reason)
     next_offsets: dict[int, int] = {}
     for m in fresh:
         next_offsets[m.partition] = m.offset + 1

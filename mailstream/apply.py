@@ -9,6 +9,7 @@ import orjson
 
 from mailstream import metrics
 from mailstream.engine import Effects, SendIntent
+from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox
 from mailstream.sends import send_command, template_user
 from mailstream.storage import PartitionStore
@@ -29,6 +30,15 @@ def dead_letter_headers(
         ("mailstream.source.partition", str(partition).encode()),
         ("mailstream.source.offset", str(offset).encode()),
     ]
+
+
+def dead_letter_message(
+    outbox: Outbox, dlq_topic: str, message: RawMessage, code: str, reason: str
+) -> None:
+    """A consumed message that cannot be processed: to the dead-letter topic as it came,
+    with the reason and where it came from."""
+    headers = dead_letter_headers(code, reason, message.topic, message.partition, message.offset)
+    outbox.send(dlq_topic, message.key, message.value or b"", headers)
 
 
 class EffectsApplier:

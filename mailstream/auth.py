@@ -18,6 +18,17 @@ CSRF_COOKIE = "mailstream_csrf"
 SESSION_SECONDS = 12 * 3600
 
 
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """An ``Authorization: Bearer <token>`` header with exactly ``token`` (constant time)."""
+    scheme, _, value = (authorization or "").partition(" ")
+    value = value.strip()
+    return (
+        bool(token and value)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(value.encode(), token.encode())
+    )
+
+
 class AdminAuth:
     def __init__(self, token: str) -> None:
         if len(token) < 16:
@@ -40,8 +51,7 @@ class AdminAuth:
 
     def bearer_ok(self, authorization: str | None) -> bool:
         """An ``Authorization: Bearer <token>`` header with the admin token."""
-        scheme, _, value = (authorization or "").partition(" ")
-        return scheme.lower() == "bearer" and self.token_matches(value.strip())
+        return bearer_matches(authorization, self._token.decode())
 
     def new_session(self) -> str:
         return self._sessions.sign(secrets.token_urlsafe(16)).decode()

@@ -37,7 +37,7 @@ from mailstream.web import (
     refused,
     worker_urls,
 )
-from tables.deliveries import deliveries
+from tables.deliveries import sent_on
 from tables.timers import timers
 from tables.users import users
 
@@ -79,10 +79,6 @@ async def count_waiting() -> None:
     )
 
 
-def _sent_today(partition: int, day: str) -> int:
-    return deliveries.progress(partition, b"\x00sent:" + day.encode()) or 0
-
-
 def local_stats() -> dict[str, Any]:
     """This worker's own figures: counters since it started, their growth over the last
     minute, its partitions' lag, its funnel, and the sends its partitions made today."""
@@ -105,7 +101,7 @@ def local_stats() -> dict[str, Any]:
         "last_minute": minutes.last_minute(time.monotonic(), now),
         "lag": lag,
         "funnel": funnel(waiting, samples),
-        "sent_today": sum(_sent_today(p, day) for p in partitions),
+        "sent_today": sum(sent_on(p, day) for p in partitions),
     }
 
 

@@ -46,6 +46,15 @@ class Outbox:
         items.pop(key, None)
         items[key] = value
 
+    def pending(self, store: PartitionStore, partition: int, key: bytes) -> bytes | None:
+        """The value this outbox will write for a key (None: nothing pending, or a
+        deletion), so a batch sees its own earlier changes."""
+        for stage in STAGES:
+            items = self.writes[stage].get((store, partition))
+            if items is not None and key in items:
+                return items[key]
+        return None
+
     def send(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
     ) -> None:

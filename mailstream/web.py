@@ -3,7 +3,6 @@ owner; plus what the other views share: admin access and asking other workers.""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 from typing import Any, cast
@@ -17,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from yarl import URL
 
 from mailstream.app import app, config, events_topic, settled
-from mailstream.auth import SESSION_COOKIE, AdminAuth, mask_email
+from mailstream.auth import SESSION_COOKIE, AdminAuth, bearer_matches, mask_email
 from mailstream.delivery import Delivery
 from mailstream.exceptions import ConfigError
 from mailstream.runtime import suppression_list
@@ -84,11 +83,9 @@ async def ask(url: URL, path_qs: str) -> tuple[int, bytes]:
 async def metrics_page(web: View, request: Request) -> Response:
     """Prometheus text; with ``$MAILSTREAM_METRICS_TOKEN`` set, only for that bearer."""
     token = os.environ.get(config.web.metrics_token_env)
-    if token:
-        http: Any = request
-        scheme, _, given = http.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            return web.text("the metrics token is needed\n", status=401)
+    http: Any = request
+    if token and not bearer_matches(http.headers.get("Authorization"), token):
+        return web.text("the metrics token is needed\n", status=401)
     headers = {"Content-Type": CONTENT_TYPE_LATEST}
     return cast(Response, AioResponse(body=generate_latest(REGISTRY), headers=headers))
 

@@ -19,3 +19,14 @@ delivery_queue = raw_table(
     config.topics.partitions,
     "Waiting sends: rank, ready time and send id (mailstream.delivery.QueueKey) -> command.",
 )
+
+
+def sent_key(day: str) -> bytes:
+    """The record counting a partition's sends on a UTC day (ISO date), for the warm-up
+    cap and the dashboard; the control byte keeps it apart from send ids."""
+    return b"\x00sent:" + day.encode()
+
+
+def sent_on(partition: int, day: str) -> int:
+    raw = deliveries.get(partition, sent_key(day))
+    return int(raw) if raw is not None else 0
