@@ -257,3 +257,40 @@ async def test_smtp_retries_a_421_and_suppresses_a_550(deployment: Deployment) -
         await wait_for(suppressed, 20, "the 550 recipient to be suppressed")
         m = await worker.metrics()
         assert metric_sum(m, "mailstream_sends_total", provider="smtp", result="retry") == 1
+
+
+async def test_malformed_commands_and_feedback_are_dead_lettered_and_the_worker_goes_on(
+    deployment: Deployment,
+) -> None:
+    async with FakeProviders() as fake:
+        use_fake(deployment, fake)
+        worker = start(deployment, fake, "a")
+        await deployment.wait_ready([worker])
+        producer = AIOKafkaProducer(bootstrap_servers=deployment.broker.bootstrap_servers)
+        await producer.start()
+        try:
+            topics = deployment.topics
+            await producer.send_and_wait(topics["sends_marketing"], b"{not json", key=b"u1")
+            await producer.send_and_wait(
+                topics["sends_transactional"], orjson.dumps({"send_id": "x"}), key=b"u1"
+            )
+            await producer.send_and_wait(topics["feedback"], b'{"kind": "exploded"}', key=b"u1")
+        finally:
+            await producer.stop()
+        await produce(deployment, [command("good-1", "u1")])
+        await fake.wait_for(1, timeout=30)
+
+        letters = await deployment.read_topic(deployment.topics["dlq"], 3, timeout=30)
+        reasons = sorted(
+            (dict(x.headers)["mailstream.reason_code"], dict(x.headers)["mailstream.reason"])
+            for x in letters
+        )
+        assert [code for code, _ in reasons] == [
+            b"bad_feedback",
+            b"bad_send_command",
+            b"bad_send_command",
+        ]
+        assert b"missing or not a string: tenant_id" in reasons[2][1] + reasons[1][1]
+        assert b"not JSON" in reasons[1][1] + reasons[2][1]
+        assert all(dict(x.headers)["mailstream.source.offset"] != b"-1" for x in letters)
+        assert worker.alive()
