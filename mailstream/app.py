@@ -6,17 +6,17 @@ from typing import Any
 
 import faust
 
-from mailstream import faust_metrics
+from mailstream import faust_metrics, outbox
 from mailstream.config import Config, load_config
 
 
 def create_app(config: Config) -> faust.App:
     options: dict[str, Any] = {}
-    if config.broker.embedded:
-        # tansu 0.6 reports a wrong high-water mark for multi-record batches, and Faust's
-        # table recovery would stop short of the changelog's tail. One record per batch
-        # keeps recovery exact (at a cost in produce rate); never needed on Apache Kafka.
-        options["producer_max_batch_size"] = 1
+    # tansu 0.6 reports a wrong high-water mark when a partition's last record batch
+    # holds several records, and Faust's table recovery would stop short of the
+    # changelog's tail. Every flush sends each changelog partition's last record on its
+    # own, so the last batch holds one record; never needed on Apache Kafka.
+    outbox.LONE_TAILS = config.broker.embedded
     app = faust.App(
         config.app_id,
         broker=config.broker.url,

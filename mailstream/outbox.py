@@ -71,6 +71,9 @@ class Outbox:
 # and a crash then would skip those records on recovery.
 _STORE_LOCKS: dict[str, asyncio.Lock] = {}
 
+# Set by the app on the embedded broker when the producer batches (see _send_stage).
+LONE_TAILS = False
+
 
 async def flush(producer: Any, outbox: Outbox) -> None:
     """Send every record and message stage by stage, each stage acknowledged by the
@@ -87,28 +90,61 @@ async def flush(producer: Any, outbox: Outbox) -> None:
             lock.release()
 
 
-async def _flush(producer: Any, outbox: Outbox) -> None:
+async def _send_stage(
+    producer: Any,
+    items: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]],
+    messages: list[tuple[str, bytes | None, bytes, Headers | None]],
+    lone_tails: bool,
+) -> dict[tuple[PartitionStore, int], int]:
+    """Send one stage's changelog records (and messages) and wait for the broker's
+    acknowledgement. Returns the highest changelog offset acknowledged per slot.
+
+    With ``lone_tails`` each changelog partition's last record is sent on its own,
+    after the others are acknowledged, so that the partition's last record batch holds
+    one record. tansu reports the high-water mark of a partition whose last batch holds
+    several records as that batch's base offset + 1, and Faust's table recovery reads
+    only up to the high-water mark; a lone last record makes it exact while every other
+    record still travels in batches."""
     last: dict[tuple[PartitionStore, int], int] = {}
-    merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
-    for stage in STAGES:
-        pending: list[Any] = []
-        order: list[tuple[PartitionStore, int]] = []
-        for slot, items in outbox.writes[stage].items():
-            store, partition = slot
-            changelog = store.changelog_topic
-            for key, state in items.items():
-                pending.append(await producer.send(changelog, key, state, partition, None, None))
-                order.append(slot)
-            merged.setdefault(slot, {}).update(items)
+    tails: list[tuple[tuple[PartitionStore, int], bytes, bytes | None]] = []
+    rounds: list[list[tuple[tuple[PartitionStore, int], bytes, bytes | None]]] = [[]]
+    for slot, records in items.items():
+        keyed = list(records.items())
+        if lone_tails and keyed:
+            *body, (key, value) = keyed
+            tails.append((slot, key, value))
+            keyed = body
+        rounds[0].extend((slot, key, value) for key, value in keyed)
+    if tails:
+        rounds.append(tails)
+    for i, batch in enumerate(rounds):
+        pending = [
+            await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
+            for slot, key, value in batch
+        ]
         n_changelog = len(pending)
-        if stage == BEFORE_STATE:
-            for topic, msg_key, value, headers in outbox.messages:
+        if i == 0:  # messages travel with the first round: nothing orders them by offset
+            for topic, msg_key, value, headers in messages:
                 pending.append(await producer.send(topic, msg_key, value, None, None, headers))
         if not pending:
             continue
         acked = await asyncio.gather(*pending)
-        for slot, md in zip(order, acked[:n_changelog], strict=True):
+        for (slot, _, _), md in zip(batch, acked[:n_changelog], strict=True):
             last[slot] = max(md.offset, last.get(slot, -1))
+    return last
+
+
+async def _flush(producer: Any, outbox: Outbox) -> None:
+    lone_tails = LONE_TAILS
+    last: dict[tuple[PartitionStore, int], int] = {}
+    merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
+    for stage in STAGES:
+        messages = outbox.messages if stage == BEFORE_STATE else []
+        acked = await _send_stage(producer, outbox.writes[stage], messages, lone_tails)
+        for slot, offset in acked.items():
+            last[slot] = max(offset, last.get(slot, -1))
+        for slot, items in outbox.writes[stage].items():
+            merged.setdefault(slot, {}).update(items)
     for slot, items in merged.items():
         store, partition = slot
         store.write(partition, items, last[slot])

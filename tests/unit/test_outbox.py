@@ -1,0 +1,121 @@
+"""How a flush orders what it sends: stages, and lone last records on the embedded broker."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from mailstream import outbox as outbox_module
+from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox, flush
+
+
+@dataclass
+class Acked:
+    offset: int
+
+
+@dataclass
+class Producer:
+    """Records each send and which sends were still unacknowledged at that moment."""
+
+    offsets: dict[tuple[str, int | None], int] = field(default_factory=dict)
+    sent: list[tuple[str, int | None, bytes | None, int]] = field(default_factory=list)
+    unacked: list[asyncio.Future[Acked]] = field(default_factory=list)
+    in_flight_at_send: list[int] = field(default_factory=list)
+
+    async def send(self, topic: str, key: Any, value: Any, partition: Any, *_: Any) -> Any:
+        self.in_flight_at_send.append(sum(not f.done() for f in self.unacked))
+        offset = self.offsets.get((topic, partition), 0)
+        self.offsets[(topic, partition)] = offset + 1
+        self.sent.append((topic, partition, key, offset))
+        future: asyncio.Future[Acked] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(future.set_result, Acked(offset))
+        self.unacked.append(future)
+        return future
+
+
+class Store:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.changelog_topic = f"{name}-changelog"
+        self.written: list[tuple[int, dict[bytes, bytes | None], int]] = []
+
+    def write(self, partition: int, items: dict[bytes, bytes | None], offset: int) -> None:
+        self.written.append((partition, dict(items), offset))
+
+
+def three_stage_outbox(users: Store, timers: Store) -> Outbox:
+    box = Outbox()
+    box.put(timers, 0, b"t1", b"1", BEFORE_STATE)
+    box.put(timers, 0, b"t2", b"2", BEFORE_STATE)
+    box.send("sends", b"u1", b"command")
+    box.put(users, 0, b"u1", b"a")
+    box.put(users, 0, b"u2", b"b")
+    box.put(users, 1, b"u3", b"c")
+    box.put(users, 0, b"progress", b"10")
+    box.put(timers, 0, b"old", None, AFTER_STATE)
+    return box
+
+
+@pytest.mark.parametrize("lone_tails", [False, True])
+async def test_each_partition_ends_with_the_records_last_key_and_stores_get_acked_offsets(
+    monkeypatch: pytest.MonkeyPatch, lone_tails: bool
+) -> None:
+    monkeypatch.setattr(outbox_module, "LONE_TAILS", lone_tails)
+    users, timers = Store("users"), Store("timers")
+    producer = Producer()
+    await flush(producer, three_stage_outbox(users, timers))
+
+    order = [(topic, partition, key) for topic, partition, key, _ in producer.sent]
+    # stages in order: timers and the command, then user state with progress last,
+    # then the timer deletion
+    assert order.index(("timers-changelog", 0, b"t2")) < order.index(("users-changelog", 0, b"u1"))
+    assert order.index(("users-changelog", 0, b"progress")) < order.index(
+        ("timers-changelog", 0, b"old")
+    )
+    assert users.written == [
+        (0, {b"u1": b"a", b"u2": b"b", b"progress": b"10"}, 2),
+        (1, {b"u3": b"c"}, 0),
+    ]
+    assert timers.written == [(0, {b"t1": b"1", b"t2": b"2", b"old": None}, 2)]
+
+
+async def test_lone_tails_send_each_partitions_last_record_after_the_rest_is_acked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "LONE_TAILS", True)
+    users, timers = Store("users"), Store("timers")
+    producer = Producer()
+    await flush(producer, three_stage_outbox(users, timers))
+
+    in_flight = {
+        (topic, key): n
+        for (topic, _, key, _), n in zip(producer.sent, producer.in_flight_at_send, strict=True)
+    }
+    # the last record of each partition goes alone: nothing else is unacknowledged
+    # when it is sent, and nothing is sent while it is
+    for last in (("timers-changelog", b"t2"), ("users-changelog", b"progress")):
+        assert in_flight[last] == 0
+    assert in_flight[("users-changelog", b"u3")] == 1  # partition 1's only record rides
+    # with partition 0's tail: a lone record per partition, not per flush
+    assert in_flight[("users-changelog", b"u2")] == 1  # batched with u1
+    assert in_flight[("sends", b"u1")] == 1  # the command travels with the first round
+
+
+async def test_without_lone_tails_a_stage_goes_in_one_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(outbox_module, "LONE_TAILS", False)
+    users, timers = Store("users"), Store("timers")
+    producer = Producer()
+    await flush(producer, three_stage_outbox(users, timers))
+    # u1, u2, u3 and progress are sent back to back, none waiting for another's ack
+    state = [
+        n
+        for (t, _, _, _), n in zip(producer.sent, producer.in_flight_at_send, strict=True)
+        if t == "users-changelog"
+    ]
+    assert state == [0, 1, 2, 3]
