@@ -1,6 +1,7 @@
 """``mailstream bench``: measurements that start everything they need and print figures.
 
-Scenarios: ``ingest`` (the engine against a bare Faust agent on the same topic),
+Scenarios: ``pipeline`` (the engine against a bare Faust agent on the same topic, with
+latency, scale-out and state size; in mailstream.bench_pipeline),
 ``timers`` (how late waits fire, and what a tick costs, with many pending timers) and
 ``delivery`` (sends per second to a local provider, and how well a rate limit holds;
 in mailstream.bench_delivery).
@@ -173,7 +174,7 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         lag_count = _total(s, "mailstream_timer_lag_seconds_count")
         result = {
             "scenario": "timers",
-            "broker": "embedded (tansu), producer_max_batch_size=1",
+            "broker": "embedded (tansu), producer batching, lone last changelog records",
             "pending_timers": pending,
             "load_seconds": round(load_s, 1),
             "probe_timers_fired": int(lag_count),
@@ -192,154 +193,36 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         clean_up([worker] if worker is not None else [], broker, root)
 
 
-async def bench_ingest(
-    events: int, users: int, out: Path, batching: bool = False
-) -> dict[str, Any]:
-    """Events per second of the full engine against a bare decoding Faust agent."""
-    import random
-
-    from mailstream.loadgen import synthetic_events
-
-    root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
-    procs: list[subprocess.Popen[bytes]] = []
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
-    try:
-        broker.start()
-        names = [
-            "mailstream." + n
-            for n in ("events", "dlq", "sends.transactional", "sends.marketing", "feedback")
-        ]
-        await ensure_topics(broker.bootstrap_servers, names, 4)
-        print(f"producing {events:,} events over {users:,} users ...", flush=True)
-        source = synthetic_events(random.Random(1), users, duplicates=0.02, malformed=0.005)
-        async with EventProducer(broker.bootstrap_servers, linger_ms=20) as producer:
-            for _ in range(events):
-                key, value = next(source)
-                await producer.send_raw(key, value)
-            await producer.flush()
-
-        print("ceiling: a bare Faust agent that decodes each event ...", flush=True)
-        ceiling_dir = root / "ceiling"
-        ceiling_dir.mkdir()
-        with open(root / "ceiling.log", "ab") as log:
-            ceiling_proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mailstream.bench_ceiling",
-                    broker.bootstrap_servers,
-                    "mailstream.events",
-                    str(events),
-                    "4",
-                    str(ceiling_dir),
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        procs.append(ceiling_proc)
-        span_file = ceiling_dir / "span.json"
-        await _wait(
-            lambda: span_file.exists() or ceiling_proc.poll() is not None, 600, "the ceiling agent"
-        )
-        if not span_file.exists():
-            raise RuntimeError(f"the ceiling agent exited; see {root / 'ceiling.log'}")
-        span = orjson.loads(span_file.read_bytes())
-        ceiling = events / max(span["last"] - span["first"], 1e-6)
-        ceiling_proc.terminate()
-
-        print("pipeline: a mailstream worker with the shipped journeys ...", flush=True)
-        port = free_port()
-        web_url = f"http://127.0.0.1:{port}"
-        config = {
-            "app_id": "bench-pipeline",
-            "broker": {
-                "url": broker.url,
-                "embedded": not batching,
-                "session_timeout": "3s",
-                "heartbeat_interval": "500ms",
-            },
-            "providers": {"outbox": {"directory": str(root / "outbox")}},
-        }
-        (root / "mailstream.yaml").write_text(yaml.safe_dump(config))
-        env.update(
-            MAILSTREAM_CONFIG=str(root / "mailstream.yaml"),
-            MAILSTREAM_WEB_PORT=str(port),
-            MAILSTREAM_DATA_DIR=str(root / "data"),
-            MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
-            MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
-        )
-        with open(root / "worker.log", "ab") as log:
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "mailstream", "worker"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
-        first: tuple[float, float] | None = None
-        deadline = time.monotonic() + 1800
-        while time.monotonic() < deadline:
-            try:
-                s = _samples(web_url)
-            except OSError:
-                await asyncio.sleep(0.5)
-                continue
-            consumed = _total(s, "mailstream_events_consumed_total")
-            now = time.monotonic()
-            if consumed > 0 and first is None:
-                first = (now, consumed)
-            if consumed >= events:
-                break
-            await asyncio.sleep(0.25)
-        else:
-            raise RuntimeError("the pipeline did not consume every event in time")
-        assert first is not None
-        pipeline = (consumed - first[1]) / max(now - first[0], 1e-6)
-        changelog = _total(s, "mailstream_changelog_records_total")
-        result = {
-            "scenario": "ingest",
-            "broker": "embedded (tansu), "
-            + (
-                "producer batching on (table recovery NOT exact on tansu)"
-                if batching
-                else "producer_max_batch_size=1"
-            ),
-            "events": events,
-            "users": users,
-            "ceiling_events_per_s": round(ceiling),
-            "pipeline_events_per_s": round(pipeline),
-            "ratio_to_ceiling": round(pipeline / ceiling, 3),
-            "changelog_records_per_event": round(changelog / consumed, 3),
-            "send_commands": int(_total(s, "mailstream_send_commands_total", result="emitted")),
-            "batch_seconds_mean": round(
-                _total(s, "mailstream_ingest_batch_seconds_sum")
-                / max(_total(s, "mailstream_ingest_batch_seconds_count"), 1),
-                4,
-            ),
-        }
-        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
-        return result
-    finally:
-        clean_up(procs, broker, root)
-
-
 def add_bench_parser(sub: Any) -> None:
     p = sub.add_parser(
-        "bench", help="measure ingest throughput, timer lag or delivery rate; prints figures"
+        "bench",
+        help="measure the pipeline against a bare Faust agent, timer lag or delivery rate;"
+        " prints figures and writes them as JSON",
     )
     p.add_argument(
-        "scenario", choices=["ingest", "timers", "delivery"], nargs="?", default="ingest"
+        "scenario", choices=["pipeline", "timers", "delivery"], nargs="?", default="pipeline"
     )
-    p.add_argument("--events", type=int, default=50_000, help="ingest: events produced")
-    p.add_argument("--users", type=int, default=5_000, help="ingest: distinct users")
+    p.add_argument("--events", type=int, default=50_000, help="pipeline: events produced")
     p.add_argument(
-        "--batching",
+        "--mix-users", type=int, default=5_000, help="pipeline: distinct users in the traffic"
+    )
+    p.add_argument(
+        "--users",
+        type=int,
+        default=20_000,
+        help="pipeline: users in the tables when RSS and disk are measured (e.g. 1000000)",
+    )
+    p.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=15.0,
+        help="pipeline: how long traffic runs at half the measured rate for latency",
+    )
+    p.add_argument(
+        "--no-lone-tails",
         action="store_true",
-        help="ingest: let the worker batch produce requests, as on Apache Kafka (on the"
-        " embedded broker this makes table recovery inexact; for comparison only)",
+        help="pipeline: do not send each changelog partition's last record alone (faster,"
+        " but table recovery on the embedded broker is then NOT exact; for comparison)",
     )
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
@@ -352,8 +235,19 @@ def add_bench_parser(sub: Any) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-{args.scenario}.json")
-    if args.scenario == "ingest":
-        result = asyncio.run(bench_ingest(args.events, args.users, out, args.batching))
+    if args.scenario == "pipeline":
+        from mailstream.bench_pipeline import bench_pipeline
+
+        result = asyncio.run(
+            bench_pipeline(
+                args.events,
+                args.mix_users,
+                args.users,
+                args.latency_seconds,
+                out,
+                lone_tails=not args.no_lone_tails,
+            )
+        )
     elif args.scenario == "delivery":
         from mailstream.bench_delivery import bench_delivery
 

@@ -27,7 +27,6 @@ def main() -> None:
         broker_session_timeout=3.0,
         broker_heartbeat_interval=0.5,
         web_enabled=False,
-        producer_max_batch_size=1,
     )
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
     seen = {"n": 0, "first": 0.0}

@@ -1,0 +1,349 @@
+"""``mailstream bench pipeline``: the engine's throughput, latency, scale-out and state
+size, against a bare Faust agent on the same topic, all measured in one run.
+
+Phases, each on its own topics so one cannot feed another:
+1. ceiling: a bare Faust agent (mailstream.bench_ceiling) decodes the pre-produced events;
+2. pipeline: one worker with the shipped journeys consumes the same events and delivers
+   every send to a local server speaking Postmark's API, with no rate limit;
+3. latency: the same worker, fed the same mix at half the pipeline's rate with
+   wall-clock timestamps; the time from an ``order_completed`` event's timestamp to the
+   server receiving its receipt (the order id in the receipt says which event it was);
+4. scale-out: two workers on a copy of the events;
+5. state: a worker's RSS and data directory after every one of ``--state-users`` users
+   has been identified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+from mailstream.bench import _samples, _total, _wait, clean_up, stop_processes
+from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.loadgen import synthetic_events
+from mailstream.producer import EventProducer
+
+PARTITIONS = 4
+ORDER = re.compile(r"Your receipt for order (\w+)")
+
+
+class Sink:
+    """Accepts every Postmark-style send on 127.0.0.1; notes when each arrived and, for
+    receipts, the order they are for."""
+
+    def __init__(self) -> None:
+        self.arrivals: list[float] = []  # wall clock, seconds
+        self.receipts: dict[str, float] = {}  # order id -> arrival (wall clock)
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _email(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        now = time.time()
+        self.arrivals.append(now)
+        match = ORDER.search(orjson.loads(body).get("Subject", ""))
+        if match:
+            self.receipts.setdefault(match.group(1), now)
+        reply = {"ErrorCode": 0, "Message": "OK", "MessageID": secrets.token_hex(8)}
+        return web.json_response(reply)
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/email", self._email)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+def _topics(name: str) -> dict[str, str]:
+    return {
+        "events": f"{name}.events",
+        "dlq": f"{name}.dlq",
+        "sends_transactional": f"{name}.sends.transactional",
+        "sends_marketing": f"{name}.sends.marketing",
+        "feedback": f"{name}.feedback",
+        "suppression": f"{name}.suppression",
+    }
+
+
+class Bench:
+    """The broker, the sink and the workers of one run, and where their files go."""
+
+    def __init__(self, root: Path, lone_tails: bool) -> None:
+        self.root = root
+        self.lone_tails = lone_tails
+        self.broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+        self.sink = Sink()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def topics(self, name: str) -> dict[str, str]:
+        topics = _topics(name)
+        await ensure_topics(self.broker.bootstrap_servers, topics.values(), PARTITIONS)
+        return topics
+
+    async def produce(
+        self, topic: str, pairs: Iterator[tuple[bytes | None, bytes]], n: int
+    ) -> None:
+        async with EventProducer(self.broker.bootstrap_servers, topic, linger_ms=20) as producer:
+            for _ in range(n):
+                key, value = next(pairs)
+                await producer.send_raw(key, value)
+            await producer.flush()
+
+    def start_worker(self, name: str, topics: dict[str, str], index: int = 0) -> str:
+        """Start a worker of app ``name``; returns its web URL."""
+        port = free_port()
+        config = {
+            "app_id": name,
+            "broker": {
+                "url": self.broker.url,
+                # --no-lone-tails: plain producer batching, as on Apache Kafka
+                "embedded": self.lone_tails,
+                "session_timeout": "3s",
+                "heartbeat_interval": "500ms",
+                "rebalance_timeout": "3s",
+            },
+            "topics": topics,
+            "delivery": {"provider": "postmark", "rate_limit": 1_000_000, "concurrency": 64},
+            "providers": {"postmark": {"base_url": self.sink.url}},
+        }
+        path = self.root / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+        env.update(
+            MAILSTREAM_CONFIG=str(path),
+            MAILSTREAM_WEB_PORT=str(port),
+            MAILSTREAM_DATA_DIR=str(self.root / f"{name}-{index}"),
+            MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
+            MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
+            POSTMARK_SERVER_TOKEN="bench",
+        )
+        with open(self.root / f"{name}-{index}.log", "ab") as log:
+            self.procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "mailstream", "worker"],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        return f"http://127.0.0.1:{port}"
+
+
+def _sum(urls: list[str], name: str, **labels: str) -> float:
+    return sum(_total(_samples(url), name, **labels) for url in urls)
+
+
+async def consume_rate(urls: list[str], events: int, what: str) -> tuple[float, float, float]:
+    """Wait until the workers at ``urls`` have consumed ``events``; the events per second
+    from the first consumed to the last, and that span's start and end (wall clock)."""
+    first: tuple[float, float] | None = None
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        try:
+            consumed = _sum(urls, "mailstream_events_consumed_total")
+        except OSError:  # a worker's web server is not up yet
+            await asyncio.sleep(0.5)
+            continue
+        now = time.time()
+        if consumed > 0 and first is None:
+            first = (now, consumed)
+        if consumed >= events:
+            assert first is not None
+            return (consumed - first[1]) / max(now - first[0], 1e-6), first[0], now
+        await asyncio.sleep(0.25)
+    raise RuntimeError(f"{what} did not consume {events} events in time")
+
+
+async def ceiling_rate(bench: Bench, topic: str, events: int) -> float:
+    ceiling_dir = bench.root / "ceiling"
+    ceiling_dir.mkdir()
+    with open(bench.root / "ceiling.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mailstream.bench_ceiling",
+                bench.broker.bootstrap_servers,
+                topic,
+                str(events),
+                str(PARTITIONS),
+                str(ceiling_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    bench.procs.append(proc)
+    span_file = ceiling_dir / "span.json"
+    await _wait(lambda: span_file.exists() or proc.poll() is not None, 600, "the ceiling agent")
+    stop_processes([proc])
+    if not span_file.exists():
+        raise RuntimeError(f"the ceiling agent exited; see {bench.root / 'ceiling.log'}")
+    span = orjson.loads(span_file.read_bytes())
+    return events / max(span["last"] - span["first"], 1e-6)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def latency(
+    bench: Bench, topic: str, users: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    """Feed the mix at ``rate`` with wall-clock timestamps; event-to-server latency of
+    the order receipts, in milliseconds."""
+    source = synthetic_events(random.Random(2), users)
+    produced: dict[str, float] = {}
+    async with EventProducer(bench.broker.bootstrap_servers, topic, linger_ms=1) as producer:
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < seconds:
+            due = int((time.monotonic() - started) * rate) + 1 - sent
+            for _ in range(max(due, 0)):
+                key, value = next(source)
+                event = orjson.loads(value)
+                event["timestamp"] = int(time.time() * 1000)
+                if event["event_type"] == "order_completed":
+                    produced[event["payload"]["order_id"]] = event["timestamp"] / 1000
+                await producer.send_raw(key, orjson.dumps(event))
+                sent += 1
+            await asyncio.sleep(0.01)
+        await producer.flush()
+    await _wait(lambda: all(o in bench.sink.receipts for o in produced), 60, "the latency receipts")
+    ms = [1000 * (bench.sink.receipts[o] - at) for o, at in produced.items()]
+    return {
+        "latency_rate_events_per_s": round(rate),
+        "latency_receipts": len(ms),
+        "latency_p50_ms": round(_percentile(ms, 0.50), 1),
+        "latency_p95_ms": round(_percentile(ms, 0.95), 1),
+        "latency_p99_ms": round(_percentile(ms, 0.99), 1),
+    }
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _disk_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def _identifies(users: int) -> Iterator[tuple[bytes | None, bytes]]:
+    now = int(time.time() * 1000)
+    for n in range(users):
+        user = f"user-{n}"
+        event = {
+            "event_id": f"state-{n}",
+            "event_type": "identify",
+            "user_id": user,
+            "timestamp": now,
+            "payload": {"email": f"{user}@example.com", "first_name": f"User{n}"},
+        }
+        yield user.encode(), orjson.dumps(event)
+
+
+async def bench_pipeline(
+    events: int,
+    users: int,
+    state_users: int,
+    latency_seconds: float,
+    out: Path,
+    lone_tails: bool = True,
+) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
+    bench = Bench(root, lone_tails)
+    try:
+        bench.broker.start()
+        await bench.sink.start()
+        one = await bench.topics("bench-one")
+        two = await bench.topics("bench-two")
+        state = await bench.topics("bench-state")
+        print(f"producing {events:,} events over {users:,} users (twice) ...", flush=True)
+        for topics in (one, two):
+            source = synthetic_events(random.Random(1), users, duplicates=0.02, malformed=0.005)
+            await bench.produce(topics["events"], source, events)
+
+        print("ceiling: a bare Faust agent that decodes each event ...", flush=True)
+        ceiling = await ceiling_rate(bench, one["events"], events)
+
+        print("pipeline: one worker with the shipped journeys ...", flush=True)
+        worker = bench.start_worker("bench-one", one)
+        rate, t0, t1 = await consume_rate([worker], events, "the pipeline")
+        s = _samples(worker)
+        consumed = _total(s, "mailstream_events_consumed_total")
+        sends_out = sum(1 for t in bench.sink.arrivals if t0 <= t <= t1) / max(t1 - t0, 1e-6)
+        rss_pipeline = _rss_mb(bench.procs[-1].pid)
+        result: dict[str, Any] = {
+            "scenario": "pipeline",
+            "broker": "embedded (tansu), producer batching"
+            + (", lone last changelog records" if lone_tails else " (recovery NOT exact on tansu)"),
+            "events": events,
+            "users": users,
+            "ceiling_events_per_s": round(ceiling),
+            "pipeline_events_per_s": round(rate),
+            "ratio_to_ceiling": round(rate / ceiling, 3),
+            "sends_per_s_out": round(sends_out),
+            "changelog_records_per_event": round(
+                _total(s, "mailstream_changelog_records_total") / consumed, 3
+            ),
+            "batch_seconds_mean": round(
+                _total(s, "mailstream_ingest_batch_seconds_sum")
+                / max(_total(s, "mailstream_ingest_batch_seconds_count"), 1),
+                4,
+            ),
+            "worker_rss_mb": round(rss_pipeline),
+        }
+
+        print(
+            f"latency: the mix at {rate / 2:,.0f} events/s for {latency_seconds:g}s ...", flush=True
+        )
+        result.update(await latency(bench, one["events"], users, rate / 2, latency_seconds))
+        stop_processes(bench.procs)
+
+        print("scale-out: two workers on a copy of the events ...", flush=True)
+        urls = [bench.start_worker("bench-two", two, i) for i in range(2)]
+        two_rate, _, _ = await consume_rate(urls, events, "two workers")
+        result["two_workers_events_per_s"] = round(two_rate)
+        result["two_workers_ratio_to_one"] = round(two_rate / rate, 3)
+        stop_processes(bench.procs)
+
+        print(f"state: identifying {state_users:,} users ...", flush=True)
+        await bench.produce(state["events"], _identifies(state_users), state_users)
+        url = bench.start_worker("bench-state", state)
+        await consume_rate([url], state_users, "the state worker")
+        result["state_users"] = state_users
+        result["state_worker_rss_mb"] = round(_rss_mb(bench.procs[-1].pid))
+        result["state_disk_mb"] = round(_disk_mb(root / "bench-state-0"))
+        out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+        return result
+    finally:
+        await bench.sink.stop()
+        clean_up(bench.procs, bench.broker, root)
