@@ -7,6 +7,7 @@ from typing import Any
 import faust
 
 from mailstream import faust_metrics, outbox
+from mailstream.broker import set_fetch_max_wait
 from mailstream.config import Config, load_config
 
 
@@ -17,6 +18,11 @@ def create_app(config: Config) -> faust.App:
     # changelog's tail. Every flush sends each changelog partition's last record on its
     # own, so the last batch holds one record; never needed on Apache Kafka.
     outbox.LONE_TAILS = config.broker.embedded
+    fetch_wait = config.broker.fetch_max_wait
+    if fetch_wait is None and config.broker.embedded:
+        fetch_wait = 0.05
+    if fetch_wait is not None:
+        set_fetch_max_wait(fetch_wait)
     app = faust.App(
         config.app_id,
         broker=config.broker.url,

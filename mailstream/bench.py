@@ -219,6 +219,12 @@ def add_bench_parser(sub: Any) -> None:
         help="pipeline: how long traffic runs at half the measured rate for latency",
     )
     p.add_argument(
+        "--latency-rate",
+        type=float,
+        help="pipeline: events per second for the latency phase (default: half the"
+        " measured pipeline rate)",
+    )
+    p.add_argument(
         "--no-lone-tails",
         action="store_true",
         help="pipeline: do not send each changelog partition's last record alone (faster,"
@@ -246,6 +252,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 args.latency_seconds,
                 out,
                 lone_tails=not args.no_lone_tails,
+                latency_rate=args.latency_rate,
             )
         )
     elif args.scenario == "delivery":

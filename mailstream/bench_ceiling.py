@@ -14,10 +14,13 @@ from pathlib import Path
 import faust
 import orjson
 
+from mailstream.broker import set_fetch_max_wait
+
 
 def main() -> None:
     broker, topic_name, count, partitions, datadir = sys.argv[1:6]
     expected = int(count)
+    set_fetch_max_wait(0.05)  # as a worker does on the embedded broker
     app = faust.App(
         "bench-ceiling",
         broker=f"kafka://{broker}",

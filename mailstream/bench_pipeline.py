@@ -277,6 +277,7 @@ async def bench_pipeline(
     latency_seconds: float,
     out: Path,
     lone_tails: bool = True,
+    latency_rate: float | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
     bench = Bench(root, lone_tails)
@@ -322,10 +323,9 @@ async def bench_pipeline(
             "worker_rss_mb": round(rss_pipeline),
         }
 
-        print(
-            f"latency: the mix at {rate / 2:,.0f} events/s for {latency_seconds:g}s ...", flush=True
-        )
-        result.update(await latency(bench, one["events"], users, rate / 2, latency_seconds))
+        load = latency_rate or rate / 2
+        print(f"latency: the mix at {load:,.0f} events/s for {latency_seconds:g}s ...", flush=True)
+        result.update(await latency(bench, one["events"], users, load, latency_seconds))
         stop_processes(bench.procs)
 
         print("scale-out: two workers on a copy of the events ...", flush=True)

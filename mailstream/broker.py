@@ -11,7 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -235,3 +235,21 @@ async def create_topics(config: Config, bootstrap_servers: str | None = None) ->
         configs=COMPACTED,
     )
     await ensure_topics(servers, topics.all_names(), topics.partitions, topics.replication)
+
+
+def set_fetch_max_wait(seconds: float) -> None:
+    """Make Faust's consumers wait at most ``seconds`` for data in a fetch.
+
+    Faust creates its consumer with a fixed fetch_max_wait_ms of 1.5 s. Kafka answers a
+    fetch as soon as data arrives, but tansu waits out the full time, which adds up to
+    that much to each hop from topic to agent."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    create = AIOKafkaConsumerThread._create_worker_consumer
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read when the consumer starts
+        return consumer
+
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]

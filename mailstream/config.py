@@ -46,8 +46,13 @@ class _Section(BaseModel):
 class BrokerConfig(_Section):
     url: str = Field("kafka://127.0.0.1:9092", pattern=r"^kafka://[^\s/]+(,[^\s/]+)*$")
     # tansu answers ListOffsets(latest) wrongly for multi-record batches, which makes
-    # Faust's table recovery miss the tail of a changelog; one record per batch avoids it.
+    # Faust's table recovery miss the tail of a changelog; the outbox sends each
+    # changelog partition's last record alone to avoid it (mailstream.outbox).
     embedded: bool = True
+    # How long the consumer's fetch waits for data. Faust asks for 1.5 s, and Kafka
+    # answers as soon as data arrives; tansu waits out the full time, which would add
+    # up to that much to every hop. Default: 0.05 s on the embedded broker, else Faust's.
+    fetch_max_wait: Seconds | None = None
     rebalance_timeout: Seconds = 3.0
     # tansu holds a joining member for half the session timeout, so every worker start
     # and every takeover after a crash waits about this long over two.
