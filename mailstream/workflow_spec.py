@@ -122,18 +122,18 @@ class ExitStep(_Spec):
     exit: Literal[True] = True
 
 
-EventName = Annotated[str, Field(min_length=1)]
+NonEmpty = Annotated[str, Field(min_length=1)]
 
 
 class DigestSpec(_Spec):
-    event: EventName | Annotated[list[EventName], Field(min_length=1)]
+    event: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)]
     where: Where = None
     window: Annotated[Seconds, Field(gt=0)]
     max_items: int = Field(DEFAULT_MAX_ITEMS, ge=1, le=MAX_ITEMS)
     template: str = Field(min_length=1)
     category: Literal["transactional", "marketing"] = "marketing"
     priority: Literal["high", "normal", "low"] = "normal"
-    fields: list[str] | None = Field(None, min_length=1)  # payload keys kept per item
+    fields: list[NonEmpty] | None = Field(None, min_length=1)  # payload keys kept per item
 
 
 class DigestStep(_Spec):

@@ -11,6 +11,7 @@ import pytest
 from mailstream import digest
 from mailstream.engine import WAIT_TIMER, Effects, Engine, TimerOp, send_id
 from mailstream.events import Event
+from mailstream.templates import DEFAULT_TEMPLATE_DIR, Templates
 from mailstream.users import UserState, apply_event
 from mailstream.workflow_spec import WorkflowSpec, compile_workflow
 
@@ -313,3 +314,17 @@ def test_add(items: list[list[Any]], event_id: str, added: bool) -> None:
     before = len(items)
     assert digest.add(rule, items, Event(event_id, "x", "u", T0, "t", {})) is added
     assert len(items) == before + added
+
+
+def test_the_shipped_digest_template_lists_every_item() -> None:
+    items = [
+        [f"c{n}", "comment_added", T0 + n, {"author": f"a{n}", "text": f"<b>said {n}</b>"}]
+        for n in range(7)
+    ]
+    rendered = Templates(DEFAULT_TEMPLATE_DIR).render(
+        "comments_digest", user={"first_name": "Ada"}, event=digest.template_view(items)
+    )
+    assert rendered.subject == "7 new comments"
+    for n in range(7):
+        assert f"a{n}" in rendered.text and f"<b>said {n}</b>" in rendered.text
+        assert f"&lt;b&gt;said {n}&lt;/b&gt;" in rendered.html
