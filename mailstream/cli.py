@@ -49,9 +49,10 @@ def template_problems(config: Config) -> list[str]:
     available = set(templates.names())
     for workflow in config.compiled_workflows():
         for step in workflow.steps:
-            if step.kind == "send" and step.template not in available:
+            key = {"send": "send", "digest": "digest.template"}.get(step.kind)
+            if key is not None and step.template not in available:
                 problems.append(
-                    f"workflows.{workflow.name}.steps[{step.index}].send: no template "
+                    f"workflows.{workflow.name}.steps[{step.index}].{key}: no template "
                     f"{step.template!r} in {directory}"
                 )
     return problems

@@ -3,7 +3,8 @@
 A condition is a leaf ``{field: event.total, op: gt, value: 100}`` or a combination
 ``{all: [...]}`` / ``{any: [...]}``. Fields are dotted paths rooted at ``event``
 (the payload, plus ``event.type``/``event.id``), ``user`` (traits, plus ``user.consent``,
-``user.events`` counts and ``user.last_activity``) or ``context`` (the enrollment's).
+``user.events`` counts, ``user.last_activity`` and ``user.segments``) or ``context`` (the
+enrollment's). ``{in_segment: vip}`` is short for ``{field: user.segments.vip, op: exists}``.
 Children are evaluated cheapest first and evaluation stops at the first that decides.
 """
 
@@ -13,6 +14,8 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from mailstream.segments import check_name
 
 OPERATORS = ("eq", "ne", "gt", "gte", "lt", "lte", "in", "not_in", "contains", "exists")
 ROOTS = ("event", "user", "context")
@@ -134,7 +137,20 @@ def compile_condition(spec: Any, where: str = "where", *, top: bool = True) -> C
         if kind == "all":
             return Condition(lambda scope: all(t(scope) for t in tests), cost, text)
         return Condition(lambda scope: any(t(scope) for t in tests), cost, text)
+    if "in_segment" in spec:
+        return _compile_in_segment(spec, where)
     return _compile_leaf(spec, where)
+
+
+def _compile_in_segment(spec: Mapping[str, Any], where: str) -> Condition:
+    if len(spec) != 1:
+        raise ConditionError(f"{where}: 'in_segment' must stand alone in its mapping")
+    try:
+        name = check_name(spec["in_segment"])
+    except ValueError as exc:
+        raise ConditionError(f"{where}.in_segment: {exc}") from None
+    leaf = _compile_leaf({"field": f"user.segments.{name}", "op": "exists"}, where)
+    return Condition(leaf.test, leaf.cost, f"in segment {name}")
 
 
 def _compile_leaf(spec: Mapping[str, Any], where: str) -> Condition:

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
 
+from mailstream import digest
+from mailstream.changes import ChangeWatch
 from mailstream.events import IDENTIFY, Event
+from mailstream.segments import apply_change
 from mailstream.users import UserState
 from mailstream.workflow_spec import END, EXIT_INDEX, Step, Workflow
 
@@ -74,6 +77,7 @@ def user_scope(user: UserState) -> dict[str, Any]:
     scope["consent"] = user.consent
     scope["events"] = user.events
     scope["last_activity"] = user.last_activity
+    scope["segments"] = user.segments
     return scope
 
 
@@ -89,6 +93,7 @@ class Engine:
                 self.by_trigger.setdefault(w.trigger_event, []).append(w)
             else:
                 self.inactivity.append(w)
+        self.changes = ChangeWatch(w.changed for w in self.workflows.values() if w.changed)
 
     # ---- entry points ----------------------------------------------------------------
 
@@ -106,8 +111,12 @@ class Engine:
                 self._finish(user, name, fx, "dropped")
                 continue
             self._see_event(user, workflow, event, payload, now, fx)
+        # Before any trigger decides: the last values seen move on whether or not one fires.
+        seen = self.changes.observe(user.changes, event.event_type, payload)
         for workflow in self.by_trigger.get(event.event_type, ()):
             scope = {"event": payload, "user": user_scope(user), "context": {}}
+            if workflow.changed is not None and not workflow.changed.fires(seen):
+                continue
             if not workflow.trigger(scope):
                 continue
             enrollment = user.enrollments.get(workflow.name)
@@ -121,6 +130,9 @@ class Engine:
                     fx.count(workflow.name, "context_refreshed")
             elif self._may_enter(user, workflow, now):
                 self._enroll(user, workflow, event.event_id, dict(payload), payload, now, fx)
+        # Last, so a digest also collects the event that enrolled the user or brought the
+        # enrollment to the digest step.
+        self._collect_digests(user, event, now, fx)
         if event.event_type != IDENTIFY:
             self._arm_inactivity(user, fx)
         return fx
@@ -146,6 +158,8 @@ class Engine:
         if step.kind == "wait_for":
             fx.count(name, "timed_out")
             self._run(user, workflow, step.on_timeout, {}, now, fx)
+        elif step.kind == "digest":
+            self._send_digest(user, workflow, step, now, fx)
         else:
             self._run(user, workflow, step.next, {}, now, fx)
         return fx
@@ -258,6 +272,12 @@ class Engine:
                     )
                 )
                 index = step.next
+            elif step.kind == "digest":
+                enrollment.pop(digest.ITEMS, None)  # its timer starts with the first item
+                return
+            elif step.kind == "segment":
+                apply_change(user.segments, step.rule, now)
+                index = step.next
             elif step.kind in ("wait", "wait_for"):
                 due = now + step.duration_ms
                 enrollment["due"] = due
@@ -281,6 +301,56 @@ class Engine:
         del fx.sends[sends_before:]
         fx.count(name, "step_limit")
         self._finish(user, name, fx, "exited")
+
+    # ---- digests ---------------------------------------------------------------------
+
+    def _collect_digests(self, user: UserState, event: Event, now: int, fx: Effects) -> None:
+        """Add the event to each digest waiting for it; send those it fills."""
+        for name, enrollment in list(user.enrollments.items()):
+            workflow = self.workflows.get(name)
+            if workflow is None or enrollment["step"] >= len(workflow.steps):
+                continue
+            step = workflow.steps[enrollment["step"]]
+            if step.kind != "digest":
+                continue
+            scope = {"event": event.payload, "user": user_scope(user), "context": enrollment["ctx"]}
+            if not digest.collects(step.rule, event, scope):
+                continue
+            items = enrollment.setdefault(digest.ITEMS, [])
+            if not digest.add(step.rule, items, event):
+                continue  # a replay of an event already collected
+            fx.changed = True
+            fx.count(name, "digest_collected")
+            if len(items) >= step.rule.max_items:
+                self._clear_timer(enrollment, name, fx)
+                self._send_digest(user, workflow, step, now, fx)
+            elif enrollment.get("due") is None:  # the first item opens the window
+                due = now + step.rule.window_ms
+                enrollment["due"] = due
+                fx.timers_add.append(TimerOp(due, WAIT_TIMER, name))
+
+    def _send_digest(
+        self, user: UserState, workflow: Workflow, step: Step, now: int, fx: Effects
+    ) -> None:
+        """One send listing the items collected (none: no send), then on to the next step."""
+        enrollment = user.enrollments[workflow.name]
+        items = enrollment.pop(digest.ITEMS, [])
+        if items:
+            fx.sends.append(
+                SendIntent(
+                    send_id=send_id(user, workflow.name, enrollment["id"], enrollment["seq"]),
+                    workflow=workflow.name,
+                    enrollment_id=enrollment["id"],
+                    step=step.index,
+                    template=step.template,
+                    category=step.category,
+                    priority=step.priority,
+                    context=enrollment["ctx"],
+                    event=digest.template_view(items),
+                )
+            )
+            fx.count(workflow.name, "digest_sent")
+        self._run(user, workflow, step.next, {}, now, fx)
 
     def _finish(self, user: UserState, name: str, fx: Effects, outcome: str) -> None:
         enrollment = user.enrollments.pop(name, None)

@@ -35,7 +35,7 @@ WORKFLOW_TRANSITIONS = Counter(
     "mailstream_workflow_transitions_total",
     "Enrollment transitions by workflow: enrolled, completed, exited_goal, exited, timed_out,"
     " wait_for_matched, step_limit, dropped, context_refreshed (the trigger again while"
-    " enrolled).",
+    " enrolled), digest_collected, digest_sent.",
     ["workflow", "transition"],
 )
 SEND_COMMANDS = Counter(

@@ -67,6 +67,10 @@ class UserState:
     deferred: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the latest send decisions, oldest first, laid out as DECISION_FIELDS
     decisions: list[list[Any]] = field(default_factory=list)
+    # segment name -> when the user joined it (ms); see mailstream.segments
+    segments: dict[str, int] = field(default_factory=dict)
+    # the last values seen of the fields change triggers watch (mailstream.changes.Memory)
+    changes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """The user's state as the API shows it (the dedup window is internal)."""
@@ -86,6 +90,8 @@ class UserState:
                 for sid, d in self.deferred.items()
             ],
             "send_decisions": [dict(zip(DECISION_FIELDS, d, strict=True)) for d in self.decisions],
+            "segments": self.segments,
+            "last_seen_fields": self.changes,
         }
 
     def encode(self) -> bytes:
@@ -116,6 +122,10 @@ class UserState:
             doc["df"] = self.deferred
         if self.decisions:
             doc["dc"] = self.decisions
+        if self.segments:
+            doc["sg"] = self.segments
+        if self.changes:
+            doc["cv"] = self.changes
         raw = orjson.dumps(doc)
         return _HEADER.pack(_FORMAT_VERSION, len(raw)) + raw + self.seen.to_bytes()
 
@@ -147,6 +157,8 @@ class UserState:
             soft_bounces=doc.get("sb", []),
             deferred=doc.get("df", {}),
             decisions=doc.get("dc", []),
+            segments=doc.get("sg", {}),
+            changes=doc.get("cv", {}),
             seen=SeenIds.from_bytes(view[start + size :]),
         )
 

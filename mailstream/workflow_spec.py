@@ -15,13 +15,16 @@ from pydantic import (
     model_validator,
 )
 
+from mailstream.changes import DEFAULT_KEEP, MAX_KEEP, ChangedSpec, ChangeRule, compile_changes
 from mailstream.conditions import ALWAYS, Condition, ConditionError, compile_condition
+from mailstream.digest import DEFAULT_MAX_ITEMS, MAX_ITEMS, DigestRule
 from mailstream.durations import parse_duration
+from mailstream.segments import SegmentChange, check_name
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 StrictNumber = Annotated[int, Field(strict=True)] | Annotated[float, Field(strict=True)]
 EXIT = "exit"
-STEP_KINDS = ("send", "wait", "wait_for", "branch", "update_user", "exit")
+STEP_KINDS = ("send", "wait", "wait_for", "branch", "update_user", "exit", "digest", "segment")
 
 
 class _Spec(BaseModel):
@@ -43,6 +46,10 @@ class TriggerSpec(_Spec):
     event: str | None = None
     where: Where = None
     inactive_for: Seconds | None = None
+    # Fire only when these payload fields change (see mailstream.changes), per entity id.
+    changed: ChangedSpec | None = None
+    entity: str | None = Field(None, pattern=r"^[^.\s]+(\.[^.\s]+)*$", max_length=256)
+    keep: int = Field(DEFAULT_KEEP, ge=1, le=MAX_KEEP)  # entities remembered per user
 
     @model_validator(mode="after")
     def _one_kind(self) -> TriggerSpec:
@@ -50,6 +57,12 @@ class TriggerSpec(_Spec):
             raise ValueError("a trigger needs exactly one of 'event' or 'inactive_for'")
         if self.inactive_for is not None and self.where is not None:
             raise ValueError("'where' applies to event triggers only")
+        if self.inactive_for is not None and self.changed is not None:
+            raise ValueError("'changed' applies to event triggers only")
+        if self.changed is None and self.entity is not None:
+            raise ValueError("'entity' applies with 'changed' only")
+        if self.entity is None and "keep" in self.model_fields_set:
+            raise ValueError("'keep' applies with 'entity' only")
         return self
 
 
@@ -109,6 +122,54 @@ class ExitStep(_Spec):
     exit: Literal[True] = True
 
 
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+class DigestSpec(_Spec):
+    event: NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)]
+    where: Where = None
+    window: Annotated[Seconds, Field(gt=0)]
+    max_items: int = Field(DEFAULT_MAX_ITEMS, ge=1, le=MAX_ITEMS)
+    template: str = Field(min_length=1)
+    category: Literal["transactional", "marketing"] = "marketing"
+    priority: Literal["high", "normal", "low"] = "normal"
+    fields: list[NonEmpty] | None = Field(None, min_length=1)  # payload keys kept per item
+
+
+class DigestStep(_Spec):
+    id: str | None = None
+    digest: DigestSpec
+
+
+SegmentName = Annotated[str, BeforeValidator(check_name)]
+
+
+def _name_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+SegmentNames = Annotated[list[SegmentName], BeforeValidator(_name_list)]
+
+
+class SegmentSpec(_Spec):
+    add: SegmentNames = []
+    remove: SegmentNames = []
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> SegmentSpec:
+        if not self.add and not self.remove:
+            raise ValueError("a segment step needs 'add' or 'remove' (a name or a list)")
+        both = set(self.add) & set(self.remove)
+        if both:
+            raise ValueError(f"segment {sorted(both)[0]!r} is both added and removed")
+        return self
+
+
+class SegmentStep(_Spec):
+    id: str | None = None
+    segment: SegmentSpec
+
+
 def _step_kind(value: Any) -> str | None:
     if value == "exit":
         return "exit"
@@ -130,7 +191,9 @@ StepSpec = Annotated[
     | Annotated[WaitForStep, Tag("wait_for")]
     | Annotated[BranchStep, Tag("branch")]
     | Annotated[UpdateUserStep, Tag("update_user")]
-    | Annotated[ExitStep, Tag("exit")],
+    | Annotated[ExitStep, Tag("exit")]
+    | Annotated[DigestStep, Tag("digest")]
+    | Annotated[SegmentStep, Tag("segment")],
     Discriminator(
         _step_kind,
         custom_error_type="step_kind",
@@ -203,6 +266,7 @@ class Step:
     otherwise: int = END
     set: dict[str, Any] = field(default_factory=dict)
     increment: dict[str, int | float] = field(default_factory=dict)
+    rule: Any = None  # a digest's DigestRule, a segment step's SegmentChange
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +279,7 @@ class Workflow:
     once_per_ms: int
     goals: tuple[tuple[str, Condition], ...]
     steps: tuple[Step, ...]
+    changed: ChangeRule | None = None  # fire only when these fields change
 
 
 EXIT_INDEX = -2  # a jump target meaning "exit the workflow now"
@@ -273,6 +338,8 @@ def compile_workflow(name: str, spec: WorkflowSpec) -> Workflow:
                     increment=dict(s.update_user.increment),
                 )
             )
+        elif isinstance(s, DigestStep | SegmentStep):
+            steps.append(_compile_digest_or_segment(s, n, nxt))
         else:
             steps.append(Step("exit", n, EXIT_INDEX))
     if isinstance(spec.entry, OncePer):
@@ -289,4 +356,26 @@ def compile_workflow(name: str, spec: WorkflowSpec) -> Workflow:
         once_per_ms=once_per,
         goals=tuple((g.event, compile_condition(g.where)) for g in spec.goals),
         steps=tuple(steps),
+        changed=(
+            compile_changes(t.event, t.changed, t.entity, t.keep)
+            if t.changed is not None and t.event is not None
+            else None
+        ),
+    )
+
+
+def _compile_digest_or_segment(s: DigestStep | SegmentStep, n: int, nxt: int) -> Step:
+    if isinstance(s, SegmentStep):
+        change = SegmentChange(tuple(s.segment.add), tuple(s.segment.remove))
+        return Step("segment", n, nxt, rule=change)
+    d = s.digest
+    rule = DigestRule(
+        events=frozenset([d.event] if isinstance(d.event, str) else d.event),
+        window_ms=int(d.window * 1000),
+        max_items=d.max_items,
+        condition=compile_condition(d.where),
+        fields=tuple(d.fields) if d.fields is not None else None,
+    )
+    return Step(
+        "digest", n, nxt, template=d.template, category=d.category, priority=d.priority, rule=rule
     )

@@ -152,6 +152,23 @@ def test_check_reports_template_syntax_errors_and_missing_templates(
     assert "workflows.greet.steps[1].send: no template 'goodbye'" in err
 
 
+def test_check_reports_a_digest_without_its_template(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        "workflows:\n"
+        "  comments:\n"
+        "    trigger: {event: comment_added}\n"
+        "    steps:\n"
+        "      - digest: {event: comment_added, window: 1h, template: comments_digst}\n",
+    )
+
+    assert main(["check", str(path)]) == 2
+    _, err = capsys.readouterr()
+    assert "workflows.comments.steps[0].digest.template: no template 'comments_digst'" in err
+
+
 def test_the_shipped_templates_and_journeys_pass_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check"]) == 0
     out, _ = capsys.readouterr()

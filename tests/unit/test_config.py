@@ -87,6 +87,11 @@ def test_the_file_named_by_mailstream_config_is_used_when_no_path_is_given(tmp_p
     assert config.web.port == 7001
 
 
+def _flow(**changes: Any) -> dict[str, Any]:
+    """A config with one workflow, ``w``, changed as given."""
+    return {"workflows": {"w": {"trigger": {"event": "a"}, "steps": [{"send": "x"}], **changes}}}
+
+
 @pytest.mark.parametrize(
     ("raw", "key", "reason"),
     [
@@ -215,6 +220,60 @@ def test_the_file_named_by_mailstream_config_is_used_when_no_path_is_given(tmp_p
             id="default-timezone-unknown",
         ),
         pytest.param({"web": ["port", 80]}, "web", "valid dictionary", id="section-not-a-mapping"),
+        pytest.param(
+            _flow(
+                steps=[{"digest": {"event": "c", "window": "1h", "template": "t", "max_item": 3}}]
+            ),
+            "workflows.w.steps.0.digest.digest.max_item",
+            "unknown key (check the spelling",
+            id="digest-unknown-key",
+        ),
+        pytest.param(
+            _flow(
+                steps=[
+                    {"digest": {"event": "c", "window": "1h", "template": "t", "max_items": 101}}
+                ]
+            ),
+            "workflows.w.steps.0.digest.digest.max_items",
+            "less than or equal to 100",
+            id="digest-too-many-items",
+        ),
+        pytest.param(
+            _flow(steps=[{"digest": {"event": "c", "template": "t"}}]),
+            "workflows.w.steps.0.digest.digest.window",
+            "Field required",
+            id="digest-without-window",
+        ),
+        pytest.param(
+            _flow(steps=[{"digest": {"event": "c", "window": 0, "template": "t"}}]),
+            "workflows.w.steps.0.digest.digest.window",
+            "greater than 0",
+            id="digest-empty-window",
+        ),
+        pytest.param(
+            _flow(steps=[{"segment": {"add": "a b"}}]),
+            "workflows.w.steps.0.segment.segment.add.0",
+            "'a b' is not a segment name",
+            id="segment-bad-name",
+        ),
+        pytest.param(
+            _flow(trigger={"event": "a", "changed": {"status": {"fro": "x"}}}),
+            "workflows.w.trigger.changed.status.fro",
+            "unknown key (check the spelling",
+            id="changed-unknown-key",
+        ),
+        pytest.param(
+            _flow(trigger={"event": "a", "entity": "order_id"}),
+            "workflows.w.trigger",
+            "'entity' applies with 'changed' only",
+            id="entity-without-changed",
+        ),
+        pytest.param(
+            _flow(trigger={"event": "a", "where": {"in_segment": "a b"}}),
+            "workflows.w.trigger.where",
+            "where.in_segment: 'a b' is not a segment name",
+            id="in-segment-bad-name",
+        ),
     ],
 )
 def test_a_bad_key_reports_its_path_and_reason(raw: dict[str, Any], key: str, reason: str) -> None:

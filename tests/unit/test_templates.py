@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailstream.digest import template_view
 from mailstream.exceptions import MailstreamError
 from mailstream.templates import DEFAULT_TEMPLATE_DIR, Rendered, TemplateError, Templates
 
@@ -80,6 +81,12 @@ SHIPPED = [
         id="order_receipt",
     ),
     pytest.param("reengagement", {}, "We miss you", id="reengagement"),
+    pytest.param(
+        "comments_digest",
+        {"event": template_view([["c1", "comment_added", 1_700_000_000_000, {}]])},
+        "1 new comment",
+        id="comments_digest",
+    ),
 ]
 
 
@@ -91,6 +98,7 @@ def test_the_shipped_directory_is_the_default_and_checks_clean() -> None:
     assert templates.names() == [
         "cart_reminder",
         "cart_reminder_discount",
+        "comments_digest",
         "order_receipt",
         "reengagement",
         "tips",

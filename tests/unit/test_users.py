@@ -254,6 +254,8 @@ def _full_state() -> UserState:
         decisions=[
             [TS, "s1", "cart", "cart_reminder", "marketing", "defer", "quiet_hours", TS + 1]
         ],
+        segments={"vip": TS, "beta": TS + 5},
+        changes={"order_updated/order_id": {"A-1": {"status": "paid"}, "A-2": {"n": 2}}},
     )
     for i in range(50):
         state.seen.check_and_add(f"evt-{i}", TS // 1000 + i)
@@ -309,6 +311,8 @@ def test_to_json_is_the_api_view_without_the_dedup_window() -> None:
         "suppressions",
         "deferred_sends",
         "send_decisions",
+        "segments",
+        "last_seen_fields",
     }
     assert orjson.loads(orjson.dumps(view)) == view
     assert view["suppressions"]["unsubscribe"]["scope"] == "marketing"

@@ -383,3 +383,60 @@ def test_entry_mapping_without_once_per_is_a_validation_error() -> None:
     with pytest.raises(ValidationError) as info:
         WorkflowSpec.model_validate(with_changes(entry={}))
     assert info.value.errors()[0]["loc"][0] == "entry"
+
+
+def test_digest_segment_and_change_trigger_compile() -> None:
+    flow = compiled(
+        {
+            "trigger": {
+                "event": "order_updated",
+                "entity": "order.id",
+                "keep": 10,
+                "changed": {"status": {"from": "pending", "to": ["shipped", None]}, "total": None},
+            },
+            "steps": [
+                {"segment": {"add": "buyer", "remove": ["prospect", "trial"]}},
+                {
+                    "digest": {
+                        "event": "comment_added",
+                        "where": {"field": "event.spam", "op": "ne", "value": True},
+                        "window": "1h",
+                        "template": "comments_digest",
+                        "category": "transactional",
+                        "fields": ["text"],
+                    }
+                },
+            ],
+        }
+    )
+    segment, digest = flow.steps
+    assert (segment.kind, segment.rule.add, segment.rule.remove) == (
+        "segment",
+        ("buyer",),
+        ("prospect", "trial"),
+    )
+    assert (digest.kind, digest.template, digest.category, digest.next) == (
+        "digest",
+        "comments_digest",
+        "transactional",
+        END,
+    )
+    rule = digest.rule
+    assert (rule.events, rule.window_ms, rule.max_items, rule.fields) == (
+        frozenset({"comment_added"}),
+        HOUR_MS,
+        20,
+        ("text",),
+    )
+    assert rule.condition({"event": {"spam": True}}) is False
+    changed = flow.changed
+    assert (changed.event_type, changed.entity, changed.keep) == (
+        "order_updated",
+        ("order", "id"),
+        10,
+    )
+    assert [(f.name, f.before, f.after) for f in changed.fields] == [
+        ("status", frozenset({("s", "pending")}), frozenset({("s", "shipped"), None})),
+        ("total", None, None),
+    ]
+    assert compiled(BASE).changed is None
