@@ -17,11 +17,12 @@ from pydantic import (
 
 from mailstream.conditions import ALWAYS, Condition, ConditionError, compile_condition
 from mailstream.durations import parse_duration
+from mailstream.webhook_step.spec import WebhookAction, WebhookStep, compile_webhook
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 StrictNumber = Annotated[int, Field(strict=True)] | Annotated[float, Field(strict=True)]
 EXIT = "exit"
-STEP_KINDS = ("send", "wait", "wait_for", "branch", "update_user", "exit")
+STEP_KINDS = ("send", "wait", "wait_for", "branch", "update_user", "exit", "webhook")
 
 
 class _Spec(BaseModel):
@@ -130,7 +131,8 @@ StepSpec = Annotated[
     | Annotated[WaitForStep, Tag("wait_for")]
     | Annotated[BranchStep, Tag("branch")]
     | Annotated[UpdateUserStep, Tag("update_user")]
-    | Annotated[ExitStep, Tag("exit")],
+    | Annotated[ExitStep, Tag("exit")]
+    | Annotated[WebhookStep, Tag("webhook")],
     Discriminator(
         _step_kind,
         custom_error_type="step_kind",
@@ -203,6 +205,7 @@ class Step:
     otherwise: int = END
     set: dict[str, Any] = field(default_factory=dict)
     increment: dict[str, int | float] = field(default_factory=dict)
+    webhook: WebhookAction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +276,8 @@ def compile_workflow(name: str, spec: WorkflowSpec) -> Workflow:
                     increment=dict(s.update_user.increment),
                 )
             )
+        elif isinstance(s, WebhookStep):
+            steps.append(Step("webhook", n, nxt, webhook=compile_webhook(s.webhook)))
         else:
             steps.append(Step("exit", n, EXIT_INDEX))
     if isinstance(spec.entry, OncePer):
