@@ -473,3 +473,49 @@ def test_a_missing_or_short_secret_stops_the_worker_and_is_not_shown(env: dict[s
 def test_an_endpoint_never_shows_its_secret() -> None:
     ep = endpoint()
     assert SECRET.decode() not in repr(ep) and SECRET.decode() not in str(ep)
+
+
+# ---- the applier: a command on the webhooks topic, or a dead letter -------------------------
+
+
+def applier_run(body: dict[str, Any], traits: dict[str, Any]) -> Any:
+    from typing import cast
+
+    from mailstream.apply import EffectsApplier
+    from mailstream.outbox import Outbox
+    from mailstream.storage import PartitionStore
+    from mailstream.templates import DEFAULT_TEMPLATE_DIR, Templates
+
+    spec = {
+        "trigger": {"event": "signup"},
+        "steps": [{"webhook": {"endpoint": "crm", "body": body}}],
+    }
+    engine = Engine([compile_workflow("w", WorkflowSpec.model_validate(spec))])
+    user = UserState("acme", "u1", traits=traits)
+    fx = user_after(signup(), engine, user)
+    applier = EffectsApplier(
+        Templates(DEFAULT_TEMPLATE_DIR),
+        cast(PartitionStore, None),  # no timers in these effects
+        {"transactional": "sends.t", "marketing": "sends.m"},
+        "dlq",
+        "hooks",
+    )
+    outbox = Outbox()
+    applier.apply(outbox, 0, b"acme\x1fu1", user, fx, 99)
+    return outbox.messages
+
+
+def test_the_applier_emits_the_command_keyed_by_user() -> None:
+    [(topic, key, value, headers)] = applier_run({"e": "{{ user.email }}"}, {"email": "a@x.test"})
+    assert (topic, key, headers) == ("hooks", b"u1", None)
+    command = orjson.loads(value)
+    assert command["body"] == {"e": "a@x.test"} and command["created_at"] == 99
+
+
+def test_a_body_that_does_not_render_is_dead_lettered_with_its_key() -> None:
+    [(topic, key, value, headers)] = applier_run({"e": "{{ user.email }}"}, {})
+    assert (topic, key) == ("dlq", b"u1")
+    found = dict(headers or [])
+    assert found["mailstream.reason_code"] == b"webhook_body_error"
+    assert b"workflows.w.steps[0].webhook.body.e" in found["mailstream.reason"]
+    assert orjson.loads(value)["error"]["path"] == "body.e"
