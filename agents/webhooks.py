@@ -142,10 +142,10 @@ async def sweep_skipped_webhook_tails() -> None:
     """Commands the consumer skipped at the end of a quiet partition."""
     if settled():
         progress = functools.partial(webhook_calls.progress, key=PROGRESS)
+        partitions = webhook_calls.active_partitions()
         await sweep_quiet_partitions(
-            webhook_calls.active_partitions(), last_seen, progress, backfill, accept_batch,
-            ACCEPT_LOCK,
-        )  # fmt: skip
+            partitions, last_seen, progress, backfill, accept_batch, ACCEPT_LOCK
+        )
 
 
 # partition, queue key, record, command as queued, command, endpoint, breaker ticket
