@@ -16,6 +16,9 @@ from mailstream.storage import PartitionStore
 from mailstream.templates import TemplateError, Templates
 from mailstream.timers import TimerKey
 from mailstream.users import UserState
+from mailstream.webhook_step.body import BodyError
+from mailstream.webhook_step.commands import webhook_command
+from mailstream.webhook_step.spec import WebhookIntent
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +53,13 @@ class EffectsApplier:
         timers: PartitionStore,
         send_topics: dict[str, str],
         dlq_topic: str,
+        webhook_topic: str | None = None,
     ) -> None:
         self.templates = templates
         self.timers = timers
         self.send_topics = send_topics  # category -> topic
         self.dlq_topic = dlq_topic
+        self.webhook_topic = webhook_topic
 
     def apply(
         self,
@@ -73,6 +78,8 @@ class EffectsApplier:
             outbox.put(self.timers, partition, key, b"", BEFORE_STATE)
         for intent in fx.sends:
             self._send(outbox, partition, user, intent, now)
+        for hook in fx.webhooks:
+            self._webhook(outbox, partition, user, hook, now)
         for workflow, what in fx.counts:
             metrics.WORKFLOW_TRANSITIONS.labels(workflow, what).inc()
         for category, decision, reason in fx.decisions:
@@ -117,3 +124,34 @@ class EffectsApplier:
         topic = self.send_topics[intent.category]
         outbox.send(topic, user.user_id.encode(), orjson.dumps(command))
         metrics.SEND_COMMANDS.labels(intent.category, "emitted").inc()
+
+    def _webhook(
+        self, outbox: Outbox, partition: int, user: UserState, intent: WebhookIntent, now: int
+    ) -> None:
+        """A webhook step's command, its body rendered now; a body that does not render
+        goes to the dead-letter topic with the key and the reason, like a template."""
+        endpoint = intent.action.endpoint
+        assert self.webhook_topic is not None, "a webhook step needs the webhooks topic"
+        try:
+            body = intent.action.body.render(template_user(user), intent.event, intent.context)
+        except BodyError as exc:
+            metrics.WEBHOOK_COMMANDS.labels(endpoint, "body_error").inc()
+            metrics.DEAD_LETTERS.labels("webhook_body_error").inc()
+            doc = {
+                "webhook_id": intent.webhook_id,
+                "tenant_id": user.tenant_id,
+                "user_id": user.user_id,
+                "workflow": intent.workflow,
+                "step": intent.step,
+                "endpoint": endpoint,
+                "error": {"path": exc.path, "reason": exc.reason},
+            }
+            reason = f"workflows.{intent.workflow}.steps[{intent.step}].webhook.{exc}"
+            headers = dead_letter_headers(
+                "webhook_body_error", reason, f"workflow:{intent.workflow}", partition, -1
+            )
+            outbox.send(self.dlq_topic, user.user_id.encode(), orjson.dumps(doc), headers)
+            return
+        command = webhook_command(user, intent, body, now)
+        outbox.send(self.webhook_topic, user.user_id.encode(), orjson.dumps(command))
+        metrics.WEBHOOK_COMMANDS.labels(endpoint, "emitted").inc()

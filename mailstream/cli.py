@@ -123,6 +123,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         delivery_runtime()  # a missing secret or API key fails here, before Faust starts
         import agents.delivery  # noqa: F401
     import agents.feedback  # noqa: F401
+
+    if config.webhooks_out:
+        from mailstream.webhook_step.settings import build_endpoints
+
+        build_endpoints(config.webhooks_out)  # a missing secret fails here, before Faust
+        import agents.webhooks  # noqa: F401
     import mailstream.dashboard  # noqa: F401  (the dashboard and its JSON twins)
     import mailstream.web  # noqa: F401  (registers the views)
     import mailstream.web_feedback  # noqa: F401  (webhooks and one-click unsubscribe)

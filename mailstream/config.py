@@ -26,6 +26,7 @@ from mailstream.policy import PolicySettings
 from mailstream.providers.outbox import OutboxSettings
 from mailstream.providers.settings import MailgunSettings, PostmarkSettings, SendGridSettings
 from mailstream.providers.smtp import SmtpSettings
+from mailstream.webhook_step.settings import WebhookEndpoint
 from mailstream.webhooks.settings import (
     MailgunWebhookSettings,
     PostmarkWebhookSettings,
@@ -69,6 +70,8 @@ class TopicsConfig(_Section):
     sends_marketing: str = Field("mailstream.sends.marketing", min_length=1)
     feedback: str = Field("mailstream.feedback", min_length=1)
     suppression: str = Field("mailstream.suppression", min_length=1)
+    # webhook step commands, keyed by user id (see docs/webhook-step.md)
+    webhooks: str = Field("mailstream.webhooks", min_length=1)
 
     def all_names(self) -> list[str]:
         return [
@@ -78,6 +81,7 @@ class TopicsConfig(_Section):
             self.sends_marketing,
             self.feedback,
             self.suppression,
+            self.webhooks,
         ]
 
 
@@ -295,6 +299,10 @@ class Config(_Section):
     providers: ProvidersConfig = ProvidersConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    # endpoint name -> where webhook steps POST to (see docs/webhook-step.md)
+    webhooks_out: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], WebhookEndpoint
+    ] = {}
     # Where email templates live; default: the templates/ directory beside the package.
     templates_dir: Path | None = None
     # None: the shipped example journeys (mailstream/default_workflows.yaml).
@@ -312,6 +320,19 @@ class Config(_Section):
                 f"delivery.provider is {name}, but providers.{name} is not set"
                 " (it needs at least a host or a domain; see the README)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_endpoints_exist(self) -> Config:
+        for workflow in self.compiled_workflows() if self.workflows is not None else ():
+            for step in workflow.steps:
+                if step.webhook is not None and step.webhook.endpoint not in self.webhooks_out:
+                    known = ", ".join(sorted(self.webhooks_out)) or "none"
+                    raise ValueError(
+                        f"workflows.{workflow.name}.steps[{step.index}].webhook.endpoint: no"
+                        f" endpoint {step.webhook.endpoint!r} under webhooks_out (configured:"
+                        f" {known})"
+                    )
         return self
 
     def compiled_workflows(self) -> list[Workflow]:

@@ -202,13 +202,16 @@ def failed(
     return FailureOutcome(retry_at, False, "retry")
 
 
-def orphaned(delivery: Delivery, now: int) -> bool:
+def orphaned(delivery: Delivery, now: int, resend: bool | None = None) -> bool:
     """An ``attempting`` delivery nobody is attempting: the worker died mid-call, and the
     provider may or may not have taken it. Transactional: queue it again (never lost;
     the same Message-ID lets a receiver spot the duplicate). Marketing: give it up as
-    ``unknown`` (never sent twice). Returns whether it is queued again."""
+    ``unknown`` (never sent twice). ``resend`` overrides the category's rule. Returns
+    whether it is queued again."""
     delivery.updated = now
-    if delivery.category == "transactional":
+    if resend is None:
+        resend = delivery.category == "transactional"
+    if resend:
         delivery.state = QUEUED
         delivery.history.append([now, "unknown_outcome", "worker stopped during the attempt"])
         return True

@@ -18,6 +18,7 @@ from mailstream.changes import ChangeWatch
 from mailstream.events import IDENTIFY, Event
 from mailstream.segments import apply_change
 from mailstream.users import UserState
+from mailstream.webhook_step.spec import WebhookIntent
 from mailstream.workflow_spec import END, EXIT_INDEX, Step, Workflow
 
 WAIT_TIMER = "w"
@@ -59,6 +60,7 @@ class Effects:
     goal_exits: list[tuple[str, str]] = field(default_factory=list)
     # (category, decision, reason) of each send decision the policy made
     decisions: list[tuple[str, str, str]] = field(default_factory=list)
+    webhooks: list[WebhookIntent] = field(default_factory=list)
     changed: bool = False
 
     def count(self, workflow: str, what: str) -> None:
@@ -246,7 +248,7 @@ class Engine:
         name = workflow.name
         enrollment = user.enrollments[name]
         fx.changed = True
-        sends_before = len(fx.sends)
+        sends_before, webhooks_before = len(fx.sends), len(fx.webhooks)
         for _ in range(MAX_STEPS_PER_RUN):
             if index == END:
                 self._finish(user, name, fx, "completed")
@@ -278,6 +280,21 @@ class Engine:
             elif step.kind == "segment":
                 apply_change(user.segments, step.rule, now)
                 index = step.next
+            elif step.kind == "webhook":
+                assert step.webhook is not None
+                fx.webhooks.append(
+                    WebhookIntent(
+                        # the send id's recipe: one id per step execution, on any replay
+                        webhook_id=send_id(user, name, enrollment["id"], enrollment["seq"]),
+                        workflow=name,
+                        enrollment_id=enrollment["id"],
+                        step=index,
+                        action=step.webhook,
+                        context=enrollment["ctx"],
+                        event=payload,
+                    )
+                )
+                index = step.next
             elif step.kind in ("wait", "wait_for"):
                 due = now + step.duration_ms
                 enrollment["due"] = due
@@ -296,9 +313,10 @@ class Engine:
                 index = step.next
             else:  # exit
                 index = EXIT_INDEX
-        # A loop without a wait: a mistake in the workflow, so none of the sends it
-        # made in this run go out (it would otherwise mail the user up to 100 times).
+        # A loop without a wait: a mistake in the workflow, so none of the sends (or
+        # webhooks) it made in this run go out (it would otherwise mail the user up to 100 times).
         del fx.sends[sends_before:]
+        del fx.webhooks[webhooks_before:]
         fx.count(name, "step_limit")
         self._finish(user, name, fx, "exited")
 

@@ -149,3 +149,45 @@ TIMERS_PENDING = Gauge(
     "Timers (waits, inactivity checks, held sends) pending in this worker's partitions,"
     " as last counted.",
 )
+
+# ---- the webhook step (docs/webhook-step.md) ----------------------------------------------
+
+WEBHOOK_COMMANDS = Counter(
+    "mailstream_webhook_commands_total",
+    "Webhook step commands by endpoint and result: emitted (by a workflow), body_error"
+    " (the body did not render: dead-lettered), queued (taken in by the webhook agent),"
+    " deduplicated (webhook id seen before), requeued (found mid-call after a crash),"
+    " bad_command and unknown_endpoint (dead-lettered).",
+    ["endpoint", "result"],
+)
+WEBHOOK_CALLS = Counter(
+    "mailstream_webhook_calls_total",
+    "Webhook calls by endpoint and outcome: delivered (2xx), retry (5xx, 408, 429, timeout or"
+    " no connection; tried again after a backoff), failed (another 4xx: permanent),"
+    " exhausted (retries used up), short_circuited (held back, not made, while the breaker"
+    " is open), expired (not delivered within give_up_after).",
+    ["endpoint", "outcome"],
+)
+WEBHOOK_SECONDS = Histogram(
+    "mailstream_webhook_request_seconds",
+    "Time for one webhook call, answered or failed.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+WEBHOOK_BREAKER = Gauge(
+    "mailstream_webhook_breaker_state",
+    "The circuit breaker of each endpoint's URL on this worker: 0 closed, 1 half-open, 2 open.",
+    ["endpoint"],
+)
+WEBHOOK_BREAKER_TRANSITIONS = Counter(
+    "mailstream_webhook_breaker_transitions_total",
+    "Circuit breaker changes by endpoint and the state entered (open, half_open, closed).",
+    ["endpoint", "state"],
+)
+WEBHOOK_STORED = Counter(
+    "mailstream_webhook_stored_total",
+    "Answer fields a webhook step asked to store in the enrollment's context, by endpoint"
+    " and result: stored, missing (not in the answer), too_large, no_enrollment (the"
+    " enrollment ended or moved on before the answer came).",
+    ["endpoint", "result"],
+)

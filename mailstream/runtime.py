@@ -39,6 +39,7 @@ applier = EffectsApplier(
         "marketing": config.topics.sends_marketing,
     },
     config.topics.dlq,
+    config.topics.webhooks,
 )
 
 

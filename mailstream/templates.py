@@ -609,3 +609,12 @@ class Templates:
                 if target is not None and self._files.exists(target):
                     todo.append(target)
         return files
+
+
+def sandbox() -> Environment:
+    """The sandbox email templates render in (plain text, ``StrictUndefined``, bounded
+    ``*``, ``**`` and padding), without a loader: for short templates kept in the config,
+    such as webhook bodies."""
+    env = _Sandbox(autoescape=False, undefined=StrictUndefined, auto_reload=False)
+    env.filters["format"] = _bounded_format
+    return env

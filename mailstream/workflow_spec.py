@@ -20,11 +20,22 @@ from mailstream.conditions import ALWAYS, Condition, ConditionError, compile_con
 from mailstream.digest import DEFAULT_MAX_ITEMS, MAX_ITEMS, DigestRule
 from mailstream.durations import parse_duration
 from mailstream.segments import SegmentChange, check_name
+from mailstream.webhook_step.spec import WebhookAction, WebhookStep, compile_webhook
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 StrictNumber = Annotated[int, Field(strict=True)] | Annotated[float, Field(strict=True)]
 EXIT = "exit"
-STEP_KINDS = ("send", "wait", "wait_for", "branch", "update_user", "exit", "digest", "segment")
+STEP_KINDS = (
+    "send",
+    "wait",
+    "wait_for",
+    "branch",
+    "update_user",
+    "exit",
+    "digest",
+    "segment",
+    "webhook",
+)
 
 
 class _Spec(BaseModel):
@@ -193,7 +204,8 @@ StepSpec = Annotated[
     | Annotated[UpdateUserStep, Tag("update_user")]
     | Annotated[ExitStep, Tag("exit")]
     | Annotated[DigestStep, Tag("digest")]
-    | Annotated[SegmentStep, Tag("segment")],
+    | Annotated[SegmentStep, Tag("segment")]
+    | Annotated[WebhookStep, Tag("webhook")],
     Discriminator(
         _step_kind,
         custom_error_type="step_kind",
@@ -267,6 +279,7 @@ class Step:
     set: dict[str, Any] = field(default_factory=dict)
     increment: dict[str, int | float] = field(default_factory=dict)
     rule: Any = None  # a digest's DigestRule, a segment step's SegmentChange
+    webhook: WebhookAction | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +353,8 @@ def compile_workflow(name: str, spec: WorkflowSpec) -> Workflow:
             )
         elif isinstance(s, DigestStep | SegmentStep):
             steps.append(_compile_digest_or_segment(s, n, nxt))
+        elif isinstance(s, WebhookStep):
+            steps.append(Step("webhook", n, nxt, webhook=compile_webhook(s.webhook)))
         else:
             steps.append(Step("exit", n, EXIT_INDEX))
     if isinstance(spec.entry, OncePer):

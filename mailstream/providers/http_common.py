@@ -32,9 +32,12 @@ class HttpRequest(NamedTuple):
 
     path: str  # appended to base_url
     headers: dict[str, str]
-    body: JsonBody | FormBody  # a JSON object, or form fields in order (names may repeat)
+    # a JSON object, form fields in order (names may repeat), or bytes sent as they are
+    body: JsonBody | FormBody | bytes
 
     def encode(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
         if isinstance(self.body, dict):
             return orjson.dumps(self.body)
         return urllib.parse.urlencode(self.body).encode("ascii")

@@ -169,6 +169,7 @@ class Deployment:
             "sends_marketing",
             "feedback",
             "suppression",
+            "webhooks",
         )
         return {n: f"{self.app_id}.{n}" for n in names} | {"partitions": PARTITIONS}  # type: ignore[dict-item]
 

@@ -1,0 +1,54 @@
+"""The one outbound effect of the webhook step: a signed POST to an endpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from mailstream.providers.base import SendFailure
+from mailstream.providers.http_common import HttpRequest, HttpSession, read_json
+from mailstream.webhook_step.calls import answer_failure
+from mailstream.webhook_step.settings import Endpoint
+from mailstream.webhook_step.signing import request_headers
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    failure: SendFailure | None  # None: the endpoint took it (2xx)
+    answer: dict[str, Any] | None = None  # the JSON object it answered, if any
+    status: int | None = None  # the HTTP status, if it answered
+
+
+class WebhookClient:
+    """One pooled session per endpoint, each with the endpoint's timeout."""
+
+    def __init__(self, endpoints: dict[str, Endpoint]) -> None:
+        self.endpoints = endpoints
+        self._sessions = {name: HttpSession(e.url, e.timeout) for name, e in endpoints.items()}
+
+    async def start(self) -> None:
+        for session in self._sessions.values():
+            await session.start()
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+
+    async def call(self, endpoint: Endpoint, command: dict[str, Any], attempt: int) -> CallResult:
+        """POST the command's body, signed at this moment; never raises for an HTTP or
+        network problem (those come back as the failure)."""
+        body = orjson.dumps(command["body"])
+        now = datetime.now(UTC)
+        headers = request_headers(
+            endpoint.secret, command["webhook_id"], attempt, int(now.timestamp()), body
+        )
+        try:
+            response = await self._sessions[endpoint.name].post(HttpRequest("", headers, body))
+        except SendFailure as exc:
+            return CallResult(exc)
+        failure = answer_failure(response.status, response.headers, response.body, now)
+        answer = read_json(response.body) if failure is None else None
+        return CallResult(failure, answer, response.status)
