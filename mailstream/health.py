@@ -444,7 +444,7 @@ def describe(f: WorkflowFigures) -> dict[str, Any]:
         "retried": f.retried,
         "failed": f.refused + f.gave_up,
         "send_success_rate": round(f.sent / calls, 4) if calls else None,
-        "dead_letters": sum(lost.values()),
+        "dead_letters": sum(lost.values(), 0.0),
         "dead_letters_by_reason": lost,
         "dlq_rate": round(sum(lost.values()) / f.renders, 4) if f.renders else None,
         "event_to_send_p50_s": _rounded(f.event_to_send_p50),
