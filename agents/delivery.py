@@ -42,11 +42,12 @@ from mailstream.delivery import (
     rank_bounds,
     succeeded,
 )
+from mailstream.health import known_workflow
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
-from mailstream.runtime import delivery_runtime
+from mailstream.runtime import automation, delivery_runtime
 from mailstream.storage import progress_key
 from mailstream.suppression import Suppression
 from mailstream.users import UserState, user_key
@@ -65,6 +66,17 @@ RANKS = range(6)
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _count_for_workflow(command: Any, result: str, event_to_send_s: float | None = None) -> None:
+    """The outcome of a send, for its workflow's health (mailstream.health)."""
+    name = command.get("workflow") if isinstance(command, dict) else None
+    workflow = known_workflow(name, automation.engine.workflows)
+    if workflow is None:
+        return
+    metrics.WORKFLOW_SENDS.labels(workflow, result).inc()
+    if event_to_send_s is not None:
+        metrics.WORKFLOW_EVENT_TO_SEND.labels(workflow).observe(event_to_send_s)
 
 
 def _decode_command(value: bytes | None) -> dict[str, Any] | str:
@@ -251,6 +263,7 @@ class Dispatcher:
                 value = delivery_queue.get(p, key) or b""
                 outbox.send(config.topics.dlq, delivery.user_id.encode(), value, headers)
                 metrics.DEAD_LETTERS.labels("unknown_outcome").inc()
+                _count_for_workflow(orjson.loads(value) if value else None, "unknown")
                 logger.warning("send %s: %s", qk.send_id, reason)
             metrics.DELIVERIES.labels(
                 delivery.category, "requeued" if requeued else "unknown"
@@ -304,10 +317,13 @@ class Dispatcher:
             if isinstance(outcome, Accepted):
                 succeeded(delivery, outcome, now)
                 event_at = command.get("event_at")
+                waited = None
                 if isinstance(event_at, int) and delivery.attempts == 1:
-                    metrics.EVENT_TO_SEND.observe(max(0, now - event_at) / 1000)
+                    waited = max(0, now - event_at) / 1000
+                    metrics.EVENT_TO_SEND.observe(waited)
                 outbox.put(delivery_queue, p, key, None, AFTER_STATE)
                 metrics.SENDS.labels(provider, category, "sent").inc()
+                _count_for_workflow(command, "sent", waited)
             else:
                 result = failed(delivery, outcome, self.rt.retry, now, random.random())
                 if result.retry_at is not None:
@@ -315,10 +331,12 @@ class Dispatcher:
                     outbox.put(delivery_queue, p, delivery.queue_key, raw, BEFORE_STATE)
                     outbox.put(delivery_queue, p, key, None, AFTER_STATE)
                     metrics.SENDS.labels(provider, category, "retry").inc()
+                    _count_for_workflow(command, "retry")
                 else:
                     outbox.put(delivery_queue, p, key, None, AFTER_STATE)
                     self._dead_letter(outbox, p, raw, command, delivery, outcome, result.reason)
                     metrics.SENDS.labels(provider, category, result.reason).inc()
+                    _count_for_workflow(command, result.reason)
                     if result.suppress:
                         suppress.append((p, command, outcome))
             outbox.put(deliveries, p, send_id.encode(), delivery.encode())

@@ -7,6 +7,7 @@ import time
 
 from mailstream import metrics
 from mailstream.app import app, settled
+from mailstream.health import known_workflow, timer_workflow
 from mailstream.outbox import AFTER_STATE, STATE_LOCK, Outbox, flush
 from mailstream.runtime import applier, automation, suppression_list
 from mailstream.timers import TimerKey, due_bound
@@ -36,8 +37,12 @@ async def fire_partition(partition: int, now: int) -> int:
             if stored is None:
                 continue
             state = UserState.decode(stored)
+        workflow = timer_workflow(timer.kind, timer.workflow, state.deferred)
         fx = automation.on_timer(state, timer.kind, timer.workflow, timer.due, now)
-        metrics.TIMER_LAG.observe(max(0, now - timer.due) / 1000)
+        lag = max(0, now - timer.due) / 1000
+        metrics.TIMER_LAG.observe(lag)
+        if known_workflow(workflow, automation.engine.workflows):
+            metrics.WORKFLOW_TIMER_LAG.labels(workflow).observe(lag)
         if fx.changed:
             touched[timer.user_key] = state
         applier.apply(outbox, partition, timer.user_key, state, fx, now)

@@ -9,6 +9,7 @@ import orjson
 
 from mailstream import metrics
 from mailstream.engine import Effects, SendIntent
+from mailstream.health import render_failure
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox
 from mailstream.sends import send_command, template_user
@@ -100,6 +101,10 @@ class EffectsApplier:
             )
         except TemplateError as exc:
             metrics.SEND_COMMANDS.labels(intent.category, "template_error").inc()
+            reason, variable = render_failure(exc)
+            metrics.TEMPLATE_RENDERS.labels(
+                intent.workflow, intent.template, reason, metrics.variable_label(variable)
+            ).inc()
             metrics.DEAD_LETTERS.labels("template_error").inc()
             doc = {
                 "send_id": intent.send_id,
@@ -120,6 +125,7 @@ class EffectsApplier:
             )
             outbox.send(self.dlq_topic, user.user_id.encode(), orjson.dumps(doc), headers)
             return
+        metrics.TEMPLATE_RENDERS.labels(intent.workflow, intent.template, "ok", "").inc()
         command = send_command(user, intent, rendered, now)
         topic = self.send_topics[intent.category]
         outbox.send(topic, user.user_id.encode(), orjson.dumps(command))

@@ -23,6 +23,7 @@ from mailstream.app import app, config, settled
 from mailstream.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS
 from mailstream.broker import topic_partitions
 from mailstream.dlq import describe
+from mailstream.health_view import local_figures, workflow_health
 from mailstream.pages import render_page
 from mailstream.ratelimit import warmup_cap
 from mailstream.stats import Minutes, add_up, collect, figures, funnel
@@ -102,6 +103,7 @@ def local_stats() -> dict[str, Any]:
         "lag": lag,
         "funnel": funnel(waiting, samples),
         "sent_today": sum(sent_on(p, day) for p in partitions),
+        "workflow_figures": local_figures(),
     }
 
 
@@ -143,6 +145,7 @@ async def gather() -> dict[str, Any]:
         "sent_today": total["sent_today"],
     }
     total["dead_letters"] = await latest_dead_letters()
+    total["workflow_health"] = workflow_health(total.get("workflow_figures"))
     return total
 
 
@@ -252,6 +255,22 @@ async def dashboard_json(web: View, request: Request) -> Response:
     if not authorised(request):
         return refused(web)
     return json_response(web, await gather())
+
+
+@app.page("/api/workflows/health")
+async def workflows_health_json(web: View, request: Request) -> Response:
+    """Each workflow's health score, category, figures and recommendations (all workers)."""
+    if not authorised(request):
+        return refused(web)
+    board = await gather()
+    return json_response(
+        web,
+        {
+            "workers": board["workers"],
+            "missing_workers": board["missing_workers"],
+            **board["workflow_health"],
+        },
+    )
 
 
 @app.page("/users")

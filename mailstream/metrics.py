@@ -191,3 +191,34 @@ WEBHOOK_STORED = Counter(
     " enrollment ended or moved on before the answer came).",
     ["endpoint", "result"],
 )
+
+# Per workflow, for workflow health (mailstream.health). Workflow and template names come
+# from the config, so they are bounded; missing-variable names are capped below.
+TEMPLATE_RENDERS = Counter(
+    "mailstream_template_renders_total",
+    "Template renders for send steps by workflow, template and result: ok, or why it"
+    " failed (undefined_variable, with the missing name in `variable`; sandbox;"
+    " runtime_error; bad_subject; invalid_template). A failed render is dead-lettered.",
+    ["workflow", "template", "result", "variable"],
+)
+variable_label = LabelCap(50)
+WORKFLOW_SENDS = Counter(
+    "mailstream_workflow_sends_total",
+    "Provider outcomes of each workflow's sends: sent, retry, permanent, exhausted, and"
+    " unknown (marketing found mid-attempt after a crash: not sent again).",
+    ["workflow", "result"],
+)
+WORKFLOW_EVENT_TO_SEND = Histogram(
+    "mailstream_workflow_event_to_send_seconds",
+    "mailstream_event_to_send_seconds by workflow: from the triggering event to the provider"
+    " accepting, for sends made right away (not after a wait or a hold).",
+    ["workflow"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
+WORKFLOW_TIMER_LAG = Histogram(
+    "mailstream_workflow_timer_lag_seconds",
+    "mailstream_timer_lag_seconds by workflow: how late its waits, inactivity checks and"
+    " held sends ran after their due time.",
+    ["workflow"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)

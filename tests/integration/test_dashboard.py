@@ -132,6 +132,11 @@ async def test_the_dashboard_adds_up_both_workers_and_the_metrics_pass_promtool(
     assert sorted(int(p) for p in board["lag"]) == [0, 1, 2, 3]
     assert board["funnel"]["cart"]["enrolled"] == len(USERS)
     assert board["funnel"]["cart"]["exited_goal"] == len(USERS[::4])
+    # Workflow health adds up both workers' figures too (see test_workflow_health.py).
+    health = board["workflow_health"]["workflows"]
+    assert health["cart"]["figures"]["enrolled"] == len(USERS)
+    assert health["cart"]["figures"]["exited_goal"] == len(USERS[::4])
+    assert health["hello"]["figures"]["sent"] == board["totals"]["sent"]  # the only sender
     codes = [d["reason_code"] for d in board["dead_letters"]]
     assert "not_json" in codes, board["dead_letters"]
 
