@@ -25,11 +25,12 @@ from mailstream.ingest import (
     BatchResult,
     IngestSettings,
     RawMessage,
+    add_to_ledger,
     ingest_batch,
 )
 from mailstream.outbox import STATE_LOCK, Outbox, flush
 from mailstream.runtime import applier, automation, suppression_list
-from mailstream.storage import PROGRESS_KEY
+from mailstream.storage import LEDGER_KEY, PROGRESS_KEY
 from mailstream.users import UserState
 from tables.users import users
 
@@ -64,6 +65,10 @@ def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
     for m in fresh:
         next_offsets[m.partition] = m.offset + 1
     for partition, nxt in next_offsets.items():
+        counts = result.by_partition.get(partition, {})
+        if counts:
+            ledger = add_to_ledger(users.get(partition, LEDGER_KEY), counts)
+            outbox.put(users, partition, LEDGER_KEY, ledger)
         outbox.put(users, partition, PROGRESS_KEY, str(nxt).encode())
     return outbox
 

@@ -27,6 +27,7 @@ from mailstream.health_view import local_figures, workflow_health
 from mailstream.pages import render_page
 from mailstream.ratelimit import warmup_cap
 from mailstream.stats import Minutes, add_up, collect, figures, funnel
+from mailstream.storage import LEDGER_KEY
 from mailstream.users import UserState
 from mailstream.web import (
     ask,
@@ -104,7 +105,20 @@ def local_stats() -> dict[str, Any]:
         "funnel": funnel(waiting, samples),
         "sent_today": sum(sent_on(p, day) for p in partitions),
         "workflow_figures": local_figures(),
+        "ledger": ledger(partitions),
     }
+
+
+def ledger(partitions: list[int]) -> dict[str, Any]:
+    """Durable accounting of this worker's partitions: every event each has consumed,
+    by outcome, since the partition's first event (kept in the users table, so it
+    survives restarts and moves with the partition)."""
+    outcomes: dict[str, int] = {}
+    for p in partitions:
+        raw = users.get(p, LEDGER_KEY)
+        for outcome, n in (orjson.loads(raw) if raw else {}).items():
+            outcomes[outcome] = outcomes.get(outcome, 0) + n
+    return {"partitions": len(partitions), "events": sum(outcomes.values()), **outcomes}
 
 
 @app.page("/api/local/stats")

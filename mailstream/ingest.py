@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from mailstream.dedup import id_hash
 from mailstream.events import Event, Invalid, decode_event
 from mailstream.users import UserState, apply_event, user_key
@@ -58,10 +60,14 @@ class BatchResult:
     events: list[Event] = field(default_factory=list)
     # what ``react`` returned for each processed event, with the user's slot, in order
     reactions: list[tuple[tuple[int, bytes], Any]] = field(default_factory=list)
+    # partition -> outcome -> count: what each partition's ledger record adds
+    by_partition: dict[int, dict[str, int]] = field(default_factory=dict)
 
-    def count(self, outcome: str, label: str) -> None:
+    def count(self, outcome: str, label: str, partition: int) -> None:
         k = (outcome, label)
         self.outcomes[k] = self.outcomes.get(k, 0) + 1
+        ledger = self.by_partition.setdefault(partition, {})
+        ledger[outcome] = ledger.get(outcome, 0) + 1
 
 
 @dataclass(slots=True)
@@ -160,12 +166,12 @@ def ingest_batch(
         )
         if isinstance(decoded, Invalid):
             result.dead_letters.append(DeadLetter(msg, decoded.code, decoded.reason))
-            result.count(DEAD_LETTERED, decoded.code)
+            result.count(DEAD_LETTERED, decoded.code, msg.partition)
             continue
         if msg.key != decoded.user_id.encode():
             problem = _key_problem(msg.key, decoded.user_id)
             result.dead_letters.append(DeadLetter(msg, problem.code, problem.reason))
-            result.count(DEAD_LETTERED, problem.code)
+            result.count(DEAD_LETTERED, problem.code, msg.partition)
             continue
         slot = (msg.partition, user_key(decoded.tenant_id, decoded.user_id))
         state = changed.get(slot) or loaded.get(slot)
@@ -174,12 +180,12 @@ def ingest_batch(
             loaded[slot] = state
         digest = id_hash(decoded.event_id)  # checked now, remembered if the event is kept
         if state.seen.has(digest):
-            result.count(DEDUPLICATED, decoded.event_type)
+            result.count(DEDUPLICATED, decoded.event_type, msg.partition)
             continue
         dropped = admit(state, decoded, now_ms, settings)
         if dropped is not None:
             # Nothing is written for it: not the state, not even the dedup window.
-            result.count(dropped, decoded.event_type)
+            result.count(dropped, decoded.event_type, msg.partition)
             continue
         state.seen.remember(digest, now_s)
         apply_event(state, decoded)
@@ -187,7 +193,17 @@ def ingest_batch(
         result.events.append(decoded)
         if react is not None:
             result.reactions.append((slot, react(state, decoded)))
-        result.count(PROCESSED, decoded.event_type)
+        result.count(PROCESSED, decoded.event_type, msg.partition)
     for state in changed.values():
         state.seen.prune(now_s, settings.dedup_window_s, settings.dedup_max_ids)
     return result
+
+
+def add_to_ledger(raw: bytes | None, counts: dict[str, int]) -> bytes:
+    """A partition's ledger record (outcome -> events, since the partition's first event)
+    with ``counts`` added. It is written with the partition's progress record, so each
+    event is in it exactly once, whatever crashes and replays happen."""
+    ledger: dict[str, int] = orjson.loads(raw) if raw else {}
+    for outcome, n in counts.items():
+        ledger[outcome] = ledger.get(outcome, 0) + n
+    return orjson.dumps(ledger)

@@ -21,6 +21,9 @@ from faust.types import TP
 # One per partition: the next events offset that partition's state has not yet applied.
 # The control byte keeps it apart from user keys, which always start with a tenant id.
 PROGRESS_KEY = b"\x00next-offset"
+# One per partition of the users table: how many of its events ended in each outcome
+# (mailstream.ingest.add_to_ledger). It shares the prefix, so it is never taken for a user.
+LEDGER_KEY = PROGRESS_KEY + b"#ledger"
 
 
 # Faust keeps the changelog offset a partition reflects under this key in the same store.

@@ -20,6 +20,7 @@ from mailstream.ingest import (
     BatchResult,
     IngestSettings,
     RawMessage,
+    add_to_ledger,
     ingest_batch,
     plan_offsets,
 )
@@ -166,6 +167,8 @@ def test_each_message_ends_in_exactly_one_outcome(
     assert result.outcomes == outcomes
     assert sum(result.outcomes.values()) == len(messages)
     counts = totals(result)
+    ledger = result.by_partition.get(0, {})  # every message of these batches is in 0
+    assert ledger == {k: v for k, v in counts.items() if v}
     assert len(result.events) == counts[PROCESSED]
     assert len(result.dead_letters) == counts[DEAD_LETTERED]
     # Every dead letter is a different message, and none of them was also processed.
@@ -600,3 +603,28 @@ def test_window_state_does_not_grow_with_the_number_of_events() -> None:
     assert len(alice.throttle["search"]) == 3
     assert len(alice.sampling) == 2
     assert max(sizes) - min(sizes) < 40  # the event counters gain a digit or two
+
+
+def test_each_partition_counts_its_own_outcomes() -> None:
+    first = batch(event("e1", "a"), event("e1", "a"), partition=0)
+    second = batch(event("e2", "b"), b"{not json", partition=3)
+    result = Store().run(first + second)
+    assert result.by_partition == {
+        0: {PROCESSED: 1, DEDUPLICATED: 1},
+        3: {PROCESSED: 1, DEAD_LETTERED: 1},
+    }
+
+
+@pytest.mark.parametrize(
+    ("stored", "added", "expected"),
+    [
+        (None, {PROCESSED: 2}, {PROCESSED: 2}),
+        (b'{"processed": 5, "throttled": 1}', {PROCESSED: 2}, {PROCESSED: 7, "throttled": 1}),
+        (b'{"processed": 5}', {DEAD_LETTERED: 1}, {PROCESSED: 5, DEAD_LETTERED: 1}),
+        (b'{"processed": 5}', {}, {PROCESSED: 5}),
+    ],
+)
+def test_a_ledger_record_adds_a_batchs_counts(
+    stored: bytes | None, added: dict[str, int], expected: dict[str, int]
+) -> None:
+    assert orjson.loads(add_to_ledger(stored, added)) == expected
