@@ -7,6 +7,7 @@ still fire on the worker that took over.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from mailstream.broker import EmbeddedBroker, free_port
 from tests.fakes.http_providers import FakeProviders
 from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
 from tests.integration.test_delivery import start, use_fake
@@ -145,3 +147,49 @@ async def _explain(a: Worker, fake: FakeProviders, produced: int) -> None:
         f" unknown {metric_sum(m, 'mailstream_deliveries_total', result='unknown')};"
         f" fired {metric_sum(m, 'mailstream_timers_fired_total')}"
     )
+
+
+async def test_a_broker_outage_stops_the_worker_loudly_and_a_restart_resumes(
+    tmp_path: Any,
+) -> None:
+    """The embedded broker keeps topics in memory: when it goes away, a worker must not
+    sit on as if all were well. It exits non-zero, saying so; started again against the
+    restarted broker, a worker processes new events."""
+    broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=tmp_path / "own-broker.log")
+    broker.start()
+    d = Deployment(broker, tmp_path)
+    try:
+        await d.setup()
+        a = d.worker("a").start()
+        await d.wait_ready([a])
+        await _emit_and_wait(d, a, "before", 100)
+
+        broker.stop()
+        deadline = time.monotonic() + 60
+        while a.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert not a.alive(), "the worker went on as if the broker were there"
+        assert a.process is not None and a.process.returncode not in (0, None)
+        assert "CRITICAL" in a.log_path.read_text(errors="replace")
+
+        broker.start()
+        await d.setup()  # memory storage: the restarted broker has no topics
+        again = d.worker("again").start()
+        await d.wait_ready([again])
+        await _emit_and_wait(d, again, "after", 100)
+    finally:
+        d.stop_all()
+        broker.stop()
+
+
+async def _emit_and_wait(d: Deployment, worker: Worker, prefix: str, n: int) -> None:
+    async with d.producer() as p:
+        for i in range(n):
+            await p.emit("page_viewed", f"{prefix}-{i}")
+        await p.flush()
+
+    async def processed() -> bool:
+        m = await worker.metrics()
+        return metric_sum(m, "mailstream_events_total", outcome="processed") >= n
+
+    await wait_for(processed, 60, f"{n} events processed")
