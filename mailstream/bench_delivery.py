@@ -18,41 +18,11 @@ from typing import Any
 
 import orjson
 import yaml
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from mailstream.bench import clean_up, stop_processes
+from mailstream.bench_pipeline import Sink
 from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
-
-
-class Sink:
-    """Accepts every Postmark-style send on 127.0.0.1 and notes when it arrived."""
-
-    def __init__(self) -> None:
-        self.arrivals: list[float] = []
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def _email(self, request: web.Request) -> web.Response:
-        await request.read()
-        self.arrivals.append(time.monotonic())
-        body = {"ErrorCode": 0, "Message": "OK", "MessageID": secrets.token_hex(8)}
-        return web.json_response(body)
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/email", self._email)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def _command(i: int) -> dict[str, Any]:
