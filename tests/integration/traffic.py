@@ -148,6 +148,8 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
                 "deferred_sends": [],
                 "send_decisions": [],
                 "deliveries": [],
+                "segments": {},
+                "last_seen_fields": {},
             },
         )
         ts = e["timestamp"]
