@@ -131,9 +131,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
             outbox.put(delivery_queue, m.partition, delivery.queue_key, m.value, BEFORE_STATE)
             outbox.put(deliveries, m.partition, send_id.encode(), delivery.encode())
             metrics.DELIVERIES.labels(command["category"], "queued").inc()
-        for partition in {m.partition for m in fresh}:
-            last = max(m.offset for m in fresh if m.partition == partition)
-            outbox.put(deliveries, partition, key, str(last + 1).encode())
+        outbox.put_progress(deliveries, fresh, key)
     if outbox:
         await flush(app.producer, outbox)
 

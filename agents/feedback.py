@@ -84,9 +84,7 @@ async def apply_batch(messages: list[RawMessage]) -> None:
             _note_delivery(outbox, m.partition, fb)
     for (partition, key), state in states.items():
         outbox.put(users, partition, key, state.encode())
-    for partition in {m.partition for m in fresh}:
-        last = max(m.offset for m in fresh if m.partition == partition)
-        outbox.put(users, partition, PROGRESS, str(last + 1).encode())
+    outbox.put_progress(users, fresh, PROGRESS)
     await flush(app.producer, outbox)
 
 

@@ -61,15 +61,10 @@ def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
         applier.apply(outbox, partition, key, result.changed[(partition, key)], fx, now)
     for dl in result.dead_letters:
         dead_letter_message(outbox, config.topics.dlq, dl.message, dl.code, dl.reason)
-    next_offsets: dict[int, int] = {}
-    for m in fresh:
-        next_offsets[m.partition] = m.offset + 1
-    for partition, nxt in next_offsets.items():
-        counts = result.by_partition.get(partition, {})
-        if counts:
-            ledger = add_to_ledger(users.get(partition, LEDGER_KEY), counts)
-            outbox.put(users, partition, LEDGER_KEY, ledger)
-        outbox.put(users, partition, PROGRESS_KEY, str(nxt).encode())
+    for partition, counts in result.by_partition.items():
+        ledger = add_to_ledger(users.get(partition, LEDGER_KEY), counts)
+        outbox.put(users, partition, LEDGER_KEY, ledger)
+    outbox.put_progress(users, fresh, PROGRESS_KEY)
     return outbox
 
 

@@ -120,9 +120,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
         outbox.put(webhook_queue, m.partition, call.queue_key, m.value, BEFORE_STATE)
         outbox.put(webhook_calls, m.partition, webhook_id.encode(), call.encode())
         metrics.WEBHOOK_COMMANDS.labels(name, "queued").inc()
-    for partition in {m.partition for m in fresh}:
-        last = max(m.offset for m in fresh if m.partition == partition)
-        outbox.put(webhook_calls, partition, PROGRESS, str(last + 1).encode())
+    outbox.put_progress(webhook_calls, fresh, PROGRESS)
     if outbox:
         await flush(app.producer, outbox)
 

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mailstream import metrics
 from mailstream.storage import PartitionStore
 
 Headers = list[tuple[str, bytes]]
+
+
+class Consumed(Protocol):
+    """Where a consumed message came from."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
 
 # The ingest agent and the timer task both change user state; one at a time per worker.
 STATE_LOCK = asyncio.Lock()
@@ -54,6 +66,16 @@ class Outbox:
             if items is not None and key in items:
                 return items[key]
         return None
+
+    def put_progress(self, store: PartitionStore, messages: Iterable[Consumed], key: bytes) -> None:
+        """Each partition's progress record: the offset after the last of ``messages`` in
+        it. Put it after everything else the batch writes to ``store``, so it is sent
+        last."""
+        following: dict[int, int] = {}
+        for m in messages:
+            following[m.partition] = max(following.get(m.partition, 0), m.offset + 1)
+        for partition, offset in following.items():
+            self.put(store, partition, key, str(offset).encode())
 
     def send(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None

@@ -259,8 +259,16 @@ class HttpProvider:
     open its session (its credentials), build its request and read its answer."""
 
     name = "http"
+    key_what = "API key"  # what the key is called in the error when it is missing
 
-    def __init__(self) -> None:
+    def __init__(
+        self, settings: Any, env: Mapping[str, str], *, config_key: str | None = None
+    ) -> None:
+        """``settings`` names the key's variable (``api_key_env``); the key is read from
+        ``env`` when the provider starts."""
+        self.settings = settings
+        where = config_key or f"providers.{self.name}"
+        self._read_key = key_reader(env, settings.api_key_env, where, self.key_what)
         self._http: HttpSession | None = None
 
     def _open(self) -> HttpSession:

@@ -19,7 +19,6 @@ from mailstream.providers.http_common import (
     HttpSession,
     body_text,
     classify_http,
-    key_reader,
     parse_retry_after,
     read_json,
 )
@@ -85,17 +84,8 @@ class MailgunProvider(HttpProvider):
     """Sends through Mailgun's messages endpoint for one sending domain."""
 
     name = "mailgun"
-
-    def __init__(
-        self,
-        settings: MailgunSettings,
-        env: Mapping[str, str],
-        *,
-        config_key: str = "providers.mailgun",
-    ) -> None:
-        super().__init__()
-        self.settings = settings
-        self._read_key = key_reader(env, settings.api_key_env, config_key, "Mailgun API key")
+    key_what = "Mailgun API key"
+    settings: MailgunSettings
 
     def __repr__(self) -> str:
         return (

@@ -20,7 +20,6 @@ from mailstream.providers.http_common import (
     body_text,
     classify_http,
     custom_headers,
-    key_reader,
     parse_retry_after,
     read_json,
 )
@@ -104,17 +103,8 @@ class PostmarkProvider(HttpProvider):
     """Sends through Postmark's single-email endpoint."""
 
     name = "postmark"
-
-    def __init__(
-        self,
-        settings: PostmarkSettings,
-        env: Mapping[str, str],
-        *,
-        config_key: str = "providers.postmark",
-    ) -> None:
-        super().__init__()
-        self.settings = settings
-        self._read_key = key_reader(env, settings.api_key_env, config_key, "Postmark server token")
+    key_what = "Postmark server token"
+    settings: PostmarkSettings
 
     def __repr__(self) -> str:
         return (

@@ -24,7 +24,6 @@ from mailstream.providers.http_common import (
     body_text,
     classify_http,
     custom_headers,
-    key_reader,
     parse_reset_epoch,
     parse_retry_after,
     read_json,
@@ -103,17 +102,8 @@ class SendGridProvider(HttpProvider):
     """Sends through SendGrid's v3 Mail Send endpoint."""
 
     name = "sendgrid"
-
-    def __init__(
-        self,
-        settings: SendGridSettings,
-        env: Mapping[str, str],
-        *,
-        config_key: str = "providers.sendgrid",
-    ) -> None:
-        super().__init__()
-        self.settings = settings
-        self._read_key = key_reader(env, settings.api_key_env, config_key, "SendGrid API key")
+    key_what = "SendGrid API key"
+    settings: SendGridSettings
 
     def __repr__(self) -> str:
         return (
