@@ -8,7 +8,7 @@ import time
 from mailstream import metrics
 from mailstream.app import app, settled
 from mailstream.outbox import AFTER_STATE, STATE_LOCK, Outbox, flush
-from mailstream.runtime import applier, automation, suppression_list
+from mailstream.runtime import applier_for, automation_for, suppression_list
 from mailstream.timers import TimerKey, due_bound
 from mailstream.users import UserState
 from tables.timers import timers
@@ -36,11 +36,13 @@ async def fire_partition(partition: int, now: int) -> int:
             if stored is None:
                 continue
             state = UserState.decode(stored)
-        fx = automation.on_timer(state, timer.kind, timer.workflow, timer.due, now)
+        fx = automation_for(state.tenant_id).on_timer(
+            state, timer.kind, timer.workflow, timer.due, now
+        )
         metrics.TIMER_LAG.observe(max(0, now - timer.due) / 1000)
         if fx.changed:
             touched[timer.user_key] = state
-        applier.apply(outbox, partition, timer.user_key, state, fx, now)
+        applier_for(state.tenant_id).apply(outbox, partition, timer.user_key, state, fx, now)
     for key, state in touched.items():
         outbox.put(users, partition, key, state.encode())
     await flush(app.producer, outbox)

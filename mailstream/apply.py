@@ -50,7 +50,9 @@ class EffectsApplier:
         timers: PartitionStore,
         send_topics: dict[str, str],
         dlq_topic: str,
+        tenant_label: str = "default",
     ) -> None:
+        self.tenant_label = tenant_label  # for the metrics: bounded by the config
         self.templates = templates
         self.timers = timers
         self.send_topics = send_topics  # category -> topic
@@ -76,7 +78,7 @@ class EffectsApplier:
         for workflow, what in fx.counts:
             metrics.WORKFLOW_TRANSITIONS.labels(workflow, what).inc()
         for category, decision, reason in fx.decisions:
-            metrics.SEND_DECISIONS.labels(category, decision, reason).inc()
+            metrics.SEND_DECISIONS.labels(category, decision, reason, self.tenant_label).inc()
 
     def _send(
         self, outbox: Outbox, partition: int, user: UserState, intent: SendIntent, now: int

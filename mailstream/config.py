@@ -27,12 +27,12 @@ from mailstream.policy import PolicySettings
 from mailstream.providers.outbox import OutboxSettings
 from mailstream.providers.settings import MailgunSettings, PostmarkSettings, SendGridSettings
 from mailstream.providers.smtp import SmtpSettings
+from mailstream.tenants import Quota, Tenancy
 from mailstream.webhooks.settings import (
     MailgunWebhookSettings,
     PostmarkWebhookSettings,
     SendGridWebhookSettings,
 )
-from mailstream.tenants import Quota, Tenancy
 from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule, parse_clock, zone
 from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
 
