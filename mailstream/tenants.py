@@ -5,7 +5,7 @@ Pure: the caller passes the time (seconds, any monotonic origin) and the counts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailstream.ratelimit import TokenBucket, share
@@ -108,6 +108,3 @@ def over_daily_quota(quota: Quota, fraction: float, sent_today: int) -> bool:
     allowance = daily_allowance(quota, fraction)
     return allowance is not None and sent_today >= allowance
 
-
-def all_lanes(tenancy: Tenancy, extra: Iterable[str] = ()) -> list[str]:
-    return sorted(set(tenancy.names) | set(extra))
