@@ -14,7 +14,8 @@ import functools
 import logging
 import random
 import time
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -37,19 +38,25 @@ from mailstream.delivery import (
     QueueKey,
     accept,
     attempt,
+    delivery_key,
+    dropped,
     failed,
     orphaned,
+    postponed,
     rank_bounds,
     succeeded,
 )
+from mailstream.events import valid_tenant
+from mailstream.fair import CHOSEN, CLASSES, LANE_DONE, SKIP, STOP, TENANT_WAIT
 from mailstream.health import known_workflow
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
-from mailstream.runtime import automation, delivery_runtime
+from mailstream.runtime import automation_for, delivery_runtime, tenancy
 from mailstream.storage import progress_key
 from mailstream.suppression import Suppression
+from mailstream.tenants import over_daily_quota
 from mailstream.users import UserState, user_key
 from tables.deliveries import deliveries, delivery_queue, sent_key, sent_on
 from tables.users import users
@@ -61,7 +68,7 @@ sends_topic = app.topic(*SEND_TOPICS, key_serializer="raw", value_serializer="ra
 backfills = {topic: Backfill(config.bootstrap_servers, topic) for topic in SEND_TOPICS}
 REQUIRED = ("send_id", "tenant_id", "user_id", "to", "category", "subject", "text", "html")
 TICK_SECONDS = 0.02
-RANKS = range(6)
+MARKETING_CLASS = 1  # the index of the marketing ranks in mailstream.fair.CLASSES
 
 
 def _now_ms() -> int:
@@ -70,13 +77,20 @@ def _now_ms() -> int:
 
 def _count_for_workflow(command: Any, result: str, event_to_send_s: float | None = None) -> None:
     """The outcome of a send, for its workflow's health (mailstream.health)."""
-    name = command.get("workflow") if isinstance(command, dict) else None
-    workflow = known_workflow(name, automation.engine.workflows)
+    if not isinstance(command, dict):
+        return
+    tenant = command.get("tenant_id")
+    workflows = automation_for(tenant if isinstance(tenant, str) else "").engine.workflows
+    workflow = known_workflow(command.get("workflow"), workflows)
     if workflow is None:
         return
     metrics.WORKFLOW_SENDS.labels(workflow, result).inc()
     if event_to_send_s is not None:
         metrics.WORKFLOW_EVENT_TO_SEND.labels(workflow).observe(event_to_send_s)
+
+
+def _day_start_ms(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp() * 1000)
 
 
 def _decode_command(value: bytes | None) -> dict[str, Any] | str:
@@ -92,6 +106,8 @@ def _decode_command(value: bytes | None) -> dict[str, Any] | str:
         return f"missing or not a string: {', '.join(missing)}"
     if command["category"] not in ("transactional", "marketing"):
         return f"unknown category {command['category']!r}"
+    if not valid_tenant(command["tenant_id"]):
+        return "tenant_id must be 1 to 64 letters, digits or _ . -"
     return command
 
 
@@ -99,7 +115,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     """Record each new send command as queued; a send id seen before is a duplicate."""
     now = _now_ms()
     outbox = Outbox()
-    batch: dict[tuple[int, str], Delivery] = {}
+    batch: dict[tuple[int, bytes], Delivery] = {}
     for topic in SEND_TOPICS:
         mine = [m for m in messages if m.topic == topic]
         if not mine:
@@ -115,22 +131,29 @@ async def accept_batch(messages: list[RawMessage]) -> None:
                 dead_letter_message(outbox, config.topics.dlq, m, "bad_send_command", command)
                 metrics.DEAD_LETTERS.labels("bad_send_command").inc()
                 continue
-            send_id = command["send_id"]
-            slot = (m.partition, send_id)
+            tenant = command["tenant_id"]
+            if not tenancy.known(tenant):
+                reason = f"tenant_id {tenant!r} is not configured under tenants:"
+                dead_letter_message(outbox, config.topics.dlq, m, "unknown_tenant", reason)
+                metrics.DEAD_LETTERS.labels("unknown_tenant").inc()
+                continue
+            record_key = delivery_key(tenant, command["send_id"])
+            slot = (m.partition, record_key)
             existing = batch.get(slot)
             if existing is None:
-                raw = deliveries.get(m.partition, send_id.encode())
+                raw = deliveries.get(m.partition, record_key)
                 existing = Delivery.decode(raw) if raw is not None else None
-            delivery = accept(existing, command, now)
+            delivery = accept(existing, command, now, tenancy.lane(tenant))
+            label = tenancy.label(tenant)
             if delivery is None:
-                metrics.DELIVERIES.labels(command["category"], "deduplicated").inc()
+                metrics.DELIVERIES.labels(command["category"], "deduplicated", label).inc()
                 continue
             assert delivery.queue_key is not None
             batch[slot] = delivery
             # The queued command first: a record without it would make a replay skip it.
             outbox.put(delivery_queue, m.partition, delivery.queue_key, m.value, BEFORE_STATE)
-            outbox.put(deliveries, m.partition, send_id.encode(), delivery.encode())
-            metrics.DELIVERIES.labels(command["category"], "queued").inc()
+            outbox.put(deliveries, m.partition, record_key, delivery.encode())
+            metrics.DELIVERIES.labels(command["category"], "queued", label).inc()
         outbox.put_progress(deliveries, fresh, key)
     if outbox:
         await flush(app.producer, outbox)
@@ -170,12 +193,13 @@ class Dispatcher:
 
     def __init__(self) -> None:
         self.rt = delivery_runtime()
-        self.inflight: set[str] = set()
+        self.inflight: set[bytes] = set()  # delivery keys
         self.results: asyncio.Queue[Result] = asyncio.Queue()
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        await self.rt.provider.start()
+        for provider in self.rt.all_providers():
+            await provider.start()
         try:
             while True:
                 await asyncio.sleep(TICK_SECONDS)
@@ -186,70 +210,115 @@ class Dispatcher:
         finally:
             for task in self.tasks:
                 task.cancel()
-            await self.rt.provider.close()
+            for provider in self.rt.all_providers():
+                await provider.close()
 
     async def dispatch(self) -> None:
+        """Take the sends that may go now: transactional before marketing, the tenants
+        with ready sends taking turns within each (mailstream.fair)."""
         room = self.rt.concurrency - len(self.inflight)
         if room <= 0:
             return
         partitions = delivery_queue.active_partitions()
         if not partitions:
             return
-        self.rt.pacer.resize(len(partitions), config.topics.partitions, time.monotonic())
+        mono = time.monotonic()
+        fair = self.rt.fair
+        fair.resize(len(partitions), config.topics.partitions, mono)
         now = _now_ms()
         day = datetime.fromtimestamp(now / 1000, tz=UTC).date()
-        counts = {p: sent_on(p, day.isoformat()) for p in partitions}
+        iso = day.isoformat()
+        counts = {p: sent_on(p, iso) for p in partitions}
         sent_today = sum(counts.values())
+        lanes = tenancy.names
+        lane_counts = {(lane, p): sent_on(p, iso, lane) for lane in lanes for p in partitions}
+        lane_today = {lane: sum(lane_counts[(lane, p)] for p in partitions) for lane in lanes}
+        tomorrow = _day_start_ms(day + timedelta(days=1))
         outbox = Outbox()
         chosen: list[tuple[int, bytes, Delivery, bytes, dict[str, Any]]] = []
-        stop = False
-        for r in RANKS:
-            for p in partitions:
-                start, end = rank_bounds(r, now)
-                for key in delivery_queue.keys_between(p, start, end, room + 50):
-                    verdict = self._consider(p, key, now, day, sent_today + len(chosen), outbox)
-                    if verdict is None:
-                        continue
-                    if not isinstance(verdict, tuple):  # the pacer says stop
-                        stop = True
-                        break
-                    chosen.append(verdict)
-                    if len(chosen) >= room:
-                        stop = True
-                        break
-                if stop:
-                    break
-            if stop:
+
+        def queue(lane: str, ranks: tuple[int, ...]) -> Iterator[tuple[int, bytes]]:
+            for r in ranks:
+                for p in partitions:
+                    start, end = rank_bounds(r, now, lane)
+                    for key in delivery_queue.keys_between(p, start, end, room + 50):
+                        yield p, key
+
+        for klass, ranks in enumerate(CLASSES):
+
+            def offer(lane: str, item: tuple[int, bytes], klass: int = klass) -> str:
+                p, key = item
+                quota = tenancy.quotas[lane]
+                held = klass == MARKETING_CLASS and over_daily_quota(
+                    quota, fair.fraction, lane_today[lane]
+                )
+                verdict = self._consider(
+                    p,
+                    key,
+                    lane,
+                    now,
+                    mono,
+                    day,
+                    sent_today + len(chosen),
+                    outbox,
+                    hold_until=(tomorrow if quota.over_daily_quota == "defer" else 0)
+                    if held
+                    else None,
+                )
+                if not isinstance(verdict, tuple):
+                    return verdict
+                chosen.append(verdict)
+                lane_today[lane] += 1
+                return STOP if len(chosen) >= room else CHOSEN
+
+            if not fair.serve(klass, {lane: queue(lane, ranks) for lane in lanes}, offer):
                 break
         for p in {c[0] for c in chosen}:
             n = sum(1 for c in chosen if c[0] == p)
-            outbox.put(deliveries, p, sent_key(day.isoformat()), str(counts[p] + n).encode())
+            outbox.put(deliveries, p, sent_key(iso), str(counts[p] + n).encode())
+        for lane, p in {(tenancy.lane(c[2].tenant_id), c[0]) for c in chosen}:
+            n = sum(1 for c in chosen if c[0] == p and tenancy.lane(c[2].tenant_id) == lane)
+            outbox.put(deliveries, p, sent_key(iso, lane), str(lane_counts[(lane, p)] + n).encode())
         if not outbox:
             return
         await flush(app.producer, outbox)  # `attempting` is durable before any call
         for p, key, delivery, raw, command in chosen:
-            send_id = command["send_id"]
-            self.inflight.add(send_id)
+            self.inflight.add(delivery_key(delivery.tenant_id, command["send_id"]))
             task = asyncio.create_task(self._call(p, key, delivery, raw, command))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     def _consider(
-        self, p: int, key: bytes, now: int, day: Any, sent_today: int, outbox: Outbox
-    ) -> tuple[int, bytes, Delivery, bytes, dict[str, Any]] | bool | None:
-        """A queued send: chosen (with its command), None to skip it, False to stop."""
+        self,
+        p: int,
+        key: bytes,
+        lane: str,
+        now: int,
+        mono: float,
+        day: date,
+        sent_today: int,
+        outbox: Outbox,
+        hold_until: int | None = None,
+    ) -> tuple[int, bytes, Delivery, bytes, dict[str, Any]] | str:
+        """A queued send: chosen (with its command), or what the fair scheduler is to do
+        next (SKIP this one, LANE_DONE for its tenant, STOP for everyone).
+
+        ``hold_until``: the tenant is over its sends per day; the send is not taken but
+        postponed to then, or dropped when 0.
+        """
         qk = QueueKey.decode(key)
-        if qk.send_id in self.inflight:
-            return None
-        record = deliveries.get(p, qk.send_id.encode())
+        if qk.record_key in self.inflight:
+            return SKIP
+        record = deliveries.get(p, qk.record_key)
         delivery = Delivery.decode(record) if record is not None else None
         if delivery is None or delivery.queue_key != key or delivery.state in FINAL:
             outbox.put(delivery_queue, p, key, None, AFTER_STATE)  # left by a crash
-            return None
+            return SKIP
+        label = tenancy.label(delivery.tenant_id)
         if delivery.state == ATTEMPTING:
             # Attempting, but not by this process: its worker died during the call.
             requeued = orphaned(delivery, now)
-            outbox.put(deliveries, p, qk.send_id.encode(), delivery.encode())
+            outbox.put(deliveries, p, qk.record_key, delivery.encode())
             if not requeued:
                 # Listed on the dead-letter topic, so an operator can check with the provider.
                 outbox.put(delivery_queue, p, key, None, AFTER_STATE)
@@ -264,36 +333,70 @@ class Dispatcher:
                 _count_for_workflow(orjson.loads(value) if value else None, "unknown")
                 logger.warning("send %s: %s", qk.send_id, reason)
             metrics.DELIVERIES.labels(
-                delivery.category, "requeued" if requeued else "unknown"
+                delivery.category, "requeued" if requeued else "unknown", label
             ).inc()
-            return None
+            return SKIP
         raw = delivery_queue.get(p, key)
         if raw is None:
-            return None
+            return SKIP
+        if hold_until is not None:
+            self._hold(p, key, qk, delivery, raw, hold_until, now, outbox)
+            return SKIP
         command = orjson.loads(raw)
-        admission = self.rt.pacer.admit(
-            recipient_domain(command["to"]), time.monotonic(), day, sent_today
-        )
+        admission = self.rt.fair.admit(lane, recipient_domain(command["to"]), mono, day, sent_today)
         if admission.verdict == DOMAIN_WAIT:
-            return None
+            return SKIP
+        if admission.verdict == TENANT_WAIT:
+            metrics.PACER_WAITS.labels(TENANT_WAIT).inc()
+            return LANE_DONE
         if admission.verdict != GO:
             metrics.PACER_WAITS.labels(admission.verdict).inc()
-            return False
+            return STOP
         attempt(delivery, now)
-        outbox.put(deliveries, p, qk.send_id.encode(), delivery.encode())
+        outbox.put(deliveries, p, qk.record_key, delivery.encode())
         return p, key, delivery, raw, command
+
+    def _hold(
+        self,
+        p: int,
+        key: bytes,
+        qk: QueueKey,
+        delivery: Delivery,
+        raw: bytes,
+        until: int,
+        now: int,
+        outbox: Outbox,
+    ) -> None:
+        """A marketing send over its tenant's sends per day: to the next UTC day, or
+        dropped (``until`` 0)."""
+        label = tenancy.label(delivery.tenant_id)
+        if until:
+            postponed(delivery, until, now)
+            assert delivery.queue_key is not None
+            outbox.put(delivery_queue, p, delivery.queue_key, raw, BEFORE_STATE)
+            result, action = "quota_deferred", "deferred"
+        else:
+            dropped(delivery, now)
+            result, action = "quota_dropped", "dropped"
+        outbox.put(delivery_queue, p, key, None, AFTER_STATE)
+        outbox.put(deliveries, p, qk.record_key, delivery.encode())
+        metrics.DELIVERIES.labels(delivery.category, result, label).inc()
+        metrics.TENANT_QUOTA.labels(label, "sends_per_day", action).inc()
 
     async def _call(
         self, p: int, key: bytes, delivery: Delivery, raw: bytes, command: dict[str, Any]
     ) -> None:
         started = time.perf_counter()
         outcome: Accepted | SendFailure
+        tenant = delivery.tenant_id
+        provider = self.rt.provider_for(tenant)
         try:
-            outcome = await self.rt.provider.send(compose(command, self.rt.sender, self.rt.tokens))
+            message = compose(command, self.rt.sender_for(tenant), self.rt.tokens)
+            outcome = await provider.send(message)
         except SendFailure as failure:
             outcome = failure
         except Exception as exc:  # a provider bug must not lose the send
-            logger.exception("provider %s failed unexpectedly", self.rt.provider.name)
+            logger.exception("provider %s failed unexpectedly", provider.name)
             outcome = SendFailure("error", repr(exc), retryable=True)
         await self.results.put((p, key, delivery, raw, command, outcome, started))
 
@@ -307,10 +410,11 @@ class Dispatcher:
         now = _now_ms()
         outbox = Outbox()
         suppress: list[tuple[int, dict[str, Any], SendFailure]] = []
-        provider = self.rt.provider.name
         for p, key, delivery, raw, command, outcome, started in finished:
-            send_id = command["send_id"]
+            record_key = delivery_key(delivery.tenant_id, command["send_id"])
             category = delivery.category
+            provider = self.rt.provider_for(delivery.tenant_id).name
+            label = tenancy.label(delivery.tenant_id)
             metrics.PROVIDER_SECONDS.labels(provider).observe(time.perf_counter() - started)
             if isinstance(outcome, Accepted):
                 succeeded(delivery, outcome, now)
@@ -320,7 +424,7 @@ class Dispatcher:
                     waited = max(0, now - event_at) / 1000
                     metrics.EVENT_TO_SEND.observe(waited)
                 outbox.put(delivery_queue, p, key, None, AFTER_STATE)
-                metrics.SENDS.labels(provider, category, "sent").inc()
+                metrics.SENDS.labels(provider, category, "sent", label).inc()
                 _count_for_workflow(command, "sent", waited)
             else:
                 result = failed(delivery, outcome, self.rt.retry, now, random.random())
@@ -328,16 +432,16 @@ class Dispatcher:
                     assert delivery.queue_key is not None
                     outbox.put(delivery_queue, p, delivery.queue_key, raw, BEFORE_STATE)
                     outbox.put(delivery_queue, p, key, None, AFTER_STATE)
-                    metrics.SENDS.labels(provider, category, "retry").inc()
+                    metrics.SENDS.labels(provider, category, "retry", label).inc()
                     _count_for_workflow(command, "retry")
                 else:
                     outbox.put(delivery_queue, p, key, None, AFTER_STATE)
                     self._dead_letter(outbox, p, raw, command, delivery, outcome, result.reason)
-                    metrics.SENDS.labels(provider, category, result.reason).inc()
+                    metrics.SENDS.labels(provider, category, result.reason, label).inc()
                     _count_for_workflow(command, result.reason)
                     if result.suppress:
                         suppress.append((p, command, outcome))
-            outbox.put(deliveries, p, send_id.encode(), delivery.encode())
+            outbox.put(deliveries, p, record_key, delivery.encode())
         if suppress:
             async with STATE_LOCK:  # user records are the ingest agent's too
                 for p, command, failure in suppress:
@@ -345,8 +449,8 @@ class Dispatcher:
                 await flush(app.producer, outbox)
         else:
             await flush(app.producer, outbox)
-        for *_, command, _, _ in finished:
-            self.inflight.discard(command["send_id"])
+        for _, _, delivery, _, command, _, _ in finished:
+            self.inflight.discard(delivery_key(delivery.tenant_id, command["send_id"]))
 
     def _dead_letter(
         self,
@@ -359,7 +463,7 @@ class Dispatcher:
         reason: str,
     ) -> None:
         code = "delivery_failed" if reason == "permanent" else "delivery_exhausted"
-        text = f"{self.rt.provider.name} {failure.code}: {failure.message}"
+        text = f"{self.rt.provider_for(delivery.tenant_id).name} {failure.code}: {failure.message}"
         if reason == "exhausted":
             text = f"gave up after {delivery.attempts} attempts; last: {text}"
         headers = dead_letter_headers(code, text, "delivery", p, -1)
@@ -376,7 +480,8 @@ class Dispatcher:
         if stored is None:
             return
         user = UserState.decode(stored)
-        source = f"delivery:{self.rt.provider.name}:{failure.code}"
+        provider = self.rt.provider_for(command["tenant_id"]).name
+        source = f"delivery:{provider}:{failure.code}"
         user.suppressions["hard_bounce"] = Suppression("hard_bounce", source, now)
         outbox.put(users, p, key, user.encode())
         metrics.SUPPRESSED.labels("hard_bounce").inc()

@@ -18,7 +18,7 @@ from mailstream.backfill import (
     consume_in_batches,
     sweep_quiet_partitions,
 )
-from mailstream.delivery import Delivery, note_feedback
+from mailstream.delivery import Delivery, delivery_key, note_feedback
 from mailstream.feedback import Feedback, FeedbackSettings, apply_feedback
 from mailstream.ingest import RawMessage
 from mailstream.outbox import STATE_LOCK, Outbox, flush
@@ -90,7 +90,7 @@ async def apply_batch(messages: list[RawMessage]) -> None:
 
 def _note_delivery(outbox: Outbox, partition: int, fb: Feedback) -> None:
     assert fb.send_id is not None
-    key = fb.send_id.encode()
+    key = delivery_key(fb.tenant_id or config.ingest.default_tenant, fb.send_id)
     # an earlier event of this batch may have changed it
     raw = outbox.pending(deliveries, partition, key) or deliveries.get(partition, key)
     if raw is None:

@@ -29,8 +29,9 @@ from mailstream.ingest import (
     ingest_batch,
 )
 from mailstream.outbox import STATE_LOCK, Outbox, flush
-from mailstream.runtime import applier, automation, suppression_list
+from mailstream.runtime import applier_for, automation_for, suppression_list, tenancy
 from mailstream.storage import LEDGER_KEY, PROGRESS_KEY
+from mailstream.tenants import EventRates
 from mailstream.users import UserState
 from tables.users import users
 
@@ -43,7 +44,10 @@ settings = IngestSettings(
     dedup_max_ids=config.ingest.dedup_max_ids_per_user,
     sampling={kind: rule.rule() for kind, rule in config.sampling.items()},
     throttling={kind: rule.rule() for kind, rule in config.throttling.items()},
+    tenancy=tenancy,
 )
+# The tenants' events-per-second quotas: this worker's share, by the partitions it owns.
+event_rates = EventRates(tenancy)
 backfill = Backfill(config.bootstrap_servers, config.topics.events)
 
 
@@ -58,7 +62,8 @@ def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
     for (partition, key), state in result.changed.items():
         outbox.put(users, partition, key, state.encode())
     for (partition, key), fx in result.reactions:
-        applier.apply(outbox, partition, key, result.changed[(partition, key)], fx, now)
+        user = result.changed[(partition, key)]
+        applier_for(user.tenant_id).apply(outbox, partition, key, user, fx, now)
     for dl in result.dead_letters:
         dead_letter_message(outbox, config.topics.dlq, dl.message, dl.code, dl.reason)
     for partition, counts in result.by_partition.items():
@@ -71,12 +76,14 @@ def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
 def count(result: BatchResult, consumed: int, replayed: int) -> None:
     metrics.EVENTS_CONSUMED.inc(consumed)
     metrics.REPLAYED.inc(replayed)
-    for (outcome, label), n in result.outcomes.items():
+    for (outcome, label, tenant), n in result.counts.items():
         if outcome == DEAD_LETTERED:
             metrics.DEAD_LETTERS.labels(label).inc(n)
-            metrics.EVENT_OUTCOMES.labels(outcome, "invalid").inc(n)
+            metrics.EVENT_OUTCOMES.labels(outcome, "invalid", tenant).inc(n)
         else:
-            metrics.EVENT_OUTCOMES.labels(outcome, metrics.event_type_label(label)).inc(n)
+            metrics.EVENT_OUTCOMES.labels(outcome, metrics.event_type_label(label), tenant).inc(n)
+    for tenant, n in result.tenant_throttled.items():
+        metrics.TENANT_QUOTA.labels(tenant, "events_per_second", "throttled").inc(n)
 
 
 # (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
@@ -92,9 +99,12 @@ async def process(messages: list[RawMessage]) -> None:
     now = int(time.time() * 1000)
 
     def react(state: UserState, event: Event) -> Effects:
-        return automation.on_event(state, event, now)
+        return automation_for(state.tenant_id).on_event(state, event, now)
 
-    result = ingest_batch(fresh, load_user, now, settings, react)
+    if event_rates.buckets:
+        owned = len(users.active_partitions())
+        event_rates.resize(owned, config.topics.partitions, now / 1000)
+    result = ingest_batch(fresh, load_user, now, settings, react, event_rates)
     if fresh:
         await flush(app.producer, to_outbox(result, fresh, now))
     count(result, len(fresh), replayed)

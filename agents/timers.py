@@ -9,7 +9,7 @@ from mailstream import metrics
 from mailstream.app import app, settled
 from mailstream.health import known_workflow, timer_workflow
 from mailstream.outbox import AFTER_STATE, STATE_LOCK, Outbox, flush
-from mailstream.runtime import applier, automation, suppression_list
+from mailstream.runtime import applier_for, automation_for, suppression_list
 from mailstream.timers import TimerKey, due_bound
 from mailstream.users import UserState
 from tables.timers import timers
@@ -38,6 +38,7 @@ async def fire_partition(partition: int, now: int) -> int:
                 continue
             state = UserState.decode(stored)
         workflow = timer_workflow(timer.kind, timer.workflow, state.deferred)
+        automation = automation_for(state.tenant_id)
         fx = automation.on_timer(state, timer.kind, timer.workflow, timer.due, now)
         lag = max(0, now - timer.due) / 1000
         metrics.TIMER_LAG.observe(lag)
@@ -45,7 +46,7 @@ async def fire_partition(partition: int, now: int) -> int:
             metrics.WORKFLOW_TIMER_LAG.labels(workflow).observe(lag)
         if fx.changed:
             touched[timer.user_key] = state
-        applier.apply(outbox, partition, timer.user_key, state, fx, now)
+        applier_for(state.tenant_id).apply(outbox, partition, timer.user_key, state, fx, now)
     for key, state in touched.items():
         outbox.put(users, partition, key, state.encode())
     await flush(app.producer, outbox)

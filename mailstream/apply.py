@@ -55,7 +55,9 @@ class EffectsApplier:
         send_topics: dict[str, str],
         dlq_topic: str,
         webhook_topic: str | None = None,
+        tenant_label: str = "default",
     ) -> None:
+        self.tenant_label = tenant_label  # for the metrics: bounded by the config
         self.templates = templates
         self.timers = timers
         self.send_topics = send_topics  # category -> topic
@@ -84,7 +86,7 @@ class EffectsApplier:
         for workflow, what in fx.counts:
             metrics.WORKFLOW_TRANSITIONS.labels(workflow, what).inc()
         for category, decision, reason in fx.decisions:
-            metrics.SEND_DECISIONS.labels(category, decision, reason).inc()
+            metrics.SEND_DECISIONS.labels(category, decision, reason, self.tenant_label).inc()
 
     def _send(
         self, outbox: Outbox, partition: int, user: UserState, intent: SendIntent, now: int

@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     model_validator,
 )
@@ -26,6 +27,7 @@ from mailstream.policy import PolicySettings
 from mailstream.providers.outbox import OutboxSettings
 from mailstream.providers.settings import MailgunSettings, PostmarkSettings, SendGridSettings
 from mailstream.providers.smtp import SmtpSettings
+from mailstream.tenants import Quota, Tenancy
 from mailstream.webhook_step.settings import WebhookEndpoint
 from mailstream.webhooks.settings import (
     MailgunWebhookSettings,
@@ -93,6 +95,9 @@ class IngestConfig(_Section):
     batch_size: int = Field(500, ge=1, le=100_000)
     batch_within: Seconds = 0.05
     default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # events of a tenant not under `tenants:`: dead_letter (reason unknown_tenant) or
+    # allow (default settings); unset: dead_letter once `tenants:` names any, else allow
+    unknown_tenants: Literal["dead_letter", "allow"] | None = None
 
 
 EventType = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
@@ -282,6 +287,45 @@ class WebConfig(_Section):
     funnel_every: Annotated[Seconds, Field(ge=5)] = 60.0
 
 
+TenantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class TenantQuotaConfig(_Section):
+    events_per_second: float | None = Field(None, gt=0)  # per tenant, the whole deployment
+    sends_per_day: int | None = Field(None, ge=1)  # UTC days; transactional is never held
+    over_daily_quota: Literal["defer", "drop"] = "defer"  # what happens to marketing beyond
+    rate_share: float | None = Field(None, gt=0, le=1)  # of delivery.rate_limit
+
+    def quota(self) -> Quota:
+        return Quota(
+            self.events_per_second, self.sends_per_day, self.over_daily_quota, self.rate_share
+        )
+
+
+# The top-level sections a tenant may override, and the delivery keys among them (the
+# rest of `delivery` is the deployment's: one rate limit, one retry policy, one queue).
+TENANT_SECTIONS = ("workflows", "templates_dir", "policy", "delivery", "providers")
+TENANT_DELIVERY_KEYS = (
+    "provider",
+    "from_address",
+    "reply_to",
+    "message_id_domain",
+    "unsubscribe_mailto",
+)
+
+
+class TenantConfig(_Section):
+    """A tenant's own settings: its quota, and the sections that replace the defaults'
+    (merged key by key; checked in full by ``Config.tenant_configs``)."""
+
+    quota: TenantQuotaConfig = TenantQuotaConfig()
+    workflows: dict[str, Any] | None = None
+    templates_dir: Path | None = None
+    policy: dict[str, Any] | None = None
+    delivery: dict[str, Any] | None = None
+    providers: dict[str, Any] | None = None
+
+
 class Config(_Section):
     app_id: str = Field("mailstream", pattern=r"^[A-Za-z0-9._-]+$")
     data_dir: Path = Path("data")
@@ -311,6 +355,10 @@ class Config(_Section):
     ) = None
     # Other YAML files whose `workflows:` are added to these (paths relative to this file).
     include: list[str] = []
+    # tenant id -> its quota and the sections it overrides (see docs/tenants.md)
+    tenants: dict[TenantId, TenantConfig] = {}
+
+    _tenant_configs: dict[str, Config] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _provider_configured(self) -> Config:
@@ -338,6 +386,21 @@ class Config(_Section):
     def compiled_workflows(self) -> list[Workflow]:
         specs = self.workflows if self.workflows is not None else default_workflows()
         return [compile_workflow(name, spec) for name, spec in specs.items()]
+
+    def tenant(self, tenant_id: str) -> Config:
+        """The effective config of a tenant: its own sections over the defaults. An
+        unconfigured tenant (and the default one, unless configured) gets the defaults."""
+        return self._tenant_configs.get(tenant_id, self)
+
+    def tenancy(self) -> Tenancy:
+        unknown = self.ingest.unknown_tenants
+        if unknown is None:
+            unknown = "dead_letter" if self.tenants else "allow"
+        return Tenancy(
+            self.ingest.default_tenant,
+            {name: t.quota.quota() for name, t in self.tenants.items()},
+            allow_unknown=unknown == "allow",
+        )
 
     @property
     def bootstrap_servers(self) -> str:
@@ -420,9 +483,66 @@ def parse_config(
     raw = copy.deepcopy(raw)
     overridden = _apply_overrides(raw, os.environ if env is None else env)
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format_errors(source, exc, overridden)) from None
+    for name, tenant in config.tenants.items():
+        config._tenant_configs[name] = _tenant_config(raw, name, tenant, source)
+    return config
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: mappings merge key by key, anything else replaces."""
+    if not (isinstance(base, dict) and isinstance(over, dict)):
+        return copy.deepcopy(over)
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = deep_merge(base.get(key), value) if key in base else copy.deepcopy(value)
+    return merged
+
+
+def _tenant_config(raw: dict[str, Any], name: str, tenant: TenantConfig, source: str) -> Config:
+    """The defaults with the tenant's sections merged on top, validated as a whole; an
+    error names the key under ``tenants.<name>``."""
+    where = f"tenants.{name}"
+    merged = {k: v for k, v in raw.items() if k not in ("tenants", "include")}
+    extra = set(tenant.delivery or {}) - set(TENANT_DELIVERY_KEYS)
+    if extra:
+        key = sorted(extra)[0]
+        raise ConfigError(
+            f"{source}: {where}.delivery.{key}: set for the whole deployment, not per tenant"
+            f" (a tenant may set {', '.join(TENANT_DELIVERY_KEYS)}; its share of the rate is"
+            f" {where}.quota.rate_share)"
+        )
+    for section in ("policy", "delivery", "providers"):
+        value = getattr(tenant, section)
+        if value is not None:
+            merged[section] = deep_merge(raw.get(section) or {}, value)
+    if tenant.templates_dir is not None:
+        merged["templates_dir"] = str(tenant.templates_dir)
+    if tenant.workflows is not None:
+        # By name: a tenant's workflow replaces the default's of that name, null removes it.
+        base = raw.get("workflows")
+        if base is None:
+            base = yaml.safe_load(DEFAULT_WORKFLOWS.read_text(encoding="utf-8"))
+        flows = dict(base or {})
+        for flow, spec in tenant.workflows.items():
+            if spec is None:
+                flows.pop(flow, None)
+            else:
+                flows[flow] = spec
+        merged["workflows"] = flows
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join([where, *(str(p) for p in err["loc"])])
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; docs/tenants.md lists every key)"
+            lines.append(f"{source}: {key}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
 
 
 def load_config(

@@ -26,7 +26,8 @@ from mailstream.dlq import describe
 from mailstream.health_view import local_figures, workflow_health
 from mailstream.pages import render_page
 from mailstream.ratelimit import warmup_cap
-from mailstream.stats import Minutes, add_up, collect, figures, funnel
+from mailstream.runtime import tenancy
+from mailstream.stats import Minutes, add_up, collect, figures, funnel, tenant_figures
 from mailstream.storage import LEDGER_KEY
 from mailstream.users import UserState
 from mailstream.web import (
@@ -106,6 +107,7 @@ def local_stats() -> dict[str, Any]:
         "sent_today": sum(sent_on(p, day) for p in partitions),
         "workflow_figures": local_figures(),
         "ledger": ledger(partitions),
+        "tenants": _tenants(samples, day),
     }
 
 
@@ -119,6 +121,21 @@ def ledger(partitions: list[int]) -> dict[str, Any]:
         for outcome, n in (orjson.loads(raw) if raw else {}).items():
             outcomes[outcome] = outcomes.get(outcome, 0) + n
     return {"partitions": len(partitions), "events": sum(outcomes.values()), **outcomes}
+
+
+def _tenants(samples: Any, day: str) -> dict[str, dict[str, float]]:
+    """Per tenant: its figures since start, and the sends its lane made today here."""
+    rows = tenant_figures(samples)
+    for name in tenancy.names:
+        row = rows.setdefault(name, {})
+        row["sent_today"] = sum(sent_on(p, day, name) for p in delivery_partitions())
+    return rows
+
+
+def delivery_partitions() -> list[int]:
+    from tables.deliveries import delivery_queue
+
+    return delivery_queue.active_partitions() if config.delivery.enabled else []
 
 
 @app.page("/api/local/stats")

@@ -11,6 +11,7 @@ Pure: the agent passes the time, the provider's answer and the jitter in.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,8 @@ ATTEMPTING = "attempting"
 SENT = "sent"
 FAILED = "failed"
 UNKNOWN = "unknown"
-FINAL = (SENT, FAILED, UNKNOWN)
+DROPPED = "dropped"  # marketing beyond its tenant's sends per day, with over_daily_quota: drop
+FINAL = (SENT, FAILED, UNKNOWN, DROPPED)
 
 # Queue order: every transactional send before any marketing one, then by priority.
 _RANK = {
@@ -37,6 +39,12 @@ _RANK = {
     ("marketing", "low"): 5,
 }
 _QUEUE_HEAD = struct.Struct(">BQ")  # rank, then ready time: byte order is queue order
+_SEP = b"\x1f"  # tenant ids cannot hold it
+
+
+def delivery_key(tenant: str, send_id: str) -> bytes:
+    """The deliveries table key of a send: tenant-scoped, like every per-user key."""
+    return tenant.encode() + _SEP + send_id.encode()
 
 
 def rank(category: str, priority: str) -> int:
@@ -48,22 +56,39 @@ def rank(category: str, priority: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class QueueKey:
+    """Where a send waits: its tenant's delivery lane (mailstream.tenants.Tenancy.lane)
+    first, so each lane is one key range, then rank, ready time, tenant and send id."""
+
     rank: int
     ready: int  # epoch ms: not before
     send_id: str
+    tenant: str = "default"
+    lane: str = "default"
 
     def encode(self) -> bytes:
-        return _QUEUE_HEAD.pack(self.rank, self.ready) + self.send_id.encode()
+        return (
+            self.lane.encode()
+            + _SEP
+            + _QUEUE_HEAD.pack(self.rank, self.ready)
+            + delivery_key(self.tenant, self.send_id)
+        )
 
     @classmethod
     def decode(cls, raw: bytes) -> QueueKey:
-        r, ready = _QUEUE_HEAD.unpack_from(raw)
-        return cls(r, ready, raw[_QUEUE_HEAD.size :].decode())
+        cut = raw.index(_SEP)
+        r, ready = _QUEUE_HEAD.unpack_from(raw, cut + 1)
+        tenant, _, send_id = raw[cut + 1 + _QUEUE_HEAD.size :].partition(_SEP)
+        return cls(r, ready, send_id.decode(), tenant.decode(), raw[:cut].decode())
+
+    @property
+    def record_key(self) -> bytes:
+        return delivery_key(self.tenant, self.send_id)
 
 
-def rank_bounds(r: int, now: int) -> tuple[bytes, bytes]:
-    """Keys of rank ``r`` ready at ``now`` sort in [start, end)."""
-    return _QUEUE_HEAD.pack(r, 0), _QUEUE_HEAD.pack(r, now + 1)
+def rank_bounds(r: int, now: int, lane: str = "default") -> tuple[bytes, bytes]:
+    """Keys of ``lane`` and rank ``r`` ready at ``now`` sort in [start, end)."""
+    head = lane.encode() + _SEP
+    return head + _QUEUE_HEAD.pack(r, 0), head + _QUEUE_HEAD.pack(r, now + 1)
 
 
 @dataclass(slots=True)
@@ -134,13 +159,20 @@ class RetryPolicy:
     max_delay_s: float = 600.0
 
 
-def accept(existing: Delivery | None, command: dict[str, Any], now: int) -> Delivery | None:
-    """A send command arrives: a new queued delivery, or None for a send id seen before
-    (a replayed or re-sent command)."""
+def accept(
+    existing: Delivery | None, command: dict[str, Any], now: int, lane: str | None = None
+) -> Delivery | None:
+    """A send command arrives: a new queued delivery in its tenant's lane (default: the
+    tenant's own), or None for a send id seen before (a replayed or re-sent command)."""
     if existing is not None:
         return None
+    tenant = command["tenant_id"]
     key = QueueKey(
-        rank(command["category"], command.get("priority", "normal")), now, command["send_id"]
+        rank(command["category"], command.get("priority", "normal")),
+        now,
+        command["send_id"],
+        tenant,
+        lane or tenant,
     )
     return Delivery(
         state=QUEUED,
@@ -198,8 +230,25 @@ def failed(
     delivery.state = QUEUED
     assert delivery.queue_key is not None, "a delivery keeps its queue key until it is final"
     old = QueueKey.decode(delivery.queue_key)
-    delivery.queue_key = QueueKey(old.rank, retry_at, old.send_id).encode()
+    delivery.queue_key = dataclasses.replace(old, ready=retry_at).encode()
     return FailureOutcome(retry_at, False, "retry")
+
+
+def postponed(delivery: Delivery, until: int, now: int) -> None:
+    """Held back (its tenant's daily quota) until ``until``: queued again for then."""
+    assert delivery.queue_key is not None, "only a queued delivery is postponed"
+    old = QueueKey.decode(delivery.queue_key)
+    delivery.queue_key = dataclasses.replace(old, ready=until).encode()
+    delivery.updated = now
+    delivery.history.append([now, "quota_deferred", "over the tenant's sends per day"])
+
+
+def dropped(delivery: Delivery, now: int) -> None:
+    """Given up (its tenant's daily quota, over_daily_quota: drop): never sent."""
+    delivery.state = DROPPED
+    delivery.queue_key = None
+    delivery.updated = now
+    delivery.history.append([now, "quota_dropped", "over the tenant's sends per day"])
 
 
 def orphaned(delivery: Delivery, now: int, resend: bool | None = None) -> bool:

@@ -10,6 +10,7 @@ import orjson
 
 from mailstream.dedup import id_hash
 from mailstream.events import Event, Invalid, decode_event
+from mailstream.tenants import OTHER_LABEL, EventRates, Tenancy
 from mailstream.users import UserState, apply_event, user_key
 from mailstream.windows import SamplingRule, ThrottleRule, sample, throttle
 
@@ -47,6 +48,8 @@ class IngestSettings:
     dedup_max_ids: int
     sampling: Mapping[str, SamplingRule] = field(default_factory=dict)
     throttling: Mapping[str, ThrottleRule] = field(default_factory=dict)
+    # None: every tenant is allowed, with no quota
+    tenancy: Tenancy | None = None
 
 
 @dataclass(slots=True)
@@ -55,19 +58,30 @@ class BatchResult:
 
     changed: dict[tuple[int, bytes], UserState] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
-    # (outcome, event_type or reason code) -> count
-    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)
+    # (outcome, event_type or reason code, tenant label) -> count
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     # what ``react`` returned for each processed event, with the user's slot, in order
     reactions: list[tuple[tuple[int, bytes], Any]] = field(default_factory=list)
     # partition -> outcome -> count: what each partition's ledger record adds
     by_partition: dict[int, dict[str, int]] = field(default_factory=dict)
 
-    def count(self, outcome: str, label: str, partition: int) -> None:
-        k = (outcome, label)
-        self.outcomes[k] = self.outcomes.get(k, 0) + 1
+    # tenant-scoped quotas that held events back: tenant label -> count
+    tenant_throttled: dict[str, int] = field(default_factory=dict)
+
+    def count(self, outcome: str, label: str, partition: int, tenant: str = OTHER_LABEL) -> None:
+        k = (outcome, label, tenant)
+        self.counts[k] = self.counts.get(k, 0) + 1
         ledger = self.by_partition.setdefault(partition, {})
         ledger[outcome] = ledger.get(outcome, 0) + 1
+
+    @property
+    def outcomes(self) -> dict[tuple[str, str], int]:
+        """(outcome, event_type or reason code) -> count, over all tenants."""
+        out: dict[tuple[str, str], int] = {}
+        for (outcome, label, _tenant), n in self.counts.items():
+            out[(outcome, label)] = out.get((outcome, label), 0) + n
+        return out
 
 
 @dataclass(slots=True)
@@ -149,13 +163,17 @@ def ingest_batch(
     now_ms: int,
     settings: IngestSettings,
     react: Callable[[UserState, Event], Any] | None = None,
+    rates: EventRates | None = None,
 ) -> BatchResult:
     """Decide every message of a batch in order; each ends in exactly one outcome.
 
     A user touched several times in the batch is loaded once and written once.
     ``react`` (the workflow engine) sees each processed event right after it is folded
-    into the user's state, so it sees the state as of that event.
+    into the user's state, so it sees the state as of that event. ``rates`` holds the
+    tenants' events-per-second quotas; an event beyond its tenant's is throttled before
+    its user is even read.
     """
+    tenancy = settings.tenancy
     result = BatchResult()
     changed = result.changed
     loaded: dict[tuple[int, bytes], UserState] = {}  # read once, whether or not it changes
@@ -168,10 +186,25 @@ def ingest_batch(
             result.dead_letters.append(DeadLetter(msg, decoded.code, decoded.reason))
             result.count(DEAD_LETTERED, decoded.code, msg.partition)
             continue
+        tenant = decoded.tenant_id
+        if tenancy is not None and not tenancy.known(tenant):
+            reason = (
+                f"tenant_id {tenant!r} is not configured under tenants: (set"
+                " ingest.unknown_tenants: allow to run such events with the default settings)"
+            )
+            result.dead_letters.append(DeadLetter(msg, "unknown_tenant", reason))
+            result.count(DEAD_LETTERED, "unknown_tenant", msg.partition)
+            continue
+        label = tenancy.label(tenant) if tenancy is not None else tenant
         if msg.key != decoded.user_id.encode():
             problem = _key_problem(msg.key, decoded.user_id)
             result.dead_letters.append(DeadLetter(msg, problem.code, problem.reason))
-            result.count(DEAD_LETTERED, problem.code, msg.partition)
+            result.count(DEAD_LETTERED, problem.code, msg.partition, label)
+            continue
+        if rates is not None and not rates.admit(tenant, now_ms / 1000):
+            # Over the tenant's events per second: dropped before anything is read.
+            result.count(THROTTLED, decoded.event_type, msg.partition, label)
+            result.tenant_throttled[label] = result.tenant_throttled.get(label, 0) + 1
             continue
         slot = (msg.partition, user_key(decoded.tenant_id, decoded.user_id))
         state = changed.get(slot) or loaded.get(slot)
@@ -180,12 +213,12 @@ def ingest_batch(
             loaded[slot] = state
         digest = id_hash(decoded.event_id)  # checked now, remembered if the event is kept
         if state.seen.has(digest):
-            result.count(DEDUPLICATED, decoded.event_type, msg.partition)
+            result.count(DEDUPLICATED, decoded.event_type, msg.partition, label)
             continue
         dropped = admit(state, decoded, now_ms, settings)
         if dropped is not None:
             # Nothing is written for it: not the state, not even the dedup window.
-            result.count(dropped, decoded.event_type, msg.partition)
+            result.count(dropped, decoded.event_type, msg.partition, label)
             continue
         state.seen.remember(digest, now_s)
         apply_event(state, decoded)
@@ -193,7 +226,7 @@ def ingest_batch(
         result.events.append(decoded)
         if react is not None:
             result.reactions.append((slot, react(state, decoded)))
-        result.count(PROCESSED, decoded.event_type, msg.partition)
+        result.count(PROCESSED, decoded.event_type, msg.partition, label)
     for state in changed.values():
         state.seen.prune(now_s, settings.dedup_window_s, settings.dedup_max_ids)
     return result

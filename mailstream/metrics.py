@@ -9,8 +9,9 @@ EVENTS_CONSUMED = Counter(
 )
 EVENT_OUTCOMES = Counter(
     "mailstream_events_total",
-    "Consumed events by final outcome and event type (invalid events have type 'invalid').",
-    ["outcome", "event_type"],
+    "Consumed events by final outcome, event type (invalid events have type 'invalid') and"
+    " tenant (configured tenants and the default; '(other)' for the rest).",
+    ["outcome", "event_type", "tenant"],
 )
 DEAD_LETTERS = Counter(
     "mailstream_dead_letters_total",
@@ -48,8 +49,9 @@ SEND_DECISIONS = Counter(
     "mailstream_send_decisions_total",
     "Send policy decisions by category, decision (send, drop, defer) and reason (ok,"
     " no_recipient, suppressed, globally_suppressed, no_consent, capped, quiet_hours,"
-    " goal_reached). A deferred send is decided again when due, so it counts again.",
-    ["category", "decision", "reason"],
+    " goal_reached), by tenant. A deferred send is decided again when due, so it counts"
+    " again.",
+    ["category", "decision", "reason", "tenant"],
 )
 TIMERS_FIRED = Counter("mailstream_timers_fired_total", "Timers that came due and were run.")
 TIMER_LAG = Histogram(
@@ -93,13 +95,14 @@ DELIVERIES = Counter(
     "mailstream_deliveries_total",
     "Send commands the delivery agent took in or resolved, by category and result: queued,"
     " deduplicated (send id seen before), requeued (transactional found mid-attempt after a"
-    " crash) and unknown (marketing found mid-attempt: not sent again).",
-    ["category", "result"],
+    " crash), unknown (marketing found mid-attempt: not sent again), quota_deferred and"
+    " quota_dropped (marketing beyond the tenant's sends per day), by tenant.",
+    ["category", "result", "tenant"],
 )
 SENDS = Counter(
     "mailstream_sends_total",
-    "Provider calls by provider, category and result: sent, retry, permanent, exhausted.",
-    ["provider", "category", "result"],
+    "Provider calls by provider, category, result (sent, retry, permanent, exhausted) and tenant.",
+    ["provider", "category", "result", "tenant"],
 )
 PROVIDER_SECONDS = Histogram(
     "mailstream_provider_request_seconds",
@@ -110,7 +113,8 @@ PROVIDER_SECONDS = Histogram(
 PACER_WAITS = Counter(
     "mailstream_pacer_waits_total",
     "Times the dispatcher stopped for the provider rate limit (rate_wait) or the day's"
-    " warm-up cap (warmup_cap) with sends ready.",
+    " warm-up cap (warmup_cap) with sends ready, or skipped a tenant whose share of the"
+    " rate was used up (tenant_wait).",
     ["reason"],
 )
 SUPPRESSED = Counter(
@@ -221,4 +225,11 @@ WORKFLOW_TIMER_LAG = Histogram(
     " held sends ran after their due time.",
     ["workflow"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+
+TENANT_QUOTA = Counter(
+    "mailstream_tenant_quota_total",
+    "What a tenant's quota held back, by tenant, quota (events_per_second, sends_per_day)"
+    " and action (throttled, deferred, dropped).",
+    ["tenant", "quota", "action"],
 )

@@ -4,43 +4,73 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailstream.app import config
 from mailstream.apply import EffectsApplier
 from mailstream.automation import Automation
 from mailstream.compose import Sender
+from mailstream.config import Config
 from mailstream.delivery import RetryPolicy
 from mailstream.engine import Engine
 from mailstream.exceptions import ConfigError
+from mailstream.fair import FairPacer
 from mailstream.policy import Policy
 from mailstream.providers import build_provider
 from mailstream.providers.base import Provider
 from mailstream.ratelimit import Pacer
 from mailstream.suppression_list import GlobalSuppressionList
 from mailstream.templates import DEFAULT_TEMPLATE_DIR, Templates
+from mailstream.tenants import OTHER_LABEL
 from mailstream.unsubscribe import UnsubscribeTokens
 from tables.timers import timers
 
 suppression_list = GlobalSuppressionList(
     config.bootstrap_servers, config.topics.suppression, config.data_dir / "suppression-list"
 )
-automation = Automation(
-    Engine(config.compiled_workflows()),
-    Policy(config.policy.settings(), listed=suppression_list.get),
-)
-templates = Templates(config.templates_dir or DEFAULT_TEMPLATE_DIR)
-applier = EffectsApplier(
-    templates,
-    timers,
-    {
-        "transactional": config.topics.sends_transactional,
-        "marketing": config.topics.sends_marketing,
-    },
-    config.topics.dlq,
-    config.topics.webhooks,
-)
+tenancy = config.tenancy()
+
+
+def _automation(cfg: Config) -> Automation:
+    return Automation(
+        Engine(cfg.compiled_workflows()),
+        Policy(cfg.policy.settings(), listed=suppression_list.get),
+    )
+
+
+def _applier(cfg: Config, label: str) -> EffectsApplier:
+    return EffectsApplier(
+        Templates(cfg.templates_dir or DEFAULT_TEMPLATE_DIR),
+        timers,
+        {
+            "transactional": config.topics.sends_transactional,
+            "marketing": config.topics.sends_marketing,
+        },
+        config.topics.dlq,
+        config.topics.webhooks,
+        tenant_label=label,
+    )
+
+
+# The default settings, and each configured tenant's own (workflows, policy, templates).
+automation = _automation(config)
+applier = _applier(config, tenancy.label(config.ingest.default_tenant))
+_automations = {name: _automation(config.tenant(name)) for name in config.tenants}
+_appliers = {name: _applier(config.tenant(name), name) for name in config.tenants}
+# Unconfigured tenants (when allowed) run with the defaults, labelled (other).
+_other_applier = _applier(config, OTHER_LABEL)
+
+
+def automation_for(tenant: str) -> Automation:
+    return _automations.get(tenant, automation)
+
+
+def applier_for(tenant: str) -> EffectsApplier:
+    found = _appliers.get(tenant)
+    if found is not None:
+        return found
+    return applier if tenant == config.ingest.default_tenant else _other_applier
 
 
 @dataclass
@@ -53,6 +83,30 @@ class DeliveryRuntime:
     tokens: UnsubscribeTokens
     retry: RetryPolicy
     concurrency: int
+    fair: FairPacer
+    # per configured tenant whose settings differ from the defaults'
+    providers: dict[str, Provider] = field(default_factory=dict)
+    senders: dict[str, Sender] = field(default_factory=dict)
+
+    def provider_for(self, tenant: str) -> Provider:
+        return self.providers.get(tenant, self.provider)
+
+    def sender_for(self, tenant: str) -> Sender:
+        return self.senders.get(tenant, self.sender)
+
+    def all_providers(self) -> list[Provider]:
+        return [self.provider, *self.providers.values()]
+
+
+def _sender(cfg: Config) -> Sender:
+    d = cfg.delivery
+    return Sender(
+        from_address=d.from_address,
+        reply_to=d.reply_to,
+        message_id_domain=d.message_id_domain or Sender.domain_of(d.from_address),
+        public_url=d.public_url or config.web_url,
+        unsubscribe_mailto=d.unsubscribe_mailto,
+    )
 
 
 def unsubscribe_tokens(env: Mapping[str, str] = os.environ) -> UnsubscribeTokens:
@@ -70,26 +124,28 @@ def unsubscribe_tokens(env: Mapping[str, str] = os.environ) -> UnsubscribeTokens
 
 def delivery_runtime(env: Mapping[str, str] = os.environ) -> DeliveryRuntime:
     d = config.delivery
-    return DeliveryRuntime(
+    pacer = Pacer(
+        d.rate_limit,
+        d.burst or d.rate_limit,
+        d.domain_limits,
+        d.warmup.daily_caps if d.warmup else (),
+        d.warmup.start if d.warmup else None,
+    )
+    rt = DeliveryRuntime(
         provider=build_provider(config, env),
-        pacer=Pacer(
-            d.rate_limit,
-            d.burst or d.rate_limit,
-            d.domain_limits,
-            d.warmup.daily_caps if d.warmup else (),
-            d.warmup.start if d.warmup else None,
-        ),
-        sender=Sender(
-            from_address=d.from_address,
-            reply_to=d.reply_to,
-            message_id_domain=d.message_id_domain or Sender.domain_of(d.from_address),
-            public_url=d.public_url or config.web_url,
-            unsubscribe_mailto=d.unsubscribe_mailto,
-        ),
+        pacer=pacer,
+        sender=_sender(config),
         tokens=unsubscribe_tokens(env),
         retry=RetryPolicy(d.retry.max_attempts, d.retry.base, d.retry.max_delay),
         concurrency=d.concurrency,
+        fair=FairPacer(pacer, {name: q.rate_share for name, q in tenancy.quotas.items()}),
     )
+    for name in config.tenants:
+        own = config.tenant(name)
+        if own.delivery != config.delivery or own.providers != config.providers:
+            rt.providers[name] = build_provider(own, env)
+            rt.senders[name] = _sender(own)
+    return rt
 
 
 def webhook_handlers(env: Mapping[str, str] = os.environ) -> dict[str, Any]:

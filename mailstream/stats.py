@@ -58,6 +58,36 @@ def figures(samples: Samples) -> dict[str, float]:
     return result
 
 
+# The per-tenant figures: from the counters that carry a tenant label.
+TENANT_FIGURES: dict[str, tuple[str, dict[str, str]]] = {
+    "processed": ("mailstream_events_total", {"outcome": "processed"}),
+    "deduplicated": ("mailstream_events_total", {"outcome": "deduplicated"}),
+    "throttled": ("mailstream_events_total", {"outcome": "throttled"}),
+    "dead_lettered": ("mailstream_events_total", {"outcome": "dead_lettered"}),
+    "send_decisions": ("mailstream_send_decisions_total", {"decision": "send"}),
+    "dropped": ("mailstream_send_decisions_total", {"decision": "drop"}),
+    "deferred": ("mailstream_send_decisions_total", {"decision": "defer"}),
+    "queued": ("mailstream_deliveries_total", {"result": "queued"}),
+    "quota_held": ("mailstream_tenant_quota_total", {"quota": "sends_per_day"}),
+    "sent": ("mailstream_sends_total", {"result": "sent"}),
+    "failed": ("mailstream_sends_total", {"result": "permanent"}),
+}
+
+
+def tenant_figures(samples: Samples) -> dict[str, dict[str, float]]:
+    """Per tenant label (bounded by the config), the TENANT_FIGURES; a tenant with no
+    figure yet is absent."""
+    out: dict[str, dict[str, float]] = {}
+    for figure, (name, labels) in TENANT_FIGURES.items():
+        for found, value in samples.get(name, ()):
+            tenant = found.get("tenant")
+            if tenant is None or not all(found.get(k) == v for k, v in labels.items()):
+                continue
+            row = out.setdefault(tenant, dict.fromkeys(TENANT_FIGURES, 0.0))
+            row[figure] += value
+    return out
+
+
 class Minutes:
     """Snapshots of the figures, to tell how much each grew over the last minute."""
 

@@ -17,7 +17,7 @@ from yarl import URL
 
 from mailstream.app import app, config, events_topic, settled
 from mailstream.auth import SESSION_COOKIE, AdminAuth, bearer_matches, mask_email
-from mailstream.delivery import Delivery
+from mailstream.delivery import Delivery, delivery_key
 from mailstream.exceptions import ConfigError
 from mailstream.runtime import suppression_list
 from mailstream.users import UserState, user_key
@@ -117,7 +117,7 @@ def local_user(tenant: str, user_id: str, full: bool) -> dict[str, Any] | None:
         sent: dict[str, Any] = {}
         for decision in view["send_decisions"]:
             send_id = decision["send_id"]
-            record = deliveries.get(partition, send_id.encode())
+            record = deliveries.get(partition, delivery_key(tenant, send_id))
             if record is not None and send_id not in sent:
                 sent[send_id] = {"send_id": send_id, **Delivery.decode(record).to_json()}
         view["deliveries"] = list(sent.values())

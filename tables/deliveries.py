@@ -21,12 +21,14 @@ delivery_queue = raw_table(
 )
 
 
-def sent_key(day: str) -> bytes:
+def sent_key(day: str, tenant: str | None = None) -> bytes:
     """The record counting a partition's sends on a UTC day (ISO date), for the warm-up
-    cap and the dashboard; the control byte keeps it apart from send ids."""
-    return b"\x00sent:" + day.encode()
+    cap and the dashboard, or only a tenant's (its delivery lane's), for its sends per
+    day; the control byte keeps it apart from delivery keys."""
+    key = b"\x00sent:" + day.encode()
+    return key if tenant is None else key + b"\x1f" + tenant.encode()
 
 
-def sent_on(partition: int, day: str) -> int:
-    raw = deliveries.get(partition, sent_key(day))
+def sent_on(partition: int, day: str, tenant: str | None = None) -> int:
+    raw = deliveries.get(partition, sent_key(day, tenant))
     return int(raw) if raw is not None else 0
