@@ -8,6 +8,8 @@ import logging
 import time
 from typing import Any
 
+from faust.types import TP
+
 from mailstream import metrics
 from mailstream.app import app, config, events_topic, settled
 from mailstream.apply import dead_letter_message
@@ -29,6 +31,7 @@ from mailstream.ingest import (
     ingest_batch,
 )
 from mailstream.outbox import STATE_LOCK, Outbox, flush
+from mailstream.reader import DirectReader
 from mailstream.runtime import applier_for, automation_for, suppression_list, tenancy
 from mailstream.storage import LEDGER_KEY, PROGRESS_KEY
 from mailstream.tenants import EventRates
@@ -49,6 +52,13 @@ settings = IngestSettings(
 # The tenants' events-per-second quotas: this worker's share, by the partitions it owns.
 event_rates = EventRates(tenancy)
 backfill = Backfill(config.bootstrap_servers, config.topics.events)
+reader = DirectReader(
+    config.bootstrap_servers,
+    config.topics.events,
+    config.ingest.batch_size,
+    config.ingest.batch_within,
+    config.broker.fetch_max_wait or (0.05 if config.broker.embedded else None),
+)
 
 
 def load_user(partition: int, key: bytes) -> UserState | None:
@@ -124,11 +134,40 @@ async def ingest(stream: Any) -> None:
     )
 
 
+def pause_faust_fetching(partitions: list[int]) -> None:
+    """Faust keeps the events partitions assigned; the direct reader reads them."""
+    app.consumer.pause_partitions({TP(config.topics.events, p) for p in partitions})
+
+
+if config.ingest.direct_read:
+
+    @app.task
+    async def read_events() -> None:
+        await reader.run(
+            users.active_partitions,
+            users.progress,
+            settled,
+            process,
+            STATE_LOCK,
+            pause_faust_fetching,
+        )
+
+    @app.on_partitions_revoked.connect
+    async def _stop_reading(*_: Any, **__: Any) -> None:
+        # Under the lock: a batch being applied finishes before the partitions move.
+        async with STATE_LOCK:
+            reader.invalidate()
+
+    @app.on_partitions_assigned.connect
+    async def _read_again(*_: Any, **__: Any) -> None:
+        reader.invalidate()
+
+
 @app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_tails() -> None:
     """Events the consumer skipped at the end of a quiet partition (see
-    mailstream.backfill.sweep_quiet_partitions)."""
-    if settled():
+    mailstream.backfill.sweep_quiet_partitions). The direct reader skips nothing."""
+    if settled() and not config.ingest.direct_read:
         partitions = users.active_partitions()
         await sweep_quiet_partitions(
             partitions, last_seen, users.progress, backfill, process, STATE_LOCK
@@ -141,3 +180,4 @@ async def _close_backfill_on_stop() -> None:
         await asyncio.Event().wait()
     finally:
         await backfill.close()
+        await reader.close()

@@ -60,5 +60,12 @@ def settled() -> bool:
 config = load_config()
 app = create_app(config)
 
-events_topic = app.topic(config.topics.events, key_serializer="raw", value_serializer="raw")
+# Read directly (mailstream.reader), Faust only keeps the events partitions assigned:
+# without acks, its monitor does not take the paused stream for a stuck one.
+events_topic = app.topic(
+    config.topics.events,
+    key_serializer="raw",
+    value_serializer="raw",
+    acks=not config.ingest.direct_read,
+)
 dlq_topic = app.topic(config.topics.dlq, key_serializer="raw", value_serializer="raw")

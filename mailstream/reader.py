@@ -1,0 +1,135 @@
+"""Reading the events topic straight from Kafka, for the partitions this worker owns.
+
+Faust's stream path costs about as much per event as everything mailstream does with
+it (each message is handed from the consumer thread to the event loop, wrapped in an
+Event, queued per stream, tracked for acknowledgement and reported to every sensor).
+The ingest agent works in batches and keeps its own durable position (the progress
+record written with each batch), so it needs none of that. The ``DirectReader`` is a
+group-less consumer on the event loop that reads each owned partition from its
+progress record in batches, while Faust keeps the partitions assigned (so tables and
+topic stay co-partitioned) but pauses fetching them.
+
+Ownership comes from Faust's group: the reader only applies a batch while the worker
+is settled and the batch was read under the current assignment (``epoch``). A
+rebalance bumps the epoch under the state lock, so a batch in flight finishes (its
+effects durable) before the partitions move, and one read before the rebalance is
+dropped and read again from the progress records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from mailstream.ingest import RawMessage
+
+logger = logging.getLogger(__name__)
+
+
+class DirectReader:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        batch_size: int,
+        within: float,
+        fetch_max_wait: float | None = None,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.batch_size = batch_size
+        self.within_ms = max(1, int(within * 1000))
+        self.fetch_max_wait_ms = int((fetch_max_wait if fetch_max_wait is not None else 0.5) * 1000)
+        # bumped by every rebalance: a batch read under an older epoch is not applied
+        self.epoch = 0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._assigned: tuple[int, ...] = ()
+        self._assigned_epoch = -1
+
+    def invalidate(self) -> None:
+        """The assignment changed (or is about to): re-read positions before the next batch."""
+        self.epoch += 1
+
+    async def _client(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.bootstrap_servers,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=self.fetch_max_wait_ms,
+                max_partition_fetch_bytes=1 << 20,
+            )
+            await consumer.start()
+            self._consumer = consumer
+        return self._consumer
+
+    async def _assign(
+        self, partitions: Iterable[int], progress: Callable[[int], int | None]
+    ) -> None:
+        """Read ``partitions`` from each one's next unapplied offset."""
+        consumer = await self._client()
+        owned = tuple(sorted(partitions))
+        tps = [TopicPartition(self.topic, p) for p in owned]
+        consumer.assign(tps)
+        for tp in tps:
+            start = progress(tp.partition)
+            if start is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start)
+        if owned != self._assigned:
+            logger.info("reading %s partitions %s directly", self.topic, list(owned))
+        self._assigned = owned
+
+    async def run(
+        self,
+        owned: Callable[[], list[int]],
+        progress: Callable[[int], int | None],
+        settled: Callable[[], bool],
+        apply: Callable[[list[RawMessage]], Awaitable[None]],
+        lock: asyncio.Lock,
+        on_assign: Callable[[list[int]], None] = lambda partitions: None,
+    ) -> None:
+        """Forever: read a batch of the owned partitions and apply it under ``lock``.
+
+        ``owned()`` lists the partitions this worker owns, ``progress(p)`` is partition
+        p's next unapplied offset (None: none applied yet), ``settled()`` says the worker's
+        view of its partitions is complete, and ``on_assign`` is told each new assignment
+        (to pause Faust's own fetching of them)."""
+        while True:
+            if not settled():
+                await asyncio.sleep(0.05)
+                continue
+            if self._assigned_epoch != self.epoch:
+                epoch = self.epoch
+                partitions = owned()
+                on_assign(partitions)
+                await self._assign(partitions, progress)
+                self._assigned_epoch = epoch
+            if not self._assigned:
+                await asyncio.sleep(0.2)
+                continue
+            consumer = await self._client()
+            batch = await consumer.getmany(
+                timeout_ms=self.within_ms, max_records=self.batch_size
+            )
+            messages = [
+                RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
+                for records in batch.values()
+                for m in records
+            ]
+            if not messages:
+                continue
+            async with lock:
+                if self._assigned_epoch != self.epoch or not settled():
+                    continue  # read under an older assignment: read again from progress
+                await apply(messages)
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
