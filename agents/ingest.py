@@ -33,6 +33,7 @@ from mailstream.ingest import (
 from mailstream.outbox import STATE_LOCK, Outbox, flush
 from mailstream.reader import DirectReader
 from mailstream.runtime import applier_for, automation_for, suppression_list, tenancy
+from mailstream.state_cache import StateCache
 from mailstream.storage import LEDGER_KEY, PROGRESS_KEY
 from mailstream.tenants import EventRates
 from mailstream.users import UserState
@@ -61,16 +62,21 @@ reader = DirectReader(
 )
 
 
+user_cache = StateCache(config.ingest.user_cache)
+
+
 def load_user(partition: int, key: bytes) -> UserState | None:
     raw = users.get(partition, key)
-    return None if raw is None else UserState.decode(raw)
+    return None if raw is None else user_cache.load((partition, key), raw)
 
 
 def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
     """Everything the batch decided, with each partition's progress record last."""
     outbox = Outbox()
-    for (partition, key), state in result.changed.items():
-        outbox.put(users, partition, key, state.encode())
+    for slot, state in result.changed.items():
+        raw = state.encode()
+        outbox.put(users, slot[0], slot[1], raw)
+        user_cache.written(slot, raw, state)
     for (partition, key), fx in result.reactions:
         user = result.changed[(partition, key)]
         applier_for(user.tenant_id).apply(outbox, partition, key, user, fx, now)
@@ -157,6 +163,7 @@ if config.ingest.direct_read:
         # Under the lock: a batch being applied finishes before the partitions move.
         async with STATE_LOCK:
             reader.invalidate()
+            user_cache.clear()
 
     @app.on_partitions_assigned.connect
     async def _read_again(*_: Any, **__: Any) -> None:

@@ -98,6 +98,9 @@ class IngestConfig(_Section):
     # records) instead of Faust's per-message stream: same guarantees, a fraction of
     # the cost per event (mailstream.reader). false: Faust's stream.
     direct_read: bool = True
+    # Decoded user states kept between batches (mailstream.state_cache); 0: none.
+    # Roughly 4 KB of memory each.
+    user_cache: int = Field(10_000, ge=0, le=10_000_000)
     default_tenant: str = Field("default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     # events of a tenant not under `tenants:`: dead_letter (reason unknown_tenant) or
     # allow (default settings); unset: dead_letter once `tenants:` names any, else allow

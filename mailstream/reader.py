@@ -114,9 +114,7 @@ class DirectReader:
                 await asyncio.sleep(0.2)
                 continue
             consumer = await self._client()
-            batch = await consumer.getmany(
-                timeout_ms=self.within_ms, max_records=self.batch_size
-            )
+            batch = await consumer.getmany(timeout_ms=self.within_ms, max_records=self.batch_size)
             messages = [
                 RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
                 for records in batch.values()
