@@ -38,6 +38,7 @@ from mailstream.delivery import (
     QueueKey,
     accept,
     attempt,
+    dead_lettered,
     delivery_key,
     dropped,
     failed,
@@ -46,6 +47,7 @@ from mailstream.delivery import (
     rank_bounds,
     succeeded,
 )
+from mailstream.dispatch_loop import GuardedLoop, Suspect
 from mailstream.events import valid_tenant
 from mailstream.fair import CHOSEN, CLASSES, LANE_DONE, SKIP, STOP, TENANT_WAIT
 from mailstream.health import known_workflow
@@ -87,6 +89,14 @@ def _count_for_workflow(command: Any, result: str, event_to_send_s: float | None
     metrics.WORKFLOW_SENDS.labels(workflow, result).inc()
     if event_to_send_s is not None:
         metrics.WORKFLOW_EVENT_TO_SEND.labels(workflow).observe(event_to_send_s)
+
+
+def _label_of(queue_key: bytes) -> str:
+    """A queued send's id for a log line, even from a key that does not decode."""
+    try:
+        return QueueKey.decode(queue_key).send_id
+    except Exception:
+        return repr(queue_key)
 
 
 def _day_start_ms(day: date) -> int:
@@ -188,30 +198,35 @@ async def sweep_skipped_send_tails() -> None:
 Result = tuple[int, bytes, Delivery, bytes, dict[str, Any], Accepted | SendFailure, float]
 
 
-class Dispatcher:
-    """Takes queued sends as the pacer allows and calls the provider for each."""
+class Dispatcher(GuardedLoop):
+    """Takes queued sends as the pacer allows and calls the provider for each. A round
+    that raises is retried after a backoff; a send that keeps making rounds raise is
+    dead-lettered (mailstream.dispatch_loop)."""
 
     def __init__(self) -> None:
+        super().__init__("delivery", TICK_SECONDS, settled)
         self.rt = delivery_runtime()
         self.inflight: set[bytes] = set()  # delivery keys
         self.results: asyncio.Queue[Result] = asyncio.Queue()
+        # Finished calls taken from ``results`` whose outcome is not yet durable: kept
+        # until a settle flush succeeds, so a failed round loses none of them.
+        self.settling: list[Result] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         for provider in self.rt.all_providers():
             await provider.start()
         try:
-            while True:
-                await asyncio.sleep(TICK_SECONDS)
-                if not settled():
-                    continue
-                await self.settle()
-                await self.dispatch()
+            await self.loop()
         finally:
             for task in self.tasks:
                 task.cancel()
             for provider in self.rt.all_providers():
                 await provider.close()
+
+    async def run_round(self) -> None:
+        await self.settle()
+        await self.dispatch()
 
     async def dispatch(self) -> None:
         """Take the sends that may go now: transactional before marketing, the tenants
@@ -273,6 +288,7 @@ class Dispatcher:
 
             if not fair.serve(klass, {lane: queue(lane, ranks) for lane in lanes}, offer):
                 break
+        self.suspect = None  # what fails from here on is no one send's doing
         for p in {c[0] for c in chosen}:
             n = sum(1 for c in chosen if c[0] == p)
             outbox.put(deliveries, p, sent_key(iso), str(counts[p] + n).encode())
@@ -289,6 +305,25 @@ class Dispatcher:
             task.add_done_callback(self.tasks.discard)
 
     def _consider(
+        self,
+        p: int,
+        key: bytes,
+        lane: str,
+        now: int,
+        mono: float,
+        day: date,
+        sent_today: int,
+        outbox: Outbox,
+        hold_until: int | None = None,
+    ) -> tuple[int, bytes, Delivery, bytes, dict[str, Any]] | str:
+        """``_consider_one``, with the send in hand should it raise."""
+        what = f"queued send {_label_of(key)} on partition {p}"
+        self.suspect = Suspect((p, key), what, (p, key, None))
+        verdict = self._consider_one(p, key, lane, now, mono, day, sent_today, outbox, hold_until)
+        self.suspect = None
+        return verdict
+
+    def _consider_one(
         self,
         p: int,
         key: bytes,
@@ -402,15 +437,19 @@ class Dispatcher:
 
     async def settle(self) -> None:
         """Record the outcomes of finished calls, in one flush."""
-        if self.results.empty():
-            return
-        finished: list[Result] = []
         while not self.results.empty():
-            finished.append(self.results.get_nowait())
+            self.settling.append(self.results.get_nowait())
+        if not self.settling:
+            return
+        finished = list(self.settling)
         now = _now_ms()
         outbox = Outbox()
-        suppress: list[tuple[int, dict[str, Any], SendFailure]] = []
-        for p, key, delivery, raw, command, outcome, started in finished:
+        suppress: list[tuple[Suspect, int, dict[str, Any], SendFailure]] = []
+        for item in finished:
+            p, key, delivery, raw, command, outcome, started = item
+            what = f"finished send {command['send_id']} on partition {p}"
+            suspect = self.suspect = Suspect((p, key), what, (p, key, item))
+            delivery = delivery.copy()  # a failed round leaves the result as it came
             record_key = delivery_key(delivery.tenant_id, command["send_id"])
             category = delivery.category
             provider = self.rt.provider_for(delivery.tenant_id).name
@@ -440,17 +479,59 @@ class Dispatcher:
                     metrics.SENDS.labels(provider, category, result.reason, label).inc()
                     _count_for_workflow(command, result.reason)
                     if result.suppress:
-                        suppress.append((p, command, outcome))
+                        suppress.append((suspect, p, command, outcome))
             outbox.put(deliveries, p, record_key, delivery.encode())
         if suppress:
             async with STATE_LOCK:  # user records are the ingest agent's too
-                for p, command, failure in suppress:
+                for suspect, p, command, failure in suppress:
+                    self.suspect = suspect
                     self._suppress(outbox, p, command, failure, now)
+                self.suspect = None
                 await flush(app.producer, outbox)
         else:
+            self.suspect = None
             await flush(app.producer, outbox)
+        del self.settling[: len(finished)]
         for _, _, delivery, _, command, _, _ in finished:
             self.inflight.discard(delivery_key(delivery.tenant_id, command["send_id"]))
+
+    async def give_up(self, suspect: Suspect, reason: str) -> None:
+        """A send the dispatcher keeps failing on: dead-lettered, off the queue, its record
+        final, so it is neither lost silently nor attempted again."""
+        p, key, result = suspect.item
+        now = _now_ms()
+        raw = result[3] if result is not None else delivery_queue.get(p, key)
+        if result is not None:
+            outcome = result[5]
+            reason += (
+                f"; the provider had accepted it as {outcome.provider_message_id}"
+                if isinstance(outcome, Accepted)
+                else f"; the provider had answered {outcome.code}: {outcome.message}"
+            )
+        record_key = QueueKey.decode(key).record_key
+        stored = deliveries.get(p, record_key)
+        delivery: Delivery | None = None
+        if stored is not None:
+            try:
+                delivery = Delivery.decode(stored)
+            except Exception:  # an unreadable record is left as it is; the queue moves on
+                logger.exception("send record %r on partition %d is unreadable", record_key, p)
+        outbox = Outbox()
+        if delivery is not None:
+            dead_lettered(delivery, now, reason)
+            outbox.put(deliveries, p, record_key, delivery.encode())
+        outbox.put(delivery_queue, p, key, None, AFTER_STATE)
+        headers = dead_letter_headers("dispatcher_error", reason, "delivery", p, -1)
+        user = delivery.user_id if delivery is not None else ""
+        outbox.send(config.topics.dlq, user.encode(), raw or b"", headers)
+        await flush(app.producer, outbox)
+        metrics.DEAD_LETTERS.labels("dispatcher_error").inc()
+        if delivery is not None:
+            label = tenancy.label(delivery.tenant_id)
+            metrics.DELIVERIES.labels(delivery.category, "dead_lettered", label).inc()
+        if result is not None:
+            self.settling.remove(result)
+            self.inflight.discard(record_key)
 
     def _dead_letter(
         self,

@@ -233,3 +233,13 @@ TENANT_QUOTA = Counter(
     " and action (throttled, deferred, dropped).",
     ["tenant", "quota", "action"],
 )
+
+# ---- robustness (docs/robustness.md) -------------------------------------------------------
+
+DISPATCHER_ERRORS = Counter(
+    "mailstream_dispatcher_errors_total",
+    "Rounds of a dispatcher (delivery, webhooks) that raised; the loop backed off and went"
+    " on. A command that made three rounds raise is dead-lettered (reason"
+    " dispatcher_error).",
+    ["dispatcher"],
+)
