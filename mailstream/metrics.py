@@ -243,3 +243,10 @@ DISPATCHER_ERRORS = Counter(
     " dispatcher_error).",
     ["dispatcher"],
 )
+RECORDS_PRUNED = Counter(
+    "mailstream_records_pruned_total",
+    "Records deleted by the retention sweep, by table (deliveries, webhook_calls) and kind:"
+    " final (a finished send or call older than its retention), sent_counter (a past"
+    " day's sends count).",
+    ["table", "kind"],
+)
