@@ -10,7 +10,6 @@ else, and records the outcome.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -23,13 +22,7 @@ import orjson
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_headers, dead_letter_message
-from mailstream.backfill import (
-    QUIET_SECONDS,
-    Backfill,
-    complete,
-    consume_in_batches,
-    sweep_quiet_partitions,
-)
+from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.compose import compose, recipient_domain
 from mailstream.delivery import (
     ATTEMPTING,
@@ -38,7 +31,6 @@ from mailstream.delivery import (
     QueueKey,
     accept,
     attempt,
-    dead_lettered,
     delivery_key,
     dropped,
     failed,
@@ -47,7 +39,7 @@ from mailstream.delivery import (
     rank_bounds,
     succeeded,
 )
-from mailstream.dispatch_loop import GuardedLoop, Suspect
+from mailstream.dispatch_loop import GuardedLoop, Suspect, dead_letter_queued
 from mailstream.events import valid_tenant
 from mailstream.fair import CHOSEN, CLASSES, LANE_DONE, SKIP, STOP, TENANT_WAIT
 from mailstream.health import known_workflow
@@ -56,7 +48,6 @@ from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flu
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
 from mailstream.runtime import automation_for, delivery_runtime, tenancy
-from mailstream.storage import progress_key
 from mailstream.suppression import Suppression
 from mailstream.tenants import over_daily_quota
 from mailstream.users import UserState, user_key
@@ -67,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 SEND_TOPICS = (config.topics.sends_transactional, config.topics.sends_marketing)
 sends_topic = app.topic(*SEND_TOPICS, key_serializer="raw", value_serializer="raw")
-backfills = {topic: Backfill(config.bootstrap_servers, topic) for topic in SEND_TOPICS}
+# The agent and the tail sweep both accept commands, one batch at a time.
+intake = Intake(deliveries, SEND_TOPICS, config.bootstrap_servers)
 REQUIRED = ("send_id", "tenant_id", "user_id", "to", "category", "subject", "text", "html")
 TICK_SECONDS = 0.02
 MARKETING_CLASS = 1  # the index of the marketing ranks in mailstream.fair.CLASSES
@@ -91,12 +83,13 @@ def _count_for_workflow(command: Any, result: str, event_to_send_s: float | None
         metrics.WORKFLOW_EVENT_TO_SEND.labels(workflow).observe(event_to_send_s)
 
 
-def _label_of(queue_key: bytes) -> str:
-    """A queued send's id for a log line, even from a key that does not decode."""
+def _what(queue_key: bytes, partition: int) -> str:
+    """A queued send for a log line, even from a key that does not decode."""
     try:
-        return QueueKey.decode(queue_key).send_id
+        send_id = QueueKey.decode(queue_key).send_id
     except Exception:
-        return repr(queue_key)
+        send_id = repr(queue_key)
+    return f"queued send {send_id} on partition {partition}"
 
 
 def _day_start_ms(day: date) -> int:
@@ -127,14 +120,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     outbox = Outbox()
     batch: dict[tuple[int, bytes], Delivery] = {}
     for topic in SEND_TOPICS:
-        mine = [m for m in messages if m.topic == topic]
-        if not mine:
-            continue
-        key = progress_key(topic)
-        fresh, replayed = await complete(
-            mine, functools.partial(deliveries.progress, key=key), backfills[topic]
-        )
-        metrics.REPLAYED.inc(replayed)
+        fresh = await intake.fresh(messages, topic)
         for m in fresh:
             command = _decode_command(m.value)
             if isinstance(command, str):
@@ -164,35 +150,23 @@ async def accept_batch(messages: list[RawMessage]) -> None:
             outbox.put(delivery_queue, m.partition, delivery.queue_key, m.value, BEFORE_STATE)
             outbox.put(deliveries, m.partition, record_key, delivery.encode())
             metrics.DELIVERIES.labels(command["category"], "queued", label).inc()
-        outbox.put_progress(deliveries, fresh, key)
+        intake.put_progress(outbox, fresh, topic)
     if outbox:
         await flush(app.producer, outbox)
-
-
-# The agent and the tail sweep both accept commands; one batch at a time.
-ACCEPT_LOCK = asyncio.Lock()
-# (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
-last_seen: dict[tuple[str, int], float] = {}
 
 
 @app.agent(sends_topic, name="mailstream.delivery")
 async def accept_sends(stream: Any) -> None:
     """Acknowledge send commands only once they are durably queued."""
-    await consume_in_batches(stream, accept_batch, ACCEPT_LOCK, last_seen)
+    await intake.consume(stream, accept_batch)
 
 
 @app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_send_tails() -> None:
     """Send commands the consumer skipped at the end of a quiet partition: a skipped
     receipt would otherwise wait for the next command on its partition."""
-    if not settled():
-        return
-    partitions = deliveries.active_partitions()
-    for topic in SEND_TOPICS:
-        progress = functools.partial(deliveries.progress, key=progress_key(topic))
-        await sweep_quiet_partitions(
-            partitions, last_seen, progress, backfills[topic], accept_batch, ACCEPT_LOCK
-        )
+    if settled():
+        await intake.sweep(accept_batch)
 
 
 Result = tuple[int, bytes, Delivery, bytes, dict[str, Any], Accepted | SendFailure, float]
@@ -263,6 +237,8 @@ class Dispatcher(GuardedLoop):
 
             def offer(lane: str, item: tuple[int, bytes], klass: int = klass) -> str:
                 p, key = item
+                # the send in hand, should considering it raise (mailstream.dispatch_loop)
+                self.suspect = Suspect((p, key), _what(key, p), (p, key, None))
                 quota = tenancy.quotas[lane]
                 held = klass == MARKETING_CLASS and over_daily_quota(
                     quota, fair.fraction, lane_today[lane]
@@ -280,6 +256,7 @@ class Dispatcher(GuardedLoop):
                     if held
                     else None,
                 )
+                self.suspect = None
                 if not isinstance(verdict, tuple):
                     return verdict
                 chosen.append(verdict)
@@ -305,25 +282,6 @@ class Dispatcher(GuardedLoop):
             task.add_done_callback(self.tasks.discard)
 
     def _consider(
-        self,
-        p: int,
-        key: bytes,
-        lane: str,
-        now: int,
-        mono: float,
-        day: date,
-        sent_today: int,
-        outbox: Outbox,
-        hold_until: int | None = None,
-    ) -> tuple[int, bytes, Delivery, bytes, dict[str, Any]] | str:
-        """``_consider_one``, with the send in hand should it raise."""
-        what = f"queued send {_label_of(key)} on partition {p}"
-        self.suspect = Suspect((p, key), what, (p, key, None))
-        verdict = self._consider_one(p, key, lane, now, mono, day, sent_today, outbox, hold_until)
-        self.suspect = None
-        return verdict
-
-    def _consider_one(
         self,
         p: int,
         key: bytes,
@@ -509,21 +467,20 @@ class Dispatcher(GuardedLoop):
                 else f"; the provider had answered {outcome.code}: {outcome.message}"
             )
         record_key = QueueKey.decode(key).record_key
-        stored = deliveries.get(p, record_key)
-        delivery: Delivery | None = None
-        if stored is not None:
-            try:
-                delivery = Delivery.decode(stored)
-            except Exception:  # an unreadable record is left as it is; the queue moves on
-                logger.exception("send record %r on partition %d is unreadable", record_key, p)
         outbox = Outbox()
-        if delivery is not None:
-            dead_lettered(delivery, now, reason)
-            outbox.put(deliveries, p, record_key, delivery.encode())
-        outbox.put(delivery_queue, p, key, None, AFTER_STATE)
-        headers = dead_letter_headers("dispatcher_error", reason, "delivery", p, -1)
-        user = delivery.user_id if delivery is not None else ""
-        outbox.send(config.topics.dlq, user.encode(), raw or b"", headers)
+        delivery = dead_letter_queued(
+            outbox,
+            deliveries,
+            delivery_queue,
+            p,
+            key,
+            record_key,
+            command=raw,
+            reason=reason,
+            source="delivery",
+            dlq_topic=config.topics.dlq,
+            now=now,
+        )
         await flush(app.producer, outbox)
         metrics.DEAD_LETTERS.labels("dispatcher_error").inc()
         if delivery is not None:
@@ -574,5 +531,4 @@ async def run_dispatcher() -> None:
     try:
         await dispatcher.run()
     finally:
-        for backfill in backfills.values():
-            await backfill.close()
+        await intake.close()

@@ -11,7 +11,6 @@ keep goes into the user's enrollment context, in the same flush as the outcome.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -22,13 +21,7 @@ import orjson
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_headers, dead_letter_message
-from mailstream.backfill import (
-    QUIET_SECONDS,
-    Backfill,
-    complete,
-    consume_in_batches,
-    sweep_quiet_partitions,
-)
+from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.delivery import (
     ATTEMPTING,
     FAILED,
@@ -36,16 +29,14 @@ from mailstream.delivery import (
     Delivery,
     QueueKey,
     attempt,
-    dead_lettered,
     failed,
     orphaned,
     succeeded,
 )
-from mailstream.dispatch_loop import GuardedLoop, Suspect
+from mailstream.dispatch_loop import GuardedLoop, Suspect, dead_letter_queued
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
 from mailstream.providers.base import Accepted, SendFailure
-from mailstream.storage import progress_key
 from mailstream.users import UserState, user_key
 from mailstream.webhook_step.breaker import PROBE, STATE_VALUES, Breaker
 from mailstream.webhook_step.calls import (
@@ -66,8 +57,8 @@ logger = logging.getLogger(__name__)
 
 TOPIC = config.topics.webhooks
 webhooks_topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
-backfill = Backfill(config.bootstrap_servers, TOPIC)
-PROGRESS = progress_key(TOPIC)
+# The agent and the tail sweep both accept commands, one batch at a time.
+intake = Intake(webhook_calls, [TOPIC], config.bootstrap_servers)
 endpoints = build_endpoints(config.webhooks_out)
 TICK_SECONDS = 0.05
 CONCURRENCY = 32  # calls in flight per worker, all endpoints together
@@ -96,10 +87,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     """Record each new command as queued; a webhook id seen before is a duplicate."""
     now = _now_ms()
     outbox = Outbox()
-    fresh, replayed = await complete(
-        messages, functools.partial(webhook_calls.progress, key=PROGRESS), backfill
-    )
-    metrics.REPLAYED.inc(replayed)
+    fresh = await intake.fresh(messages, TOPIC)
     batch: dict[tuple[int, str], Delivery] = {}
     for m in fresh:
         command = decode_command(m.value)
@@ -131,30 +119,22 @@ async def accept_batch(messages: list[RawMessage]) -> None:
         outbox.put(webhook_queue, m.partition, call.queue_key, m.value, BEFORE_STATE)
         outbox.put(webhook_calls, m.partition, webhook_id.encode(), call.encode())
         metrics.WEBHOOK_COMMANDS.labels(name, "queued").inc()
-    outbox.put_progress(webhook_calls, fresh, PROGRESS)
+    intake.put_progress(outbox, fresh, TOPIC)
     if outbox:
         await flush(app.producer, outbox)
-
-
-ACCEPT_LOCK = asyncio.Lock()  # the agent and the tail sweep: one batch at a time
-last_seen: dict[tuple[str, int], float] = {}
 
 
 @app.agent(webhooks_topic, name="mailstream.webhooks")
 async def accept_commands(stream: Any) -> None:
     """Acknowledge webhook commands only once they are durably queued."""
-    await consume_in_batches(stream, accept_batch, ACCEPT_LOCK, last_seen)
+    await intake.consume(stream, accept_batch)
 
 
 @app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_webhook_tails() -> None:
     """Commands the consumer skipped at the end of a quiet partition."""
     if settled():
-        progress = functools.partial(webhook_calls.progress, key=PROGRESS)
-        partitions = webhook_calls.active_partitions()
-        await sweep_quiet_partitions(
-            partitions, last_seen, progress, backfill, accept_batch, ACCEPT_LOCK
-        )
+        await intake.sweep(accept_batch)
 
 
 # partition, queue key, record, command as queued, command, endpoint, breaker ticket
@@ -371,23 +351,20 @@ class Dispatcher(GuardedLoop):
             failure = item[1].failure
             reason += "; the call had succeeded" if failure is None else f"; the call: {failure}"
         webhook_id = QueueKey.decode(key).send_id
-        stored = webhook_calls.get(p, webhook_id.encode())
-        call: Delivery | None = None
-        if stored is not None:
-            try:
-                call = Delivery.decode(stored)
-            except Exception:  # an unreadable record is left as it is; the queue moves on
-                logger.exception(
-                    "webhook call record %r on partition %d is unreadable", webhook_id, p
-                )
         outbox = Outbox()
-        if call is not None:
-            dead_lettered(call, now, reason)
-            outbox.put(webhook_calls, p, webhook_id.encode(), call.encode())
-        outbox.put(webhook_queue, p, key, None, AFTER_STATE)
-        headers = dead_letter_headers("dispatcher_error", reason, "webhooks", p, -1)
-        user = call.user_id if call is not None else ""
-        outbox.send(config.topics.dlq, user.encode(), raw or b"", headers)
+        dead_letter_queued(
+            outbox,
+            webhook_calls,
+            webhook_queue,
+            p,
+            key,
+            webhook_id.encode(),
+            command=raw,
+            reason=reason,
+            source="webhooks",
+            dlq_topic=config.topics.dlq,
+            now=now,
+        )
         await flush(app.producer, outbox)
         metrics.DEAD_LETTERS.labels("dispatcher_error").inc()
         if item is not None:
@@ -453,4 +430,4 @@ async def run_webhook_dispatcher() -> None:
     try:
         await dispatcher.run()
     finally:
-        await backfill.close()
+        await intake.close()

@@ -11,7 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailstream import metrics
+from mailstream.apply import dead_letter_headers
+from mailstream.delivery import Delivery, dead_lettered
 from mailstream.dispatch_guard import ErrorPolicy, ErrorTracker
+from mailstream.outbox import AFTER_STATE, Outbox
+from mailstream.storage import PartitionStore
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +108,39 @@ class GuardedLoop:
                 self.errors.forget(suspect.key)
                 logger.error("%s dispatcher: dead-lettered %s: %s", self.name, where, reason)
         await asyncio.sleep(decision.backoff_s)
+
+
+def dead_letter_queued(
+    outbox: Outbox,
+    records: PartitionStore,
+    queue: PartitionStore,
+    partition: int,
+    queue_key: bytes,
+    record_key: bytes,
+    command: bytes | None,
+    reason: str,
+    source: str,
+    dlq_topic: str,
+    now: int,
+) -> Delivery | None:
+    """A queued send or webhook call given up: its record (if readable) final as
+    ``dead_lettered``, its queue entry deleted, and the command on the dead-letter topic
+    with reason code ``dispatcher_error`` (``source``: the dispatcher). Returns the record,
+    if there was one; the caller flushes ``outbox``."""
+    stored = records.get(partition, record_key)
+    record: Delivery | None = None
+    if stored is not None:
+        try:
+            record = Delivery.decode(stored)
+        except Exception:  # an unreadable record is left as it is; the queue moves on
+            logger.exception(
+                "%s record %r on partition %d is unreadable", records.name, record_key, partition
+            )
+    if record is not None:
+        dead_lettered(record, now, reason)
+        outbox.put(records, partition, record_key, record.encode())
+    outbox.put(queue, partition, queue_key, None, AFTER_STATE)
+    headers = dead_letter_headers("dispatcher_error", reason, source, partition, -1)
+    user = record.user_id if record is not None else ""
+    outbox.send(dlq_topic, user.encode(), command or b"", headers)
+    return record
