@@ -10,7 +10,6 @@ else, and records the outcome.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -23,13 +22,7 @@ import orjson
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_headers, dead_letter_message
-from mailstream.backfill import (
-    QUIET_SECONDS,
-    Backfill,
-    complete,
-    consume_in_batches,
-    sweep_quiet_partitions,
-)
+from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.compose import compose, recipient_domain
 from mailstream.delivery import (
     ATTEMPTING,
@@ -46,6 +39,7 @@ from mailstream.delivery import (
     rank_bounds,
     succeeded,
 )
+from mailstream.dispatch_loop import GuardedLoop, Suspect, dead_letter_queued
 from mailstream.events import valid_tenant
 from mailstream.fair import CHOSEN, CLASSES, LANE_DONE, SKIP, STOP, TENANT_WAIT
 from mailstream.health import known_workflow
@@ -54,7 +48,6 @@ from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flu
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
 from mailstream.runtime import automation_for, delivery_runtime, tenancy
-from mailstream.storage import progress_key
 from mailstream.suppression import Suppression
 from mailstream.tenants import over_daily_quota
 from mailstream.users import UserState, user_key
@@ -65,7 +58,8 @@ logger = logging.getLogger(__name__)
 
 SEND_TOPICS = (config.topics.sends_transactional, config.topics.sends_marketing)
 sends_topic = app.topic(*SEND_TOPICS, key_serializer="raw", value_serializer="raw")
-backfills = {topic: Backfill(config.bootstrap_servers, topic) for topic in SEND_TOPICS}
+# The agent and the tail sweep both accept commands, one batch at a time.
+intake = Intake(deliveries, SEND_TOPICS, config.bootstrap_servers)
 REQUIRED = ("send_id", "tenant_id", "user_id", "to", "category", "subject", "text", "html")
 TICK_SECONDS = 0.02
 MARKETING_CLASS = 1  # the index of the marketing ranks in mailstream.fair.CLASSES
@@ -87,6 +81,15 @@ def _count_for_workflow(command: Any, result: str, event_to_send_s: float | None
     metrics.WORKFLOW_SENDS.labels(workflow, result).inc()
     if event_to_send_s is not None:
         metrics.WORKFLOW_EVENT_TO_SEND.labels(workflow).observe(event_to_send_s)
+
+
+def _what(queue_key: bytes, partition: int) -> str:
+    """A queued send for a log line, even from a key that does not decode."""
+    try:
+        send_id = QueueKey.decode(queue_key).send_id
+    except Exception:
+        send_id = repr(queue_key)
+    return f"queued send {send_id} on partition {partition}"
 
 
 def _day_start_ms(day: date) -> int:
@@ -117,14 +120,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     outbox = Outbox()
     batch: dict[tuple[int, bytes], Delivery] = {}
     for topic in SEND_TOPICS:
-        mine = [m for m in messages if m.topic == topic]
-        if not mine:
-            continue
-        key = progress_key(topic)
-        fresh, replayed = await complete(
-            mine, functools.partial(deliveries.progress, key=key), backfills[topic]
-        )
-        metrics.REPLAYED.inc(replayed)
+        fresh = await intake.fresh(messages, topic)
         for m in fresh:
             command = _decode_command(m.value)
             if isinstance(command, str):
@@ -154,64 +150,57 @@ async def accept_batch(messages: list[RawMessage]) -> None:
             outbox.put(delivery_queue, m.partition, delivery.queue_key, m.value, BEFORE_STATE)
             outbox.put(deliveries, m.partition, record_key, delivery.encode())
             metrics.DELIVERIES.labels(command["category"], "queued", label).inc()
-        outbox.put_progress(deliveries, fresh, key)
+        intake.put_progress(outbox, fresh, topic)
     if outbox:
         await flush(app.producer, outbox)
-
-
-# The agent and the tail sweep both accept commands; one batch at a time.
-ACCEPT_LOCK = asyncio.Lock()
-# (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
-last_seen: dict[tuple[str, int], float] = {}
 
 
 @app.agent(sends_topic, name="mailstream.delivery")
 async def accept_sends(stream: Any) -> None:
     """Acknowledge send commands only once they are durably queued."""
-    await consume_in_batches(stream, accept_batch, ACCEPT_LOCK, last_seen)
+    await intake.consume(stream, accept_batch)
 
 
 @app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_send_tails() -> None:
     """Send commands the consumer skipped at the end of a quiet partition: a skipped
     receipt would otherwise wait for the next command on its partition."""
-    if not settled():
-        return
-    partitions = deliveries.active_partitions()
-    for topic in SEND_TOPICS:
-        progress = functools.partial(deliveries.progress, key=progress_key(topic))
-        await sweep_quiet_partitions(
-            partitions, last_seen, progress, backfills[topic], accept_batch, ACCEPT_LOCK
-        )
+    if settled():
+        await intake.sweep(accept_batch)
 
 
 Result = tuple[int, bytes, Delivery, bytes, dict[str, Any], Accepted | SendFailure, float]
 
 
-class Dispatcher:
-    """Takes queued sends as the pacer allows and calls the provider for each."""
+class Dispatcher(GuardedLoop):
+    """Takes queued sends as the pacer allows and calls the provider for each. A round
+    that raises is retried after a backoff; a send that keeps making rounds raise is
+    dead-lettered (mailstream.dispatch_loop)."""
 
     def __init__(self) -> None:
+        super().__init__("delivery", TICK_SECONDS, settled)
         self.rt = delivery_runtime()
         self.inflight: set[bytes] = set()  # delivery keys
         self.results: asyncio.Queue[Result] = asyncio.Queue()
+        # Finished calls taken from ``results`` whose outcome is not yet durable: kept
+        # until a settle flush succeeds, so a failed round loses none of them.
+        self.settling: list[Result] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         for provider in self.rt.all_providers():
             await provider.start()
         try:
-            while True:
-                await asyncio.sleep(TICK_SECONDS)
-                if not settled():
-                    continue
-                await self.settle()
-                await self.dispatch()
+            await self.loop()
         finally:
             for task in self.tasks:
                 task.cancel()
             for provider in self.rt.all_providers():
                 await provider.close()
+
+    async def run_round(self) -> None:
+        await self.settle()
+        await self.dispatch()
 
     async def dispatch(self) -> None:
         """Take the sends that may go now: transactional before marketing, the tenants
@@ -248,6 +237,8 @@ class Dispatcher:
 
             def offer(lane: str, item: tuple[int, bytes], klass: int = klass) -> str:
                 p, key = item
+                # the send in hand, should considering it raise (mailstream.dispatch_loop)
+                self.suspect = Suspect((p, key), _what(key, p), (p, key, None))
                 quota = tenancy.quotas[lane]
                 held = klass == MARKETING_CLASS and over_daily_quota(
                     quota, fair.fraction, lane_today[lane]
@@ -265,6 +256,7 @@ class Dispatcher:
                     if held
                     else None,
                 )
+                self.suspect = None
                 if not isinstance(verdict, tuple):
                     return verdict
                 chosen.append(verdict)
@@ -273,6 +265,7 @@ class Dispatcher:
 
             if not fair.serve(klass, {lane: queue(lane, ranks) for lane in lanes}, offer):
                 break
+        self.suspect = None  # what fails from here on is no one send's doing
         for p in {c[0] for c in chosen}:
             n = sum(1 for c in chosen if c[0] == p)
             outbox.put(deliveries, p, sent_key(iso), str(counts[p] + n).encode())
@@ -402,15 +395,19 @@ class Dispatcher:
 
     async def settle(self) -> None:
         """Record the outcomes of finished calls, in one flush."""
-        if self.results.empty():
-            return
-        finished: list[Result] = []
         while not self.results.empty():
-            finished.append(self.results.get_nowait())
+            self.settling.append(self.results.get_nowait())
+        if not self.settling:
+            return
+        finished = list(self.settling)
         now = _now_ms()
         outbox = Outbox()
-        suppress: list[tuple[int, dict[str, Any], SendFailure]] = []
-        for p, key, delivery, raw, command, outcome, started in finished:
+        suppress: list[tuple[Suspect, int, dict[str, Any], SendFailure]] = []
+        for item in finished:
+            p, key, delivery, raw, command, outcome, started = item
+            what = f"finished send {command['send_id']} on partition {p}"
+            suspect = self.suspect = Suspect((p, key), what, (p, key, item))
+            delivery = delivery.copy()  # a failed round leaves the result as it came
             record_key = delivery_key(delivery.tenant_id, command["send_id"])
             category = delivery.category
             provider = self.rt.provider_for(delivery.tenant_id).name
@@ -440,17 +437,58 @@ class Dispatcher:
                     metrics.SENDS.labels(provider, category, result.reason, label).inc()
                     _count_for_workflow(command, result.reason)
                     if result.suppress:
-                        suppress.append((p, command, outcome))
+                        suppress.append((suspect, p, command, outcome))
             outbox.put(deliveries, p, record_key, delivery.encode())
         if suppress:
             async with STATE_LOCK:  # user records are the ingest agent's too
-                for p, command, failure in suppress:
+                for suspect, p, command, failure in suppress:
+                    self.suspect = suspect
                     self._suppress(outbox, p, command, failure, now)
+                self.suspect = None
                 await flush(app.producer, outbox)
         else:
+            self.suspect = None
             await flush(app.producer, outbox)
+        del self.settling[: len(finished)]
         for _, _, delivery, _, command, _, _ in finished:
             self.inflight.discard(delivery_key(delivery.tenant_id, command["send_id"]))
+
+    async def give_up(self, suspect: Suspect, reason: str) -> None:
+        """A send the dispatcher keeps failing on: dead-lettered, off the queue, its record
+        final, so it is neither lost silently nor attempted again."""
+        p, key, result = suspect.item
+        now = _now_ms()
+        raw = result[3] if result is not None else delivery_queue.get(p, key)
+        if result is not None:
+            outcome = result[5]
+            reason += (
+                f"; the provider had accepted it as {outcome.provider_message_id}"
+                if isinstance(outcome, Accepted)
+                else f"; the provider had answered {outcome.code}: {outcome.message}"
+            )
+        record_key = QueueKey.decode(key).record_key
+        outbox = Outbox()
+        delivery = dead_letter_queued(
+            outbox,
+            deliveries,
+            delivery_queue,
+            p,
+            key,
+            record_key,
+            command=raw,
+            reason=reason,
+            source="delivery",
+            dlq_topic=config.topics.dlq,
+            now=now,
+        )
+        await flush(app.producer, outbox)
+        metrics.DEAD_LETTERS.labels("dispatcher_error").inc()
+        if delivery is not None:
+            label = tenancy.label(delivery.tenant_id)
+            metrics.DELIVERIES.labels(delivery.category, "dead_lettered", label).inc()
+        if result is not None:
+            self.settling.remove(result)
+            self.inflight.discard(record_key)
 
     def _dead_letter(
         self,
@@ -493,5 +531,4 @@ async def run_dispatcher() -> None:
     try:
         await dispatcher.run()
     finally:
-        for backfill in backfills.values():
-            await backfill.close()
+        await intake.close()

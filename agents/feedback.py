@@ -3,7 +3,6 @@ webhooks and one-click links, applied to the user and to the send's delivery rec
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import Any
@@ -11,18 +10,11 @@ from typing import Any
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_message
-from mailstream.backfill import (
-    QUIET_SECONDS,
-    Backfill,
-    complete,
-    consume_in_batches,
-    sweep_quiet_partitions,
-)
+from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.delivery import Delivery, delivery_key, note_feedback
 from mailstream.feedback import Feedback, FeedbackSettings, apply_feedback
 from mailstream.ingest import RawMessage
 from mailstream.outbox import STATE_LOCK, Outbox, flush
-from mailstream.storage import progress_key
 from mailstream.users import UserState, user_key
 from tables.deliveries import deliveries
 from tables.users import users
@@ -31,20 +23,17 @@ logger = logging.getLogger(__name__)
 
 TOPIC = config.topics.feedback
 feedback_topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
-backfill = Backfill(config.bootstrap_servers, TOPIC)
+# Feedback changes user records, as the ingest agent does: its batches take STATE_LOCK.
+intake = Intake(users, [TOPIC], config.bootstrap_servers, STATE_LOCK)
 settings = FeedbackSettings(
     soft_bounces=config.feedback.soft_bounces,
     soft_bounce_window_ms=int(config.feedback.soft_bounce_window * 1000),
 )
-PROGRESS = progress_key(TOPIC)
 
 
 async def apply_batch(messages: list[RawMessage]) -> None:
     """Apply a batch of feedback; call with STATE_LOCK held."""
-    fresh, replayed = await complete(
-        messages, functools.partial(users.progress, key=PROGRESS), backfill
-    )
-    metrics.REPLAYED.inc(replayed)
+    fresh = await intake.fresh(messages, TOPIC)
     if not fresh:
         return
     now_s = int(time.time())
@@ -84,7 +73,7 @@ async def apply_batch(messages: list[RawMessage]) -> None:
             _note_delivery(outbox, m.partition, fb)
     for (partition, key), state in states.items():
         outbox.put(users, partition, key, state.encode())
-    outbox.put_progress(users, fresh, PROGRESS)
+    intake.put_progress(outbox, fresh, TOPIC)
     await flush(app.producer, outbox)
 
 
@@ -101,13 +90,9 @@ def _note_delivery(outbox: Outbox, partition: int, fb: Feedback) -> None:
         outbox.put(deliveries, partition, key, delivery.encode())
 
 
-# (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
-last_seen: dict[tuple[str, int], float] = {}
-
-
 @app.agent(feedback_topic, name="mailstream.feedback")
 async def apply_feedback_events(stream: Any) -> None:
-    await consume_in_batches(stream, apply_batch, STATE_LOCK, last_seen)
+    await intake.consume(stream, apply_batch)
 
 
 @app.timer(interval=QUIET_SECONDS)
@@ -115,7 +100,4 @@ async def sweep_skipped_feedback() -> None:
     """Feedback the consumer skipped at the end of a quiet partition: a skipped
     unsubscribe would otherwise wait for the next feedback on its partition."""
     if settled():
-        progress = functools.partial(users.progress, key=PROGRESS)
-        await sweep_quiet_partitions(
-            users.active_partitions(), last_seen, progress, backfill, apply_batch, STATE_LOCK
-        )
+        await intake.sweep(apply_batch)

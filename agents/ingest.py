@@ -13,13 +13,7 @@ from faust.types import TP
 from mailstream import metrics
 from mailstream.app import app, config, events_topic, settled
 from mailstream.apply import dead_letter_message
-from mailstream.backfill import (
-    QUIET_SECONDS,
-    Backfill,
-    complete,
-    consume_in_batches,
-    sweep_quiet_partitions,
-)
+from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (
@@ -52,7 +46,8 @@ settings = IngestSettings(
 )
 # The tenants' events-per-second quotas: this worker's share, by the partitions it owns.
 event_rates = EventRates(tenancy)
-backfill = Backfill(config.bootstrap_servers, config.topics.events)
+# The agent and the tail sweep both change user records, as the timers do: STATE_LOCK.
+intake = Intake(users, {config.topics.events: PROGRESS_KEY}, config.bootstrap_servers, STATE_LOCK)
 reader = DirectReader(
     config.bootstrap_servers,
     config.topics.events,
@@ -60,8 +55,6 @@ reader = DirectReader(
     config.ingest.batch_within,
     config.broker.fetch_max_wait or (0.05 if config.broker.embedded else None),
 )
-
-
 user_cache = StateCache(config.ingest.user_cache)
 
 
@@ -89,9 +82,8 @@ def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
     return outbox
 
 
-def count(result: BatchResult, consumed: int, replayed: int) -> None:
+def count(result: BatchResult, consumed: int) -> None:
     metrics.EVENTS_CONSUMED.inc(consumed)
-    metrics.REPLAYED.inc(replayed)
     for (outcome, label, tenant), n in result.counts.items():
         if outcome == DEAD_LETTERED:
             metrics.DEAD_LETTERS.labels(label).inc(n)
@@ -102,16 +94,12 @@ def count(result: BatchResult, consumed: int, replayed: int) -> None:
         metrics.TENANT_QUOTA.labels(tenant, "events_per_second", "throttled").inc(n)
 
 
-# (topic, partition) -> when the agent last saw a message of it (monotonic seconds)
-last_seen: dict[tuple[str, int], float] = {}
-
-
 async def process(messages: list[RawMessage]) -> None:
     """Decide a batch and make its effects durable. Call with STATE_LOCK held."""
     # No send is decided before the global suppression list has been read once.
     await suppression_list.ready.wait()
     started = time.perf_counter()
-    fresh, replayed = await complete(messages, users.progress, backfill)
+    fresh = await intake.fresh(messages, config.topics.events)
     now = int(time.time() * 1000)
 
     def react(state: UserState, event: Event) -> Effects:
@@ -123,20 +111,15 @@ async def process(messages: list[RawMessage]) -> None:
     result = ingest_batch(fresh, load_user, now, settings, react, event_rates)
     if fresh:
         await flush(app.producer, to_outbox(result, fresh, now))
-    count(result, len(fresh), replayed)
+    count(result, len(fresh))
     metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
 
 @app.agent(events_topic, name="mailstream.ingest")
 async def ingest(stream: Any) -> None:
     """Process events in batches; acknowledge each batch only after its effects are durable."""
-    await consume_in_batches(
-        stream,
-        process,
-        STATE_LOCK,
-        last_seen,
-        size=config.ingest.batch_size,
-        within=config.ingest.batch_within,
+    await intake.consume(
+        stream, process, size=config.ingest.batch_size, within=config.ingest.batch_within
     )
 
 
@@ -175,10 +158,7 @@ async def sweep_skipped_tails() -> None:
     """Events the consumer skipped at the end of a quiet partition (see
     mailstream.backfill.sweep_quiet_partitions). The direct reader skips nothing."""
     if settled() and not config.ingest.direct_read:
-        partitions = users.active_partitions()
-        await sweep_quiet_partitions(
-            partitions, last_seen, users.progress, backfill, process, STATE_LOCK
-        )
+        await intake.sweep(process)
 
 
 @app.task
@@ -186,5 +166,5 @@ async def _close_backfill_on_stop() -> None:
     try:
         await asyncio.Event().wait()
     finally:
-        await backfill.close()
+        await intake.close()
         await reader.close()

@@ -11,7 +11,6 @@ keep goes into the user's enrollment context, in the same flush as the outcome.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import time
@@ -22,13 +21,7 @@ import orjson
 from mailstream import metrics
 from mailstream.app import app, config, settled
 from mailstream.apply import dead_letter_headers, dead_letter_message
-from mailstream.backfill import (
-    QUIET_SECONDS,
-    Backfill,
-    complete,
-    consume_in_batches,
-    sweep_quiet_partitions,
-)
+from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.delivery import (
     ATTEMPTING,
     FAILED,
@@ -40,10 +33,10 @@ from mailstream.delivery import (
     orphaned,
     succeeded,
 )
+from mailstream.dispatch_loop import GuardedLoop, Suspect, dead_letter_queued
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
 from mailstream.providers.base import Accepted, SendFailure
-from mailstream.storage import progress_key
 from mailstream.users import UserState, user_key
 from mailstream.webhook_step.breaker import PROBE, STATE_VALUES, Breaker
 from mailstream.webhook_step.calls import (
@@ -64,8 +57,8 @@ logger = logging.getLogger(__name__)
 
 TOPIC = config.topics.webhooks
 webhooks_topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
-backfill = Backfill(config.bootstrap_servers, TOPIC)
-PROGRESS = progress_key(TOPIC)
+# The agent and the tail sweep both accept commands, one batch at a time.
+intake = Intake(webhook_calls, [TOPIC], config.bootstrap_servers)
 endpoints = build_endpoints(config.webhooks_out)
 TICK_SECONDS = 0.05
 CONCURRENCY = 32  # calls in flight per worker, all endpoints together
@@ -74,6 +67,15 @@ STORE_MAX_BYTES = 4096  # a stored answer field is kept in the user's record: ke
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def _what(state: str, queue_key: bytes, partition: int) -> str:
+    """A call for a log line, even from a key that does not decode."""
+    try:
+        webhook_id = QueueKey.decode(queue_key).send_id
+    except Exception:
+        webhook_id = repr(queue_key)
+    return f"{state} webhook call {webhook_id} on partition {partition}"
 
 
 def _label(name: str) -> str:
@@ -85,10 +87,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     """Record each new command as queued; a webhook id seen before is a duplicate."""
     now = _now_ms()
     outbox = Outbox()
-    fresh, replayed = await complete(
-        messages, functools.partial(webhook_calls.progress, key=PROGRESS), backfill
-    )
-    metrics.REPLAYED.inc(replayed)
+    fresh = await intake.fresh(messages, TOPIC)
     batch: dict[tuple[int, str], Delivery] = {}
     for m in fresh:
         command = decode_command(m.value)
@@ -120,45 +119,46 @@ async def accept_batch(messages: list[RawMessage]) -> None:
         outbox.put(webhook_queue, m.partition, call.queue_key, m.value, BEFORE_STATE)
         outbox.put(webhook_calls, m.partition, webhook_id.encode(), call.encode())
         metrics.WEBHOOK_COMMANDS.labels(name, "queued").inc()
-    outbox.put_progress(webhook_calls, fresh, PROGRESS)
+    intake.put_progress(outbox, fresh, TOPIC)
     if outbox:
         await flush(app.producer, outbox)
-
-
-ACCEPT_LOCK = asyncio.Lock()  # the agent and the tail sweep: one batch at a time
-last_seen: dict[tuple[str, int], float] = {}
 
 
 @app.agent(webhooks_topic, name="mailstream.webhooks")
 async def accept_commands(stream: Any) -> None:
     """Acknowledge webhook commands only once they are durably queued."""
-    await consume_in_batches(stream, accept_batch, ACCEPT_LOCK, last_seen)
+    await intake.consume(stream, accept_batch)
 
 
 @app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_webhook_tails() -> None:
     """Commands the consumer skipped at the end of a quiet partition."""
     if settled():
-        progress = functools.partial(webhook_calls.progress, key=PROGRESS)
-        partitions = webhook_calls.active_partitions()
-        await sweep_quiet_partitions(
-            partitions, last_seen, progress, backfill, accept_batch, ACCEPT_LOCK
-        )
+        await intake.sweep(accept_batch)
 
 
 # partition, queue key, record, command as queued, command, endpoint, breaker ticket
 Chosen = tuple[int, bytes, Delivery, bytes, dict[str, Any], Endpoint, str]
 
 
-class Dispatcher:
-    """Takes due calls, asks each URL's breaker, and calls the endpoints."""
+Finished = tuple[Chosen, CallResult, float]
+
+
+class Dispatcher(GuardedLoop):
+    """Takes due calls, asks each URL's breaker, and calls the endpoints. A round that
+    raises is retried after a backoff; a call that keeps making rounds raise is
+    dead-lettered (mailstream.dispatch_loop)."""
 
     def __init__(self, endpoints: dict[str, Endpoint]) -> None:
+        super().__init__("webhooks", TICK_SECONDS, settled)
         self.endpoints = endpoints
         self.client = WebhookClient(endpoints)
         self.breakers: dict[str, Breaker] = {}  # by URL: endpoints sharing one share it
         self.inflight: set[str] = set()
-        self.results: asyncio.Queue[tuple[Chosen, CallResult, float]] = asyncio.Queue()
+        self.results: asyncio.Queue[Finished] = asyncio.Queue()
+        # Finished calls whose outcome is not yet durable: kept until a settle flush
+        # succeeds, so a failed round loses none of them.
+        self.settling: list[Finished] = []
         self.tasks: set[asyncio.Task[None]] = set()
         for name in endpoints:
             metrics.WEBHOOK_BREAKER.labels(name).set(0)
@@ -179,16 +179,15 @@ class Dispatcher:
     async def run(self) -> None:
         await self.client.start()
         try:
-            while True:
-                await asyncio.sleep(TICK_SECONDS)
-                if not settled():
-                    continue
-                await self.settle()
-                await self.dispatch()
+            await self.loop()
         finally:
             for task in self.tasks:
                 task.cancel()
             await self.client.close()
+
+    async def run_round(self) -> None:
+        await self.settle()
+        await self.dispatch()
 
     async def dispatch(self) -> None:
         room = CONCURRENCY - len(self.inflight)
@@ -199,20 +198,22 @@ class Dispatcher:
         start, end = ready_bounds(now)
         outbox = Outbox()
         chosen: list[Chosen] = []
-        for p in webhook_queue.active_partitions():
-            for key in webhook_queue.keys_between(p, start, end, room + 50):
-                picked = self._consider(p, key, now, mono, outbox)
-                if picked is not None:
-                    chosen.append(picked)
-                    if len(chosen) >= room:
-                        break
-            if len(chosen) >= room:
-                break
-        if not outbox:
-            return
         try:
+            for p in webhook_queue.active_partitions():
+                for key in webhook_queue.keys_between(p, start, end, room + 50):
+                    self.suspect = Suspect((p, key), _what("queued", key, p), (p, key, None))
+                    picked = self._consider(p, key, now, mono, outbox)
+                    self.suspect = None
+                    if picked is not None:
+                        chosen.append(picked)
+                        if len(chosen) >= room:
+                            break
+                if len(chosen) >= room:
+                    break
+            if not outbox:
+                return
             await flush(app.producer, outbox)  # `attempting` is durable before any call
-        except BaseException:
+        except BaseException:  # none of them is called: their probes are not out
             for c in chosen:
                 if c[6] == PROBE:
                     self.breaker(c[5]).abandon_probe()
@@ -283,30 +284,28 @@ class Dispatcher:
 
     async def settle(self) -> None:
         """Record the outcomes of finished calls, in one flush."""
-        if self.results.empty():
-            return
-        finished = []
         while not self.results.empty():
-            finished.append(self.results.get_nowait())
+            self.settling.append(self.results.get_nowait())
+        if not self.settling:
+            return
+        finished = list(self.settling)
         now = _now_ms()
-        mono = time.monotonic()
         outbox = Outbox()
-        stores: list[tuple[int, dict[str, Any], Endpoint, dict[str, Any] | None]] = []
-        for chosen, result, started in finished:
-            p, key, call, raw, command, endpoint, ticket = chosen
+        stores: list[tuple[Suspect, int, dict[str, Any], Endpoint, dict[str, Any] | None]] = []
+        for item in finished:
+            chosen, result, started = item
+            p, key, _, raw, command, endpoint, ticket = chosen
+            suspect = self.suspect = Suspect((p, key), _what("finished", key, p), (p, key, item))
+            call = chosen[2].copy()  # a failed round leaves the result as it came
             name = endpoint.name
             metrics.WEBHOOK_SECONDS.labels(name).observe(time.perf_counter() - started)
-            breaker = self.breaker(endpoint)
-            moved = breaker.record(not breaker_failure(result.failure), mono, ticket == PROBE)
-            if moved is not None:
-                self._show(endpoint, moved)
             failure = result.failure
             if failure is None:
                 succeeded(call, Accepted(f"http_{result.status}"), now)
                 outbox.put(webhook_queue, p, key, None, AFTER_STATE)
                 metrics.WEBHOOK_CALLS.labels(name, "delivered").inc()
                 if command.get("store"):
-                    stores.append((p, command, endpoint, result.answer))
+                    stores.append((suspect, p, command, endpoint, result.answer))
             else:
                 outcome = failed(call, failure, endpoint.retry, now, random.random())
                 if outcome.retry_at is not None:
@@ -323,13 +322,56 @@ class Dispatcher:
             outbox.put(webhook_calls, p, command["webhook_id"].encode(), call.encode())
         if stores:
             async with STATE_LOCK:  # user records are the ingest agent's too
-                for p, command, endpoint, answer in stores:
+                for suspect, p, command, endpoint, answer in stores:
+                    self.suspect = suspect
                     self._store(outbox, p, command, endpoint, answer)
+                self.suspect = None
                 await flush(app.producer, outbox)
         else:
+            self.suspect = None
             await flush(app.producer, outbox)
-        for chosen, _, _ in finished:
+        del self.settling[: len(finished)]
+        # The breakers learn each outcome once, when it is recorded for good.
+        mono = time.monotonic()
+        for chosen, result, _ in finished:
             self.inflight.discard(chosen[4]["webhook_id"])
+            endpoint, ticket = chosen[5], chosen[6]
+            breaker = self.breaker(endpoint)
+            moved = breaker.record(not breaker_failure(result.failure), mono, ticket == PROBE)
+            if moved is not None:
+                self._show(endpoint, moved)
+
+    async def give_up(self, suspect: Suspect, reason: str) -> None:
+        """A call the dispatcher keeps failing on: dead-lettered, off the queue, its record
+        final, so it is neither lost silently nor made again."""
+        p, key, item = suspect.item
+        now = _now_ms()
+        raw = item[0][3] if item is not None else webhook_queue.get(p, key)
+        if item is not None:
+            failure = item[1].failure
+            reason += "; the call had succeeded" if failure is None else f"; the call: {failure}"
+        webhook_id = QueueKey.decode(key).send_id
+        outbox = Outbox()
+        dead_letter_queued(
+            outbox,
+            webhook_calls,
+            webhook_queue,
+            p,
+            key,
+            webhook_id.encode(),
+            command=raw,
+            reason=reason,
+            source="webhooks",
+            dlq_topic=config.topics.dlq,
+            now=now,
+        )
+        await flush(app.producer, outbox)
+        metrics.DEAD_LETTERS.labels("dispatcher_error").inc()
+        if item is not None:
+            self.settling.remove(item)
+            self.inflight.discard(webhook_id)
+            if item[0][6] == PROBE:  # its outcome never reaches the breaker
+                self.breaker(item[0][5]).abandon_probe()
 
     def _give_up(
         self, outbox: Outbox, p: int, key: bytes, raw: bytes, call: Delivery, code: str, now: int
@@ -388,4 +430,4 @@ async def run_webhook_dispatcher() -> None:
     try:
         await dispatcher.run()
     finally:
-        await backfill.close()
+        await intake.close()

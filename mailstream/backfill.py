@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -12,6 +13,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mailstream import metrics
 from mailstream.ingest import RawMessage, plan_offsets
+from mailstream.outbox import Outbox
+from mailstream.storage import PartitionStore, progress_key
 
 logger = logging.getLogger(__name__)
 
@@ -174,3 +177,70 @@ async def consume_in_batches(
             await apply(messages)
         for event in batch:
             await stream.ack(event)
+
+
+class Intake:
+    """What an agent that consumes topics into a table needs besides its own logic: the
+    progress record of each topic in that table, a Backfill per topic for the offsets the
+    consumer skipped, the lock its batches take, and when each partition was last seen
+    (for the sweep of quiet tails)."""
+
+    def __init__(
+        self,
+        store: PartitionStore,
+        topics: Iterable[str] | Mapping[str, bytes],
+        bootstrap_servers: str,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
+        """``topics``: names (each keeps its progress under ``progress_key(topic)``), or
+        name -> progress key."""
+        self.store = store
+        self.keys = (
+            dict(topics)
+            if isinstance(topics, Mapping)
+            else {topic: progress_key(topic) for topic in topics}
+        )
+        self.backfills = {topic: Backfill(bootstrap_servers, topic) for topic in self.keys}
+        self.lock = lock or asyncio.Lock()
+        self.last_seen: dict[tuple[str, int], float] = {}
+
+    def progress(self, topic: str) -> Callable[[int], int | None]:
+        return functools.partial(self.store.progress, key=self.keys[topic])
+
+    async def fresh(self, messages: list[RawMessage], topic: str) -> list[RawMessage]:
+        """The messages of ``topic`` not applied yet, with skipped offsets read back in
+        place; replays are dropped and counted."""
+        mine = [m for m in messages if m.topic == topic]
+        if not mine:
+            return []
+        fresh, replayed = await complete(mine, self.progress(topic), self.backfills[topic])
+        metrics.REPLAYED.inc(replayed)
+        return fresh
+
+    def put_progress(self, outbox: Outbox, fresh: list[RawMessage], topic: str) -> None:
+        """Each partition's progress record for ``topic``, after the batch's other writes."""
+        outbox.put_progress(self.store, fresh, self.keys[topic])
+
+    async def consume(
+        self, stream: Any, apply: Callable[[list[RawMessage]], Awaitable[None]], **batch: Any
+    ) -> None:
+        """The agent's loop (``consume_in_batches``), under this intake's lock."""
+        await consume_in_batches(stream, apply, self.lock, self.last_seen, **batch)
+
+    async def sweep(self, apply: Callable[[list[RawMessage]], Awaitable[None]]) -> None:
+        """Read back and apply the skipped tails of quiet partitions, topic by topic
+        (``sweep_quiet_partitions``); call on a settled worker."""
+        partitions = self.store.active_partitions()
+        for topic in self.keys:
+            await sweep_quiet_partitions(
+                partitions,
+                self.last_seen,
+                self.progress(topic),
+                self.backfills[topic],
+                apply,
+                self.lock,
+            )
+
+    async def close(self) -> None:
+        for backfill in self.backfills.values():
+            await backfill.close()

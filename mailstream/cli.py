@@ -133,6 +133,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         build_endpoints(config.webhooks_out)  # a missing secret fails here, before Faust
         import agents.webhooks  # noqa: F401
+    import agents.retention  # noqa: F401  (after the tables it sweeps)
     import mailstream.dashboard  # noqa: F401  (the dashboard and its JSON twins)
     import mailstream.web  # noqa: F401  (registers the views)
     import mailstream.web_feedback  # noqa: F401  (webhooks and one-click unsubscribe)

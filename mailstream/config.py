@@ -294,6 +294,21 @@ class WebConfig(_Section):
     funnel_every: Annotated[Seconds, Field(ge=5)] = 60.0
 
 
+class RetentionConfig(_Section):
+    """How long finished records are kept (see docs/robustness.md). Deleting a record
+    forgets its id: a send command with that send id (or a webhook command with that
+    webhook id) arriving again afterwards would be taken as new. So each must be at
+    least ingest.dedup_window, and should be well beyond the events topic's retention."""
+
+    # deliveries in a final state (sent, failed, dropped, unknown, dead_lettered)
+    deliveries: Annotated[Seconds, Field(gt=0)] = 30 * 86400.0
+    # finished webhook calls (sent, failed, dead_lettered)
+    webhook_calls: Annotated[Seconds, Field(gt=0)] = 30 * 86400.0
+    sweep_every: Annotated[Seconds, Field(ge=1, le=86400)] = 60.0
+    # records read per owned partition and table in one sweep: bounds each sweep's work
+    sweep_batch: int = Field(2000, ge=10, le=1_000_000)
+
+
 TenantId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
@@ -364,6 +379,8 @@ class Config(_Section):
     include: list[str] = []
     # tenant id -> its quota and the sections it overrides (see docs/tenants.md)
     tenants: dict[TenantId, TenantConfig] = {}
+    # how long finished deliveries and webhook calls are kept (see docs/robustness.md)
+    retention: RetentionConfig = RetentionConfig()
 
     _tenant_configs: dict[str, Config] = PrivateAttr(default_factory=dict)
 
@@ -388,6 +405,20 @@ class Config(_Section):
                         f" endpoint {step.webhook.endpoint!r} under webhooks_out (configured:"
                         f" {known})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _retention_beyond_dedup(self) -> Config:
+        window = self.ingest.dedup_window
+        for key in ("deliveries", "webhook_calls"):
+            kept = getattr(self.retention, key)
+            if kept < window:
+                raise ValueError(
+                    f"retention.{key}: {kept:g}s is shorter than ingest.dedup_window"
+                    f" ({window:g}s); a deleted record forgets its id, so a command with"
+                    " that id arriving again would be sent again. Keep records well beyond"
+                    " the events topic's retention (default 30d)"
+                )
         return self
 
     def compiled_workflows(self) -> list[Workflow]:

@@ -5,6 +5,7 @@ queued -> attempting -> sent
                      -> failed (permanent failure, or retries used up)
 attempting, found after a crash -> queued again (transactional: never lost)
                                 -> unknown (marketing: never sent twice)
+any, when the dispatcher keeps failing on it -> dead_lettered (never sent again)
 
 Pure: the agent passes the time, the provider's answer and the jitter in.
 """
@@ -27,7 +28,8 @@ SENT = "sent"
 FAILED = "failed"
 UNKNOWN = "unknown"
 DROPPED = "dropped"  # marketing beyond its tenant's sends per day, with over_daily_quota: drop
-FINAL = (SENT, FAILED, UNKNOWN, DROPPED)
+DEAD_LETTERED = "dead_lettered"  # the dispatcher failed on it repeatedly (dispatch_guard)
+FINAL = (SENT, FAILED, UNKNOWN, DROPPED, DEAD_LETTERED)
 
 # Queue order: every transactional send before any marketing one, then by priority.
 _RANK = {
@@ -139,6 +141,10 @@ class Delivery:
             queue_key=bytes.fromhex(d["q"]) if d.get("q") else None,
             feedback=d.get("f", []),
         )
+
+    def copy(self) -> Delivery:
+        """A copy to change without touching this one (nested lists included)."""
+        return Delivery.decode(self.encode())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -267,6 +273,15 @@ def orphaned(delivery: Delivery, now: int, resend: bool | None = None) -> bool:
     delivery.state = UNKNOWN
     delivery.queue_key = None
     return False
+
+
+def dead_lettered(delivery: Delivery, now: int, reason: str) -> None:
+    """Given up because handling it kept failing: off the queue, on the dead-letter
+    topic with ``reason``, and never attempted again (a replayed command is a duplicate)."""
+    delivery.state = DEAD_LETTERED
+    delivery.queue_key = None
+    delivery.updated = now
+    delivery.history.append([now, "dispatcher_error", reason])
 
 
 FEEDBACK_KEPT = 10

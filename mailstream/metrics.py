@@ -233,3 +233,20 @@ TENANT_QUOTA = Counter(
     " and action (throttled, deferred, dropped).",
     ["tenant", "quota", "action"],
 )
+
+# ---- robustness (docs/robustness.md) -------------------------------------------------------
+
+DISPATCHER_ERRORS = Counter(
+    "mailstream_dispatcher_errors_total",
+    "Rounds of a dispatcher (delivery, webhooks) that raised; the loop backed off and went"
+    " on. A command that made three rounds raise is dead-lettered (reason"
+    " dispatcher_error).",
+    ["dispatcher"],
+)
+RECORDS_PRUNED = Counter(
+    "mailstream_records_pruned_total",
+    "Records deleted by the retention sweep, by table (deliveries, webhook_calls) and kind:"
+    " final (a finished send or call older than its retention), sent_counter (a past"
+    " day's sends count).",
+    ["table", "kind"],
+)

@@ -74,7 +74,9 @@ class PartitionStore:
         store._db_for_partition(partition).write(batch)
         key_index = store._key_index
         for key, value in items.items():
-            if value is not None and not key.startswith(PROGRESS_KEY):
+            if value is None:
+                key_index.pop(key, None)
+            elif not key.startswith(PROGRESS_KEY):
                 key_index[key] = partition
         store.set_persisted_offset(TP(self.changelog_topic, partition), changelog_offset)
 
@@ -92,11 +94,11 @@ class PartitionStore:
             found.append(bytes(key))
         return found
 
-    def items(self, partition: int) -> Iterator[tuple[bytes, bytes]]:
-        """Every record of a partition, in key order, without progress records and
-        Faust's own bookkeeping (the persisted changelog offset)."""
+    def items(self, partition: int, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Every record of a partition (from ``start`` on), in key order, without progress
+        records and Faust's own bookkeeping (the persisted changelog offset)."""
         db = self._store._db_for_partition(partition)
-        for key, value in db.items():
+        for key, value in db.items(from_key=start) if start else db.items():
             raw = bytes(key)
             if not raw.startswith(PROGRESS_KEY) and not raw.startswith(_FAUST_KEYS):
                 yield raw, bytes(value)

@@ -5,6 +5,7 @@ the order they may go: transactional first, then by ready time)."""
 from __future__ import annotations
 
 from mailstream.app import app, config
+from mailstream.retention import SENT_PREFIX
 from mailstream.storage import raw_table
 
 deliveries = raw_table(
@@ -25,7 +26,7 @@ def sent_key(day: str, tenant: str | None = None) -> bytes:
     """The record counting a partition's sends on a UTC day (ISO date), for the warm-up
     cap and the dashboard, or only a tenant's (its delivery lane's), for its sends per
     day; the control byte keeps it apart from delivery keys."""
-    key = b"\x00sent:" + day.encode()
+    key = SENT_PREFIX + day.encode()
     return key if tenant is None else key + b"\x1f" + tenant.encode()
 
 
