@@ -28,7 +28,7 @@ from mailstream.outbox import STATE_LOCK, Outbox, flush
 from mailstream.reader import DirectReader
 from mailstream.runtime import applier_for, automation_for, suppression_list, tenancy
 from mailstream.state_cache import StateCache
-from mailstream.storage import LEDGER_KEY, PROGRESS_KEY
+from mailstream.storage import PROGRESS_KEY
 from mailstream.tenants import EventRates
 from mailstream.users import UserState
 from tables.users import users
@@ -75,10 +75,12 @@ def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
         applier_for(user.tenant_id).apply(outbox, partition, key, user, fx, now)
     for dl in result.dead_letters:
         dead_letter_message(outbox, config.topics.dlq, dl.message, dl.code, dl.reason)
-    for partition, counts in result.by_partition.items():
-        ledger = add_to_ledger(users.get(partition, LEDGER_KEY), counts)
-        outbox.put(users, partition, LEDGER_KEY, ledger)
-    outbox.put_progress(users, fresh, PROGRESS_KEY)
+    # The ledger rides in the progress record: each event is counted once, crash or not.
+    ledgers = {
+        partition: add_to_ledger(users.progress_note(partition), counts)
+        for partition, counts in result.by_partition.items()
+    }
+    outbox.put_progress(users, fresh, PROGRESS_KEY, ledgers)
     return outbox
 
 

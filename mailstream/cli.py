@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import os
 import sys
+import threading
+import time
 
 import orjson
 
@@ -16,6 +19,10 @@ from mailstream.signals import stop_on_signals
 
 # allocations between young-generation collections in a worker (Python's default: 700)
 GC_THRESHOLD = 20_000
+# how long a stopping worker may take before it exits anyway
+STOP_GRACE_S = 10.0
+
+logger = logging.getLogger("mailstream.worker")
 
 DESCRIPTION = """\
 mailstream: event-driven email automation on Kafka.
@@ -144,9 +151,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # keep what exists at start out of every full collection.
     gc.set_threshold(GC_THRESHOLD, 20, 20)
     gc.freeze()
-    worker = Worker(app, loglevel=config.log_level)
+    worker = _stopping_worker(Worker)(app, loglevel=config.log_level)
     worker.execute_from_commandline()
     return 0
+
+
+def _stopping_worker(base: type) -> type:
+    """Faust's worker, with a deadline on stopping.
+
+    Faust waits up to a minute for its consumer thread when the broker has gone away;
+    a worker that is stopping (a crash, or a signal) exits after ``STOP_GRACE_S``
+    whatever is still running: non-zero after a crash, so a supervisor restarts it."""
+
+    class StoppingWorker(base):
+        async def on_stop(self) -> None:
+            reason = self.crash_reason
+            if reason is not None:
+                logger.critical(
+                    "the worker crashed (%r) and is stopping; start it again once the"
+                    " broker is reachable",
+                    reason,
+                )
+            threading.Thread(target=self._exit_if_still_stopping, daemon=True).start()
+            await super().on_stop()
+
+        def _exit_if_still_stopping(self) -> None:
+            time.sleep(STOP_GRACE_S)
+            code = 1 if self.crash_reason is not None else 0
+            logger.critical("the worker did not stop within %.0f s: exiting", STOP_GRACE_S)
+            logging.shutdown()
+            os._exit(code)
+
+    return StoppingWorker
 
 
 async def _emit(args: argparse.Namespace) -> str:

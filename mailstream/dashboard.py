@@ -28,7 +28,6 @@ from mailstream.pages import render_page
 from mailstream.ratelimit import warmup_cap
 from mailstream.runtime import tenancy
 from mailstream.stats import Minutes, add_up, collect, figures, funnel, tenant_figures
-from mailstream.storage import LEDGER_KEY
 from mailstream.users import UserState
 from mailstream.web import (
     ask,
@@ -117,7 +116,7 @@ def ledger(partitions: list[int]) -> dict[str, Any]:
     survives restarts and moves with the partition)."""
     outcomes: dict[str, int] = {}
     for p in partitions:
-        raw = users.get(p, LEDGER_KEY)
+        raw = users.progress_note(p)
         for outcome, n in (orjson.loads(raw) if raw else {}).items():
             outcomes[outcome] = outcomes.get(outcome, 0) + n
     return {"partitions": len(partitions), "events": sum(outcomes.values()), **outcomes}

@@ -234,7 +234,7 @@ def ingest_batch(
 
 def add_to_ledger(raw: bytes | None, counts: dict[str, int]) -> bytes:
     """A partition's ledger record (outcome -> events, since the partition's first event)
-    with ``counts`` added. It is written with the partition's progress record, so each
+    with ``counts`` added. It is written in the partition's progress record, so each
     event is in it exactly once, whatever crashes and replays happen."""
     ledger: dict[str, int] = orjson.loads(raw) if raw else {}
     for outcome, n in counts.items():

@@ -67,15 +67,26 @@ class Outbox:
                 return items[key]
         return None
 
-    def put_progress(self, store: PartitionStore, messages: Iterable[Consumed], key: bytes) -> None:
+    def put_progress(
+        self,
+        store: PartitionStore,
+        messages: Iterable[Consumed],
+        key: bytes,
+        notes: dict[int, bytes] | None = None,
+    ) -> None:
         """Each partition's progress record: the offset after the last of ``messages`` in
-        it. Put it after everything else the batch writes to ``store``, so it is sent
-        last."""
+        it, and that partition's note if ``notes`` has one (written in the same record, so
+        the two change together). Put it after everything else the batch writes to
+        ``store``, so it is sent last."""
         following: dict[int, int] = {}
         for m in messages:
             following[m.partition] = max(following.get(m.partition, 0), m.offset + 1)
         for partition, offset in following.items():
-            self.put(store, partition, key, str(offset).encode())
+            value = str(offset).encode()
+            note = (notes or {}).get(partition)
+            if note:
+                value += b" " + note
+            self.put(store, partition, key, value)
 
     def send(
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None

@@ -18,12 +18,11 @@ from typing import Any
 import rocksdict
 from faust.types import TP
 
-# One per partition: the next events offset that partition's state has not yet applied.
-# The control byte keeps it apart from user keys, which always start with a tenant id.
+# One per partition: the next events offset that partition's state has not yet applied,
+# optionally followed by a space and a note that must change with it in one record (the
+# users table's ledger: mailstream.ingest.add_to_ledger). The control byte keeps it apart
+# from user keys, which always start with a tenant id.
 PROGRESS_KEY = b"\x00next-offset"
-# One per partition of the users table: how many of its events ended in each outcome
-# (mailstream.ingest.add_to_ledger). It shares the prefix, so it is never taken for a user.
-LEDGER_KEY = PROGRESS_KEY + b"#ledger"
 
 
 # Faust keeps the changelog offset a partition reflects under this key in the same store.
@@ -56,7 +55,13 @@ class PartitionStore:
 
     def progress(self, partition: int, key: bytes = PROGRESS_KEY) -> int | None:
         value = self.get(partition, key)
-        return None if value is None else int(value)
+        return None if value is None else int(value.partition(b" ")[0])
+
+    def progress_note(self, partition: int, key: bytes = PROGRESS_KEY) -> bytes | None:
+        """What the progress record carries after its offset (None: nothing)."""
+        value = self.get(partition, key)
+        note = None if value is None else value.partition(b" ")[2]
+        return note or None
 
     def write(
         self, partition: int, items: Mapping[bytes, bytes | None], changelog_offset: int

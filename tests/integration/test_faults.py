@@ -24,6 +24,7 @@ from tests.integration.test_delivery import start, use_fake
 
 CART = [{"name": "mug", "qty": 2}]
 USERS = 240
+BATCH_SIZE = 500  # ingest.batch_size's default
 
 
 def _event(event_type: str, user: str, payload: dict[str, Any]) -> tuple[bytes, bytes]:
@@ -115,9 +116,14 @@ async def test_one_of_two_workers_killed_under_load_the_other_takes_over(
         # The ledger counts every message produced exactly once, whatever was replayed.
         assert ledger["partitions"] == 4
         assert ledger["events"] == len(messages), ledger
-        assert ledger["deduplicated"] == kinds["duplicates"], ledger
         assert ledger["dead_lettered"] == kinds["malformed"], ledger
-        assert ledger["processed"] == len(messages) - kinds["duplicates"] - kinds["malformed"]
+        valid = len(messages) - kinds["malformed"]
+        assert ledger["processed"] + ledger["deduplicated"] == valid, ledger
+        # Events of b's last batch whose user records were durable before its progress
+        # record are deduplicated on replay (their effects are already made): at most
+        # one batch per partition b owned.
+        extra = ledger["deduplicated"] - kinds["duplicates"]
+        assert 0 <= extra <= 2 * BATCH_SIZE, ledger
 
         per_id = Counter(r.metadata["send_id"] for r in fake.received)
         reminders = [r for r in fake.received if _is(r, "cart")]

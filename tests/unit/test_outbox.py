@@ -119,3 +119,29 @@ async def test_without_lone_tails_a_stage_goes_in_one_round(
         if t == "users-changelog"
     ]
     assert state == [0, 1, 2, 3]
+
+
+@dataclass
+class Msg:
+    partition: int
+    offset: int
+
+
+@pytest.mark.parametrize(
+    ("notes", "expected"),
+    [
+        (None, {0: b"13", 1: b"5"}),
+        ({0: b'{"processed":3}'}, {0: b'13 {"processed":3}', 1: b"5"}),
+        ({0: b"", 1: b"x"}, {0: b"13", 1: b"5 x"}),
+    ],
+)
+def test_a_progress_record_is_the_next_offset_with_its_partitions_note(
+    notes: dict[int, bytes] | None, expected: dict[int, bytes]
+) -> None:
+    box = Outbox()
+    users = Store("users")
+    box.put(users, 0, b"u1", b"a")
+    box.put_progress(users, [Msg(0, 10), Msg(1, 4), Msg(0, 12)], b"progress", notes)
+    written = {p: items for (store, p), items in box.writes[1].items() if store is users}
+    assert {p: items[b"progress"] for p, items in written.items()} == expected
+    assert list(written[0]) == [b"u1", b"progress"]  # after the batch's other writes
