@@ -19,14 +19,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## embedded broker, a worker and synthetic traffic; Ctrl-C stops all
 	$(VENV)/bin/mailstream demo
 
-test: $(STAMP) ## the whole suite: unit tests, then integration tests on a real broker
-	$(PY) -m pytest tests
+# Two test processes: the integration tests mostly wait (group joins, timers), and
+# each process starts its own broker. --dist loadfile keeps a file's tests together.
+PARALLEL := -n 2 --dist loadfile
+
+test: $(STAMP) ## the whole suite: unit tests and integration tests on a real broker, two at a time
+	$(PY) -m pytest $(PARALLEL) tests
 
 unit: $(STAMP) ## unit tests of the pure core only
 	$(PY) -m pytest tests/unit
 
 integration: $(STAMP) ## integration tests only (real broker, real worker processes)
-	$(PY) -m pytest tests/integration
+	$(PY) -m pytest $(PARALLEL) tests/integration
 
 lint: $(STAMP) ## ruff and mypy
 	$(VENV)/bin/ruff check mailstream agents tables tests
