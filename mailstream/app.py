@@ -10,6 +10,8 @@ from mailstream import faust_metrics, outbox
 from mailstream.broker import set_fetch_max_wait
 from mailstream.config import Config, load_config
 
+PRODUCER_BATCH_BYTES = 256 * 1024
+
 
 def create_app(config: Config) -> faust.App:
     options: dict[str, Any] = {}
@@ -34,6 +36,9 @@ def create_app(config: Config) -> faust.App:
         broker_session_timeout=config.broker.session_timeout,
         broker_heartbeat_interval=config.broker.heartbeat_interval,
         consumer_auto_offset_reset="earliest",
+        # A flush fills one record batch per changelog partition (mailstream.outbox):
+        # room for a whole ingest batch's user records in each.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         table_standby_replicas=0,
         web_enabled=True,
         web_host=config.web.host,

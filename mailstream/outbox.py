@@ -150,21 +150,77 @@ async def _send_stage(
         rounds[0].extend((slot, key, value) for key, value in keyed)
     if tails:
         rounds.append(tails)
+    batches = _batch_producer(producer)
     for i, batch in enumerate(rounds):
-        pending = [
-            await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
-            for slot, key, value in batch
-        ]
-        n_changelog = len(pending)
+        # (slot, how many records its future's offset covers, future)
+        pending: list[tuple[tuple[PartitionStore, int], int, Any]] = []
+        if batches is not None:
+            for slot, slot_records in _by_slot(batch).items():
+                pending.extend(await _send_batches(batches, slot, slot_records))
+        else:
+            for slot, key, value in batch:
+                sent = await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
+                pending.append((slot, 1, sent))
+        futures = [future for _, _, future in pending]
         if i == 0:  # messages travel with the first round: nothing orders them by offset
             for topic, msg_key, value, headers in messages:
-                pending.append(await producer.send(topic, msg_key, value, None, None, headers))
-        if not pending:
+                futures.append(await producer.send(topic, msg_key, value, None, None, headers))
+        if not futures:
             continue
-        acked = await asyncio.gather(*pending)
-        for (slot, _, _), md in zip(batch, acked[:n_changelog], strict=True):
-            last[slot] = max(md.offset, last.get(slot, -1))
+        acked = await asyncio.gather(*futures)
+        for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
+            last[slot] = max(_offset(md) + count - 1, last.get(slot, -1))
     return last
+
+
+def _batch_producer(producer: Any) -> Any:
+    """The aiokafka producer under Faust's, whose record batches a flush fills itself:
+    one future per batch instead of one per record. None: send record by record."""
+    ensure = getattr(producer, "_ensure_producer", None)
+    if ensure is None:
+        return None
+    inner = ensure()
+    return inner if hasattr(inner, "create_batch") else None
+
+
+def _by_slot(
+    batch: list[tuple[tuple[PartitionStore, int], bytes, bytes | None]],
+) -> dict[tuple[PartitionStore, int], list[tuple[bytes, bytes | None]]]:
+    slots: dict[tuple[PartitionStore, int], list[tuple[bytes, bytes | None]]] = {}
+    for slot, key, value in batch:
+        slots.setdefault(slot, []).append((key, value))
+    return slots
+
+
+async def _send_batches(
+    producer: Any,
+    slot: tuple[PartitionStore, int],
+    records: list[tuple[bytes, bytes | None]],
+) -> list[tuple[tuple[PartitionStore, int], int, Any]]:
+    """One slot's records in as few record batches as they fit, in order."""
+    topic, partition = slot[0].changelog_topic, slot[1]
+    sent: list[tuple[tuple[PartitionStore, int], int, Any]] = []
+    builder = producer.create_batch()
+    count = 0
+    for key, value in records:
+        if builder.append(key=key, value=value, timestamp=None) is None:
+            if count == 0:
+                raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch")
+            sent.append(
+                (slot, count, await producer.send_batch(builder, topic, partition=partition))
+            )
+            builder, count = producer.create_batch(), 0
+            if builder.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch")
+        count += 1
+    if count:
+        sent.append((slot, count, await producer.send_batch(builder, topic, partition=partition)))
+    return sent
+
+
+def _offset(metadata: Any) -> int:
+    """The first offset a send's acknowledgement covers (a record's, or a batch's base)."""
+    return int(metadata.offset)
 
 
 async def _flush(producer: Any, outbox: Outbox) -> None:

@@ -145,3 +145,71 @@ def test_a_progress_record_is_the_next_offset_with_its_partitions_note(
     written = {p: items for (store, p), items in box.writes[1].items() if store is users}
     assert {p: items[b"progress"] for p, items in written.items()} == expected
     assert list(written[0]) == [b"u1", b"progress"]  # after the batch's other writes
+
+
+class Builder:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.records: list[tuple[bytes, bytes | None]] = []
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: Any) -> object | None:
+        if len(self.records) == self.capacity:
+            return None  # full, as aiokafka's builder says
+        self.records.append((key, value))
+        return object()
+
+
+@dataclass
+class BatchingClient:
+    """aiokafka's producer as a flush uses it: batches of at most ``capacity`` records."""
+
+    capacity: int
+    inner: Producer = field(default_factory=Producer)
+    batches: list[tuple[str, int, list[bytes]]] = field(default_factory=list)
+
+    def create_batch(self) -> Builder:
+        return Builder(self.capacity)
+
+    async def send_batch(self, batch: Builder, topic: str, *, partition: int) -> Any:
+        self.batches.append((topic, partition, [k for k, _ in batch.records]))
+        futures = [await self.inner.send(topic, k, v, partition) for k, v in batch.records]
+        return futures[0]  # a batch is acknowledged with its base offset
+
+
+@dataclass
+class FaustProducer:
+    client: BatchingClient
+
+    def _ensure_producer(self) -> BatchingClient:
+        return self.client
+
+    async def send(self, *args: Any) -> Any:
+        return await self.client.inner.send(*args)
+
+
+@pytest.mark.parametrize("lone_tails", [False, True])
+@pytest.mark.parametrize("capacity", [1, 2, 100])
+async def test_batched_records_keep_their_order_and_stores_get_the_last_acked_offset(
+    monkeypatch: pytest.MonkeyPatch, lone_tails: bool, capacity: int
+) -> None:
+    monkeypatch.setattr(outbox_module, "LONE_TAILS", lone_tails)
+    users, timers = Store("users"), Store("timers")
+    client = BatchingClient(capacity)
+    await flush(FaustProducer(client), three_stage_outbox(users, timers))
+
+    # the same records and offsets as record by record
+    assert users.written == [
+        (0, {b"u1": b"a", b"u2": b"b", b"progress": b"10"}, 2),
+        (1, {b"u3": b"c"}, 0),
+    ]
+    assert timers.written == [(0, {b"t1": b"1", b"t2": b"2", b"old": None}, 2)]
+    users_p0 = [
+        k for t, p, keys in client.batches if (t, p) == ("users-changelog", 0) for k in keys
+    ]
+    assert users_p0 == [b"u1", b"u2", b"progress"]
+    assert all(len(keys) <= capacity for _, _, keys in client.batches)
+    if lone_tails:  # each partition's last record is a batch of its own
+        assert ("users-changelog", 0, [b"progress"]) in client.batches
+    elif capacity == 100:
+        assert ("users-changelog", 0, [b"u1", b"u2", b"progress"]) in client.batches
+    assert [k for t, _, k, _ in client.inner.sent if t == "sends"] == [b"u1"]
