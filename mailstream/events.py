@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,17 @@ def normalise_email(address: str) -> str:
     return address.strip().lower()
 
 
+@functools.lru_cache(maxsize=16_384)
+def _email_problem(address: str) -> str | None:
+    """Why an address is not valid (None: it is). Users identify again and again with
+    the same address, and checking one costs more than the rest of its event."""
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return str(exc)
+    return None
+
+
 def check_traits(traits: dict[str, Any]) -> Invalid | None:
     """Validate the traits an ``identify`` carries; None when they are fine."""
     for name in ("first_name", "last_name", "locale"):
@@ -114,10 +126,9 @@ def check_traits(traits: dict[str, Any]) -> Invalid | None:
     if email is not None:
         if not isinstance(email, str):
             return Invalid("bad_email", f"payload.email must be a string, got {_type_name(email)}")
-        try:
-            validate_email(email.strip(), check_deliverability=False)
-        except EmailNotValidError as exc:
-            return Invalid("bad_email", f"payload.email {email[:80]!r} is not valid: {exc}")
+        problem = _email_problem(email.strip())
+        if problem is not None:
+            return Invalid("bad_email", f"payload.email {email[:80]!r} is not valid: {problem}")
     tz = traits.get("timezone")
     if tz is not None:
         if not isinstance(tz, str):
