@@ -62,6 +62,7 @@ sends_topic = app.topic(*SEND_TOPICS, key_serializer="raw", value_serializer="ra
 intake = Intake(deliveries, SEND_TOPICS, config.bootstrap_servers)
 REQUIRED = ("send_id", "tenant_id", "user_id", "to", "category", "subject", "text", "html")
 TICK_SECONDS = 0.02
+PRIORITIES = ("high", "normal", "low")
 MARKETING_CLASS = 1  # the index of the marketing ranks in mailstream.fair.CLASSES
 
 
@@ -109,6 +110,8 @@ def _decode_command(value: bytes | None) -> dict[str, Any] | str:
         return f"missing or not a string: {', '.join(missing)}"
     if command["category"] not in ("transactional", "marketing"):
         return f"unknown category {command['category']!r}"
+    if command.get("priority", "normal") not in PRIORITIES:
+        return f"priority must be one of {', '.join(PRIORITIES)}"
     if not valid_tenant(command["tenant_id"]):
         return "tenant_id must be 1 to 64 letters, digits or _ . -"
     return command

@@ -275,12 +275,16 @@ async def test_malformed_commands_and_feedback_are_dead_lettered_and_the_worker_
                 topics["sends_transactional"], orjson.dumps({"send_id": "x"}), key=b"u1"
             )
             await producer.send_and_wait(topics["feedback"], b'{"kind": "exploded"}', key=b"u1")
+            listed = {**command("bad-priority", "u1"), "priority": ["high"]}
+            await producer.send_and_wait(
+                topics["sends_transactional"], orjson.dumps(listed), key=b"u1"
+            )
         finally:
             await producer.stop()
         await produce(deployment, [command("good-1", "u1")])
         await fake.wait_for(1, timeout=30)
 
-        letters = await deployment.read_topic(deployment.topics["dlq"], 3, timeout=30)
+        letters = await deployment.read_topic(deployment.topics["dlq"], 4, timeout=30)
         reasons = sorted(
             (dict(x.headers)["mailstream.reason_code"], dict(x.headers)["mailstream.reason"])
             for x in letters
@@ -289,8 +293,11 @@ async def test_malformed_commands_and_feedback_are_dead_lettered_and_the_worker_
             b"bad_feedback",
             b"bad_send_command",
             b"bad_send_command",
+            b"bad_send_command",
         ]
-        assert b"missing or not a string: tenant_id" in reasons[2][1] + reasons[1][1]
-        assert b"not JSON" in reasons[1][1] + reasons[2][1]
+        commands = b" | ".join(reason for code, reason in reasons if code == b"bad_send_command")
+        assert b"missing or not a string: tenant_id" in commands
+        assert b"not JSON" in commands
+        assert b"priority must be one of high, normal, low" in commands
         assert all(dict(x.headers)["mailstream.source.offset"] != b"-1" for x in letters)
         assert worker.alive()
