@@ -11,7 +11,7 @@ from typing import Any
 from faust.types import TP
 
 from mailstream import metrics
-from mailstream.app import app, config, events_topic, settled
+from mailstream.app import EMBEDDED_FETCH_WAIT, app, config, events_topic, settled
 from mailstream.apply import dead_letter_message
 from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.engine import Effects
@@ -53,7 +53,7 @@ reader = DirectReader(
     config.topics.events,
     config.ingest.batch_size,
     config.ingest.batch_within,
-    config.broker.fetch_max_wait or (0.05 if config.broker.embedded else None),
+    config.broker.fetch_max_wait or (EMBEDDED_FETCH_WAIT if config.broker.embedded else None),
 )
 user_cache = StateCache(config.ingest.user_cache)
 

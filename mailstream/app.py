@@ -11,6 +11,9 @@ from mailstream.broker import set_fetch_max_wait
 from mailstream.config import Config, load_config
 
 PRODUCER_BATCH_BYTES = 256 * 1024
+# tansu holds an empty fetch for its whole wait even when data arrives: each hop from a
+# topic to an agent waits up to this long on the embedded broker.
+EMBEDDED_FETCH_WAIT = 0.02
 
 
 def create_app(config: Config) -> faust.App:
@@ -22,7 +25,7 @@ def create_app(config: Config) -> faust.App:
     outbox.LONE_TAILS = config.broker.embedded
     fetch_wait = config.broker.fetch_max_wait
     if fetch_wait is None and config.broker.embedded:
-        fetch_wait = 0.05
+        fetch_wait = EMBEDDED_FETCH_WAIT
     if fetch_wait is not None:
         set_fetch_max_wait(fetch_wait)
     app = faust.App(

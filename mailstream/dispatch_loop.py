@@ -50,6 +50,11 @@ class GuardedLoop:
         self.ready = ready
         self.errors = ErrorTracker(policy or ErrorPolicy())
         self.suspect: Suspect | None = None
+        self._woken = asyncio.Event()
+
+    def wake(self) -> None:
+        """Run the next round now rather than at the next tick (new work is queued)."""
+        self._woken.set()
 
     async def run_round(self) -> None:
         raise NotImplementedError
@@ -60,7 +65,11 @@ class GuardedLoop:
 
     async def loop(self) -> None:
         while True:
-            await asyncio.sleep(self.tick_s)
+            try:
+                await asyncio.wait_for(self._woken.wait(), self.tick_s)
+            except TimeoutError:
+                pass
+            self._woken.clear()
             if not self.ready():
                 continue
             self.suspect = None
