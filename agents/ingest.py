@@ -11,9 +11,10 @@ from typing import Any
 from faust.types import TP
 
 from mailstream import metrics
-from mailstream.app import EMBEDDED_FETCH_WAIT, app, config, events_topic, settled
+from mailstream.app import app, config, events_topic, settled
 from mailstream.apply import dead_letter_message
 from mailstream.backfill import QUIET_SECONDS, Intake
+from mailstream.broker import EMBEDDED_FETCH_WAIT
 from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (

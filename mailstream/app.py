@@ -7,13 +7,10 @@ from typing import Any
 import faust
 
 from mailstream import faust_metrics, outbox
-from mailstream.broker import set_fetch_max_wait
+from mailstream.broker import EMBEDDED_FETCH_WAIT, set_fetch_max_wait
 from mailstream.config import Config, load_config
 
 PRODUCER_BATCH_BYTES = 256 * 1024
-# tansu holds an empty fetch for its whole wait even when data arrives: each hop from a
-# topic to an agent waits up to this long on the embedded broker.
-EMBEDDED_FETCH_WAIT = 0.02
 
 
 def create_app(config: Config) -> faust.App:

@@ -14,15 +14,15 @@ from pathlib import Path
 import faust
 import orjson
 
-from mailstream.broker import set_fetch_max_wait
+from mailstream.broker import EMBEDDED_FETCH_WAIT, set_fetch_max_wait
 
 
 def main() -> None:
     broker, topic_name, count, partitions, datadir = sys.argv[1:6]
     expected = int(count)
-    set_fetch_max_wait(0.05)  # as a worker does on the embedded broker
+    set_fetch_max_wait(EMBEDDED_FETCH_WAIT)  # as a worker does on the embedded broker
     app = faust.App(
-        "bench-ceiling",
+        f"bench-{Path(datadir).name}",  # its own group: each run reads from the start
         broker=f"kafka://{broker}",
         datadir=datadir,
         topic_partitions=int(partitions),

@@ -237,6 +237,11 @@ async def create_topics(config: Config, bootstrap_servers: str | None = None) ->
     await ensure_topics(servers, topics.all_names(), topics.partitions, topics.replication)
 
 
+# tansu holds an empty fetch for its whole wait even when data arrives: each hop from a
+# topic to an agent waits up to this long on the embedded broker.
+EMBEDDED_FETCH_WAIT = 0.02
+
+
 def set_fetch_max_wait(seconds: float) -> None:
     """Make Faust's consumers wait at most ``seconds`` for data in a fetch.
 
