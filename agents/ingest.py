@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from faust.types import TP
@@ -36,6 +37,10 @@ from tables.users import users
 
 logger = logging.getLogger(__name__)
 
+# Events decided between two turns of the other tasks on the event loop: a whole batch
+# in one go would hold up every delivery step for as long.
+TURN_EVENTS = 100
+
 settings = IngestSettings(
     max_event_bytes=config.ingest.max_event_bytes,
     default_tenant=config.ingest.default_tenant,
@@ -57,6 +62,20 @@ reader = DirectReader(
     config.broker.fetch_max_wait or (EMBEDDED_FETCH_WAIT if config.broker.embedded else None),
 )
 user_cache = StateCache(config.ingest.user_cache)
+
+
+def batch_loader() -> Callable[[int, bytes], UserState | None]:
+    """``load_user`` for one batch decided in parts: a user read by an earlier part is
+    handed back as that part left it."""
+    read: dict[tuple[int, bytes], UserState | None] = {}
+
+    def load(partition: int, key: bytes) -> UserState | None:
+        slot = (partition, key)
+        if slot not in read:
+            read[slot] = load_user(partition, key)
+        return read[slot]
+
+    return load
 
 
 def load_user(partition: int, key: bytes) -> UserState | None:
@@ -111,7 +130,13 @@ async def process(messages: list[RawMessage]) -> None:
     if event_rates.buckets:
         owned = len(users.active_partitions())
         event_rates.resize(owned, config.topics.partitions, now / 1000)
-    result = ingest_batch(fresh, load_user, now, settings, react, event_rates)
+    result = BatchResult()
+    load = batch_loader()
+    for start in range(0, len(fresh), TURN_EVENTS):
+        if start:
+            await asyncio.sleep(0)  # deliveries, timers and the web get a turn
+        part = fresh[start : start + TURN_EVENTS]
+        result = ingest_batch(part, load, now, settings, react, event_rates, result)
     if fresh:
         await flush(app.producer, to_outbox(result, fresh, now))
     count(result, len(fresh))

@@ -164,6 +164,7 @@ def ingest_batch(
     settings: IngestSettings,
     react: Callable[[UserState, Event], Any] | None = None,
     rates: EventRates | None = None,
+    into: BatchResult | None = None,
 ) -> BatchResult:
     """Decide every message of a batch in order; each ends in exactly one outcome.
 
@@ -171,10 +172,11 @@ def ingest_batch(
     ``react`` (the workflow engine) sees each processed event right after it is folded
     into the user's state, so it sees the state as of that event. ``rates`` holds the
     tenants' events-per-second quotas; an event beyond its tenant's is throttled before
-    its user is even read.
+    its user is even read. With ``into``, the messages continue a batch decided so far
+    into that result (``load`` must then hand back the states that batch already read).
     """
     tenancy = settings.tenancy
-    result = BatchResult()
+    result = into if into is not None else BatchResult()  # a batch decided in parts
     changed = result.changed
     loaded: dict[tuple[int, bytes], UserState] = {}  # read once, whether or not it changes
     now_s = now_ms // 1000

@@ -628,3 +628,52 @@ def test_a_ledger_record_adds_a_batchs_counts(
     stored: bytes | None, added: dict[str, int], expected: dict[str, int]
 ) -> None:
     assert orjson.loads(add_to_ledger(stored, added)) == expected
+
+
+def remembering(store: Store) -> Any:
+    """A loader for one batch decided in parts: a user read once is handed back as is."""
+    read: dict[tuple[int, bytes], UserState | None] = {}
+
+    def load(partition: int, key: bytes) -> UserState | None:
+        if (partition, key) not in read:
+            read[(partition, key)] = store.load(partition, key)
+        return read[(partition, key)]
+
+    return load
+
+
+@pytest.mark.parametrize("part", [1, 2, 3, 7])
+@pytest.mark.parametrize(
+    ("messages", "settings"),
+    [
+        (BATCHES["mixed"][0] + BATCHES["duplicates-in-batch"][0], SETTINGS),
+        (
+            batch(
+                *[
+                    event(f"s{i}", event_type="search", timestamp=NOW_MS - 1000 + i)
+                    for i in range(9)
+                ],
+                *[event(f"p{i}", timestamp=NOW_MS - 900 + i * 20_000) for i in range(4)],
+            ),
+            RULED,
+        ),
+    ],
+    ids=["mixed", "ruled"],
+)
+def test_a_batch_decided_in_parts_decides_as_one(
+    messages: list[RawMessage], settings: IngestSettings, part: int
+) -> None:
+    whole = ingest_batch(messages, Store().load, NOW_MS, settings)
+    store = Store()
+    load = remembering(store)
+    result = BatchResult()
+    for start in range(0, len(messages), part):
+        result = ingest_batch(messages[start : start + part], load, NOW_MS, settings, into=result)
+
+    assert result.counts == whole.counts
+    assert result.by_partition == whole.by_partition
+    assert [e.event_id for e in result.events] == [e.event_id for e in whole.events]
+    assert {s: st.encode() for s, st in result.changed.items()} == {
+        s: st.encode() for s, st in whole.changed.items()
+    }
+    assert max(store.loads.values(), default=0) == 1  # each user read once for the batch
