@@ -37,7 +37,7 @@ commands:
   suppress  add, remove, import or list addresses that must never be mailed
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
-  bench     measure ingest throughput, timer lag or delivery rate
+  bench     measure the pipeline against a bare Faust agent, timer lag or delivery rate
 """
 
 
