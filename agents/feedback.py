@@ -3,6 +3,7 @@ webhooks and one-click links, applied to the user and to the send's delivery rec
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -101,3 +102,11 @@ async def sweep_skipped_feedback() -> None:
     unsubscribe would otherwise wait for the next feedback on its partition."""
     if settled():
         await intake.sweep(apply_batch)
+
+
+@app.task
+async def _close_backfill_on_stop() -> None:
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await intake.close()
