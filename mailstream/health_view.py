@@ -8,7 +8,7 @@ from typing import Any
 
 from mailstream import health
 from mailstream.app import app
-from mailstream.runtime import automation
+from mailstream.runtime import workflow_names
 from mailstream.stats import collect
 
 window = health.Window(time.monotonic())
@@ -29,5 +29,5 @@ def workflow_health(figures: dict[str, dict[str, Any]] | None) -> dict[str, Any]
     """Every configured workflow's health from the figures of all workers, added up."""
     return {
         "window_s": health.WINDOW_S,
-        "workflows": health.report(figures or {}, automation.engine.workflows),
+        "workflows": health.report(figures or {}, workflow_names()),
     }

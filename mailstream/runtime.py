@@ -66,6 +66,15 @@ def automation_for(tenant: str) -> Automation:
     return _automations.get(tenant, automation)
 
 
+def workflow_names() -> set[str]:
+    """Every workflow configured, by default or for any tenant (named alike, counted
+    as one in workflow health)."""
+    names = set(automation.engine.workflows)
+    for tenant_automation in _automations.values():
+        names.update(tenant_automation.engine.workflows)
+    return names
+
+
 def applier_for(tenant: str) -> EffectsApplier:
     found = _appliers.get(tenant)
     if found is not None:

@@ -28,7 +28,13 @@ async def test_two_tenants_stay_apart_and_a_flood_does_not_delay_the_other(
         use_fake(deployment, fake, rate_limit=RATE, burst=RATE, from_address="Shop <s@shop.test>")
         deployment.overrides["workflows"] = RECEIPT
         deployment.overrides["tenants"] = {
-            "acme": {"delivery": {"from_address": "Acme <hi@acme.test>"}},
+            "acme": {
+                "delivery": {"from_address": "Acme <hi@acme.test>"},
+                # a workflow of acme's alone (its event is never sent here)
+                "workflows": {
+                    "acme_receipt": {**RECEIPT["order_receipt"], "trigger": {"event": "ping"}}
+                },
+            },
             "globex": {"quota": {"events_per_second": 1000}},
         }
         worker = start(deployment, fake, "a")
@@ -73,6 +79,9 @@ async def test_two_tenants_stay_apart_and_a_flood_does_not_delay_the_other(
             assert metric_sum(m, "mailstream_events_total", outcome="processed", tenant=tenant) == 2
             sent = metric_sum(m, "mailstream_sends_total", result="sent", tenant=tenant)
             assert sent == 1
+        status, health = await worker.get("/api/workflows/health")
+        assert status == 200
+        assert {"order_receipt", "acme_receipt"} <= set(health["workflows"])  # acme's own too
         status, board = await worker.get("/api/dashboard")
         assert status == 200
         assert board["tenants"]["acme"]["processed"] == 2
