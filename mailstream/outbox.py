@@ -169,7 +169,8 @@ async def _send_stage(
             continue
         acked = await asyncio.gather(*futures)
         for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
-            last[slot] = max(_offset(md) + count - 1, last.get(slot, -1))
+            # md.offset: the record's, or the first of a batch of ``count``
+            last[slot] = max(md.offset + count - 1, last.get(slot, -1))
     return last
 
 
@@ -200,27 +201,19 @@ async def _send_batches(
     """One slot's records in as few record batches as they fit, in order."""
     topic, partition = slot[0].changelog_topic, slot[1]
     sent: list[tuple[tuple[PartitionStore, int], int, Any]] = []
-    builder = producer.create_batch()
-    count = 0
+    builder, count = producer.create_batch(), 0
     for key, value in records:
-        if builder.append(key=key, value=value, timestamp=None) is None:
+        while builder.append(key=key, value=value, timestamp=None) is None:  # full
             if count == 0:
                 raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch")
             sent.append(
                 (slot, count, await producer.send_batch(builder, topic, partition=partition))
             )
             builder, count = producer.create_batch(), 0
-            if builder.append(key=key, value=value, timestamp=None) is None:
-                raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch")
         count += 1
     if count:
         sent.append((slot, count, await producer.send_batch(builder, topic, partition=partition)))
     return sent
-
-
-def _offset(metadata: Any) -> int:
-    """The first offset a send's acknowledgement covers (a record's, or a batch's base)."""
-    return int(metadata.offset)
 
 
 async def _flush(producer: Any, outbox: Outbox) -> None:
