@@ -3,13 +3,12 @@ webhooks and one-click links, applied to the user and to the send's delivery rec
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
 
 from mailstream import metrics
-from mailstream.app import app, config, settled
+from mailstream.app import app, close_when_stopping, config, settled
 from mailstream.apply import dead_letter_message
 from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.delivery import Delivery, delivery_key, note_feedback
@@ -104,9 +103,4 @@ async def sweep_skipped_feedback() -> None:
         await intake.sweep(apply_batch)
 
 
-@app.task
-async def _close_backfill_on_stop() -> None:
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await intake.close()
+close_when_stopping(intake)

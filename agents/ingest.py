@@ -12,7 +12,7 @@ from typing import Any
 from faust.types import TP
 
 from mailstream import metrics
-from mailstream.app import app, config, events_topic, settled
+from mailstream.app import app, close_when_stopping, config, events_topic, settled
 from mailstream.apply import dead_letter_message
 from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.broker import EMBEDDED_FETCH_WAIT
@@ -189,10 +189,4 @@ async def sweep_skipped_tails() -> None:
         await intake.sweep(process)
 
 
-@app.task
-async def _close_backfill_on_stop() -> None:
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await intake.close()
-        await reader.close()
+close_when_stopping(intake, reader)

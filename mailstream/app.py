@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import faust
@@ -53,6 +54,19 @@ def create_app(config: Config) -> faust.App:
     )
     faust_metrics.install(app)  # served at /metrics by mailstream.web, beside our own
     return app
+
+
+def close_when_stopping(*resources: Any) -> None:
+    """Close each of ``resources`` (its ``close()`` coroutine) when the worker stops."""
+
+    async def close_on_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            for resource in resources:
+                await resource.close()
+
+    app.task(close_on_stop)
 
 
 def settled() -> bool:
