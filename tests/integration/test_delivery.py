@@ -219,12 +219,19 @@ async def test_sigkill_mid_run_loses_no_receipt_and_sends_no_marketing_twice(
         assert twice == [], f"marketing sent twice: {twice[:5]}"
         assert transactional <= set(per_id), "no receipt is lost"
         unknown = int(metric_sum(m, "mailstream_deliveries_total", result="unknown"))
-        delivered = len(set(per_id) & marketing)
-        assert delivered + unknown == len(marketing)
+        delivered = set(per_id) & marketing
+        # A marketing send caught mid-call by the kill is given up as unknown: the provider
+        # may or may not have taken it, so it can also be among the delivered. Only the
+        # calls in flight at the kill can be caught (concurrency: 32).
+        assert unknown <= 32, unknown
+        listed: set[str] = set()
         if unknown:
             letters = await deployment.read_topic(deployment.topics["dlq"], unknown, timeout=20)
             codes = Counter(dict(x.headers)["mailstream.reason_code"] for x in letters)
             assert codes[b"unknown_outcome"] == unknown, "each unknown outcome is listed"
+            listed = {orjson.loads(x.value)["send_id"] for x in letters}
+        assert listed <= marketing
+        assert marketing - delivered <= listed, "a marketing send neither delivered nor listed"
 
 
 async def test_smtp_retries_a_421_and_suppresses_a_550(deployment: Deployment) -> None:
