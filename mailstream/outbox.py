@@ -132,35 +132,39 @@ async def _send_stage(
     """Send one stage's changelog records (and messages) and wait for the broker's
     acknowledgement. Returns the highest changelog offset acknowledged per slot.
 
-    With ``lone_tails`` each changelog partition's last record is sent on its own,
-    after the others are acknowledged, so that the partition's last record batch holds
-    one record. tansu reports the high-water mark of a partition whose last batch holds
+    With ``lone_tails`` each changelog partition's last record goes in a record batch
+    of its own. tansu reports the high-water mark of a partition whose last batch holds
     several records as that batch's base offset + 1, and Faust's table recovery reads
     only up to the high-water mark; a lone last record makes it exact while every other
-    record still travels in batches."""
-    last: dict[tuple[PartitionStore, int], int] = {}
-    tails: list[tuple[tuple[PartitionStore, int], bytes, bytes | None]] = []
-    rounds: list[list[tuple[tuple[PartitionStore, int], bytes, bytes | None]]] = [[]]
-    for slot, records in items.items():
-        keyed = list(records.items())
-        if lone_tails and keyed:
-            *body, (key, value) = keyed
-            tails.append((slot, key, value))
-            keyed = body
-        rounds[0].extend((slot, key, value) for key, value in keyed)
-    if tails:
-        rounds.append(tails)
+    record still travels in batches. Filling the batches ourselves, the tail batch is
+    queued right behind the rest: the producer sends a partition's batches in order, one
+    request at a time. Record by record (a producer without batches of its own), the
+    tails wait for the rest to be acknowledged."""
     batches = _batch_producer(producer)
-    for i, batch in enumerate(rounds):
-        # (slot, how many records its future's offset covers, future)
-        pending: list[tuple[tuple[PartitionStore, int], int, Any]] = []
-        if batches is not None:
-            for slot, slot_records in _by_slot(batch).items():
-                pending.extend(await _send_batches(batches, slot, slot_records))
-        else:
-            for slot, key, value in batch:
-                sent = await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
-                pending.append((slot, 1, sent))
+    # each round: (slot, how many records its future's offset covers, future)
+    rounds: list[list[tuple[tuple[PartitionStore, int], int, Any]]] = [[]]
+    tails: list[tuple[tuple[PartitionStore, int], bytes, bytes | None]] = []
+    if batches is not None:
+        for slot, records in items.items():
+            keyed = list(records.items())
+            parts = [keyed[:-1], keyed[-1:]] if lone_tails and len(keyed) > 1 else [keyed]
+            for part in parts:
+                if part:
+                    rounds[0].extend(await _send_batches(batches, slot, part))
+    else:
+        for slot, records in items.items():
+            keyed = list(records.items())
+            if lone_tails and keyed:
+                tails.append((slot, *keyed.pop()))
+            for key, value in keyed:
+                rounds[0].append((slot, 1, await _send_record(producer, slot, key, value)))
+        if tails:
+            rounds.append([])
+    last: dict[tuple[PartitionStore, int], int] = {}
+    for i, pending in enumerate(rounds):
+        if i == 1:  # the tails, sent once the rest is acknowledged
+            for slot, key, value in tails:
+                pending.append((slot, 1, await _send_record(producer, slot, key, value)))
         futures = [future for _, _, future in pending]
         if i == 0:  # messages travel with the first round: nothing orders them by offset
             for topic, msg_key, value, headers in messages:
@@ -174,6 +178,12 @@ async def _send_stage(
     return last
 
 
+async def _send_record(
+    producer: Any, slot: tuple[PartitionStore, int], key: bytes, value: bytes | None
+) -> Any:
+    return await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
+
+
 def _batch_producer(producer: Any) -> Any:
     """The aiokafka producer under Faust's, whose record batches a flush fills itself:
     one future per batch instead of one per record. None: send record by record."""
@@ -182,15 +192,6 @@ def _batch_producer(producer: Any) -> Any:
         return None
     inner = ensure()
     return inner if hasattr(inner, "create_batch") else None
-
-
-def _by_slot(
-    batch: list[tuple[tuple[PartitionStore, int], bytes, bytes | None]],
-) -> dict[tuple[PartitionStore, int], list[tuple[bytes, bytes | None]]]:
-    slots: dict[tuple[PartitionStore, int], list[tuple[bytes, bytes | None]]] = {}
-    for slot, key, value in batch:
-        slots.setdefault(slot, []).append((key, value))
-    return slots
 
 
 async def _send_batches(

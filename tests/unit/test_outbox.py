@@ -213,3 +213,28 @@ async def test_batched_records_keep_their_order_and_stores_get_the_last_acked_of
     elif capacity == 100:
         assert ("users-changelog", 0, [b"u1", b"u2", b"progress"]) in client.batches
     assert [k for t, _, k, _ in client.inner.sent if t == "sends"] == [b"u1"]
+
+
+async def test_batched_lone_tails_are_queued_behind_the_rest_without_waiting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The producer sends a partition's batches in order, one request at a time, so the
+    # tail batch need not wait for the rest to be acknowledged: one round per stage.
+    monkeypatch.setattr(outbox_module, "LONE_TAILS", True)
+    users, timers = Store("users"), Store("timers")
+    client = BatchingClient(100)
+    await flush(FaustProducer(client), three_stage_outbox(users, timers))
+
+    assert [b for b in client.batches if b[0] == "users-changelog"] == [
+        ("users-changelog", 0, [b"u1", b"u2"]),
+        ("users-changelog", 0, [b"progress"]),
+        ("users-changelog", 1, [b"u3"]),
+    ]
+    in_flight = {
+        (topic, key): n
+        for (topic, _, key, _), n in zip(
+            client.inner.sent, client.inner.in_flight_at_send, strict=True
+        )
+    }
+    assert in_flight[("users-changelog", b"progress")] == 2  # u1 and u2 not yet acked
+    assert in_flight[("timers-changelog", b"t2")] == 1  # behind t1, in the same round
