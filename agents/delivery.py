@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -87,6 +87,15 @@ def _count_for_workflow(command: Any, result: str, event_to_send_s: float | None
         metrics.WORKFLOW_EVENT_TO_SEND.labels(workflow).observe(event_to_send_s)
 
 
+def _observe_path(stage: str, event_ats: Iterable[Any], now: float | None = None) -> None:
+    """How long after their triggering events sends reached ``stage`` (at ``now``, in
+    seconds; default: now). Sends made right away carry the event's time; others none."""
+    now = time.time() if now is None else now
+    for event_at in event_ats:
+        if isinstance(event_at, int):
+            metrics.SEND_PATH.labels(stage).observe(max(0.0, now - event_at / 1000))
+
+
 def _what(queue_key: bytes, partition: int) -> str:
     """A queued send for a log line, even from a key that does not decode."""
     try:
@@ -125,6 +134,9 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     now = _now_ms()
     outbox = Outbox()
     batch: dict[tuple[int, bytes], Delivery] = {}
+    # the triggering events' times of the commands taken, and of those queued
+    taken_at: list[Any] = []
+    queued_at: list[Any] = []
     for topic in SEND_TOPICS:
         fresh = await intake.fresh(messages, topic)
         for m in fresh:
@@ -133,6 +145,7 @@ async def accept_batch(messages: list[RawMessage]) -> None:
                 dead_letter_message(outbox, config.topics.dlq, m, "bad_send_command", command)
                 metrics.DEAD_LETTERS.labels("bad_send_command").inc()
                 continue
+            taken_at.append(command.get("event_at"))
             tenant = command["tenant_id"]
             if not tenancy.known(tenant):
                 reason = f"tenant_id {tenant!r} is not configured under tenants:"
@@ -156,11 +169,14 @@ async def accept_batch(messages: list[RawMessage]) -> None:
             outbox.put(delivery_queue, m.partition, delivery.queue_key, m.value, BEFORE_STATE)
             outbox.put(deliveries, m.partition, record_key, delivery.encode())
             metrics.DELIVERIES.labels(command["category"], "queued", label).inc()
+            queued_at.append(command.get("event_at"))
         intake.put_progress(outbox, fresh, topic)
+    _observe_path("taken", taken_at, now / 1000)
     if outbox:
         await flush(app.producer, outbox)
         if dispatcher is not None:
             dispatcher.wake()
+        _observe_path("queued", queued_at)
 
 
 @app.agent(sends_topic, name="mailstream.delivery")
@@ -178,6 +194,8 @@ async def sweep_skipped_send_tails() -> None:
 
 
 Result = tuple[int, bytes, Delivery, bytes, dict[str, Any], Accepted | SendFailure, float]
+# a hard bounce to record on the user: (suspect, partition, command, failure, now)
+Suppressed = tuple[Suspect, int, dict[str, Any], SendFailure, int]
 
 
 class Dispatcher(GuardedLoop):
@@ -207,18 +225,44 @@ class Dispatcher(GuardedLoop):
                 await provider.close()
 
     async def run_round(self) -> None:
-        await self.settle()
-        await self.dispatch()
+        """Record the finished calls and take the sends that may go now, in one flush."""
+        outbox = Outbox()
+        finished, suppress = self.settle(outbox)
+        chosen = self.dispatch(
+            outbox, room=self.rt.concurrency - len(self.inflight) + len(finished)
+        )
+        # A marketing call waits for its `attempting` record: a worker that dies during
+        # the call must leave it `unknown`, never sent twice. A transactional one is sent
+        # again after such a death whether that record was written or not (still
+        # `queued`), so it starts now; its outcome is recorded by a later round, after
+        # this flush.
+        self._start_calls([c for c in chosen if c[2].category == "transactional"])
+        if suppress:
+            async with STATE_LOCK:  # user records are the ingest agent's too
+                for suspect, p, command, failure, now in suppress:
+                    self.suspect = suspect
+                    self._suppress(outbox, p, command, failure, now)
+                self.suspect = None
+                await flush(app.producer, outbox)
+        elif outbox:
+            await flush(app.producer, outbox)
+        del self.settling[: len(finished)]
+        for _, _, delivery, _, command, _, _ in finished:
+            self.inflight.discard(delivery_key(delivery.tenant_id, command["send_id"]))
+        self._start_calls([c for c in chosen if c[2].category != "transactional"])
 
-    async def dispatch(self) -> None:
-        """Take the sends that may go now: transactional before marketing, the tenants
-        with ready sends taking turns within each (mailstream.fair)."""
-        room = self.rt.concurrency - len(self.inflight)
+    def dispatch(
+        self, outbox: Outbox, room: int
+    ) -> list[tuple[int, bytes, Delivery, bytes, dict[str, Any]]]:
+        """Choose the sends that may go now, up to ``room``: transactional before
+        marketing, the tenants with ready sends taking turns within each
+        (mailstream.fair). Their `attempting` records (and the sent-today counts) go in
+        ``outbox``."""
         if room <= 0:
-            return
+            return []
         partitions = delivery_queue.active_partitions()
         if not partitions:
-            return
+            return []
         mono = time.monotonic()
         fair = self.rt.fair
         fair.resize(len(partitions), config.topics.partitions, mono)
@@ -280,9 +324,12 @@ class Dispatcher(GuardedLoop):
         for lane, p in {(tenancy.lane(c[2].tenant_id), c[0]) for c in chosen}:
             n = sum(1 for c in chosen if c[0] == p and tenancy.lane(c[2].tenant_id) == lane)
             outbox.put(deliveries, p, sent_key(iso, lane), str(lane_counts[(lane, p)] + n).encode())
-        if not outbox:
-            return
-        await flush(app.producer, outbox)  # `attempting` is durable before any call
+        return chosen
+
+    def _start_calls(
+        self, chosen: list[tuple[int, bytes, Delivery, bytes, dict[str, Any]]]
+    ) -> None:
+        _observe_path("calling", (c[4].get("event_at") for c in chosen if c[2].attempts == 1))
         for p, key, delivery, raw, command in chosen:
             self.inflight.add(delivery_key(delivery.tenant_id, command["send_id"]))
             task = asyncio.create_task(self._call(p, key, delivery, raw, command))
@@ -401,16 +448,14 @@ class Dispatcher(GuardedLoop):
             outcome = SendFailure("error", repr(exc), retryable=True)
         await self.results.put((p, key, delivery, raw, command, outcome, started))
 
-    async def settle(self) -> None:
-        """Record the outcomes of finished calls, in one flush."""
+    def settle(self, outbox: Outbox) -> tuple[list[Result], list[Suppressed]]:
+        """The outcomes of finished calls, in ``outbox``: returns the calls settled (taken
+        from ``settling`` once the outbox is durable) and the addresses to suppress."""
         while not self.results.empty():
             self.settling.append(self.results.get_nowait())
-        if not self.settling:
-            return
         finished = list(self.settling)
         now = _now_ms()
-        outbox = Outbox()
-        suppress: list[tuple[Suspect, int, dict[str, Any], SendFailure]] = []
+        suppress: list[Suppressed] = []
         for item in finished:
             p, key, delivery, raw, command, outcome, started = item
             what = f"finished send {command['send_id']} on partition {p}"
@@ -445,21 +490,10 @@ class Dispatcher(GuardedLoop):
                     metrics.SENDS.labels(provider, category, result.reason, label).inc()
                     _count_for_workflow(command, result.reason)
                     if result.suppress:
-                        suppress.append((suspect, p, command, outcome))
+                        suppress.append((suspect, p, command, outcome, now))
             outbox.put(deliveries, p, record_key, delivery.encode())
-        if suppress:
-            async with STATE_LOCK:  # user records are the ingest agent's too
-                for suspect, p, command, failure in suppress:
-                    self.suspect = suspect
-                    self._suppress(outbox, p, command, failure, now)
-                self.suspect = None
-                await flush(app.producer, outbox)
-        else:
-            self.suspect = None
-            await flush(app.producer, outbox)
-        del self.settling[: len(finished)]
-        for _, _, delivery, _, command, _, _ in finished:
-            self.inflight.discard(delivery_key(delivery.tenant_id, command["send_id"]))
+        self.suspect = None
+        return finished, suppress
 
     async def give_up(self, suspect: Suspect, reason: str) -> None:
         """A send the dispatcher keeps failing on: dead-lettered, off the queue, its record

@@ -139,6 +139,11 @@ async def process(messages: list[RawMessage]) -> None:
         result = ingest_batch(part, load, now, settings, react, event_rates, result)
     if fresh:
         await flush(app.producer, to_outbox(result, fresh, now))
+        written = time.time()
+        for _, fx in result.reactions:
+            for send in fx.sends:
+                if send.event_at is not None:
+                    metrics.SEND_PATH.labels("written").observe(written - send.event_at / 1000)
     count(result, len(fresh))
     metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 

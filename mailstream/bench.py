@@ -48,10 +48,15 @@ def _total(
     )
 
 
-def _quantile(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, q: float) -> float:
-    """Upper bound of the bucket holding quantile ``q`` of a Prometheus histogram."""
+def _quantile(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, q: float, **labels: str
+) -> float:
+    """Upper bound of the bucket holding quantile ``q`` of a Prometheus histogram (of the
+    series with ``labels``)."""
     buckets = sorted(
-        (float(lab["le"]), v) for lab, v in samples.get(f"{name}_bucket", []) if "le" in lab
+        (float(lab["le"]), v)
+        for lab, v in samples.get(f"{name}_bucket", [])
+        if "le" in lab and all(lab.get(k) == x for k, x in labels.items())
     )
     count = buckets[-1][1] if buckets else 0.0
     for bound, cumulative in buckets:

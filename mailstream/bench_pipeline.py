@@ -33,7 +33,7 @@ import orjson
 import yaml
 from aiohttp import web
 
-from mailstream.bench import _samples, _total, _wait, clean_up, stop_processes
+from mailstream.bench import _quantile, _samples, _total, _wait, clean_up, stop_processes
 from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
 from mailstream.loadgen import synthetic_events
 from mailstream.producer import EventProducer
@@ -256,6 +256,19 @@ async def latency(
     }
 
 
+def send_path(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[str, Any]:
+    """Where the latency goes, from the worker's own histogram: the p50 and p99 of the
+    time from the event to each stage of a send (bucket upper bounds, in ms)."""
+    out: dict[str, Any] = {}
+    for stage in ("written", "taken", "queued", "calling"):
+        bounds = [
+            1000 * _quantile(samples, "mailstream_send_path_seconds", q, stage=stage)
+            for q in (0.5, 0.99)
+        ]
+        out[f"path_{stage}_p50_p99_le_ms"] = " / ".join(f"{b:g}" for b in bounds)
+    return out
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -346,6 +359,7 @@ async def bench_pipeline(
         worker = bench.start_worker("bench-one", one)  # the same data, recovered
         await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
         result.update(await latency(bench, one["events"], users, load, latency_seconds))
+        result.update(send_path(_samples(worker)))
         stop_processes(bench.procs)
 
         print("scale-out: two workers on a copy of the events ...", flush=True)

@@ -148,6 +148,33 @@ EVENT_TO_SEND = Histogram(
     " for sends made right away (not after a wait or a hold).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
+SEND_PATH = Histogram(
+    "mailstream_send_path_seconds",
+    "Where the time from a triggering event to the provider goes, for sends made right"
+    " away: from the event's timestamp to the batch that wrote the send command being"
+    " durable (stage written), the delivery agent taking the command (taken), recording it"
+    " as queued (queued), and its provider call starting (calling).",
+    ["stage"],
+    buckets=(
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.075,
+        0.1,
+        0.15,
+        0.2,
+        0.25,
+        0.35,
+        0.5,
+        0.75,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        60.0,
+    ),
+)
 TIMERS_PENDING = Gauge(
     "mailstream_timers_pending",
     "Timers (waits, inactivity checks, held sends) pending in this worker's partitions,"
