@@ -18,9 +18,10 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
+from faust.types import TP
 
 from mailstream import metrics
-from mailstream.app import app, config, settled
+from mailstream.app import app, close_when_stopping, config, fetch_max_wait, settled
 from mailstream.apply import dead_letter_headers, dead_letter_message
 from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.compose import compose, recipient_domain
@@ -47,6 +48,7 @@ from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
+from mailstream.reader import DirectReader
 from mailstream.runtime import automation_for, delivery_runtime, tenancy
 from mailstream.suppression import Suppression
 from mailstream.tenants import over_daily_quota
@@ -57,8 +59,15 @@ from tables.users import users
 logger = logging.getLogger(__name__)
 
 SEND_TOPICS = (config.topics.sends_transactional, config.topics.sends_marketing)
-sends_topic = app.topic(*SEND_TOPICS, key_serializer="raw", value_serializer="raw")
-# The agent and the tail sweep both accept commands, one batch at a time.
+# Read directly (mailstream.reader), Faust only keeps the partitions assigned: without
+# acks, its monitor does not take the paused stream for a stuck one.
+sends_topic = app.topic(
+    *SEND_TOPICS,
+    key_serializer="raw",
+    value_serializer="raw",
+    acks=not config.delivery.direct_read,
+)
+# The agent (or the reader) and the tail sweep accept commands, one batch at a time.
 intake = Intake(deliveries, SEND_TOPICS, config.bootstrap_servers)
 REQUIRED = ("send_id", "tenant_id", "user_id", "to", "category", "subject", "text", "html")
 TICK_SECONDS = 0.02
@@ -185,11 +194,46 @@ async def accept_sends(stream: Any) -> None:
     await intake.consume(stream, accept_batch, within=ACCEPT_WITHIN)
 
 
+def pause_faust_fetching(partitions: list[int]) -> None:
+    """Faust keeps the send topics' partitions assigned; the direct reader reads them."""
+    app.consumer.pause_partitions({TP(topic, p) for topic in SEND_TOPICS for p in partitions})
+
+
+if config.delivery.direct_read:
+    reader = DirectReader(
+        config.bootstrap_servers, SEND_TOPICS, 500, ACCEPT_WITHIN, fetch_max_wait(config)
+    )
+
+    @app.task
+    async def read_sends() -> None:
+        await reader.run(
+            deliveries.active_partitions,
+            lambda topic, partition: intake.progress(topic)(partition),
+            settled,
+            accept_batch,
+            intake.lock,
+            pause_faust_fetching,
+        )
+
+    @app.on_partitions_revoked.connect
+    async def _stop_reading(*_: Any, **__: Any) -> None:
+        # Under the lock: a batch being accepted finishes before the partitions move.
+        async with intake.lock:
+            reader.invalidate()
+
+    @app.on_partitions_assigned.connect
+    async def _read_again(*_: Any, **__: Any) -> None:
+        reader.invalidate()
+
+    close_when_stopping(reader)
+
+
 @app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_send_tails() -> None:
     """Send commands the consumer skipped at the end of a quiet partition: a skipped
-    receipt would otherwise wait for the next command on its partition."""
-    if settled():
+    receipt would otherwise wait for the next command on its partition. The direct
+    reader skips nothing."""
+    if settled() and not config.delivery.direct_read:
         await intake.sweep(accept_batch)
 
 

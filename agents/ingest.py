@@ -12,10 +12,16 @@ from typing import Any
 from faust.types import TP
 
 from mailstream import metrics
-from mailstream.app import app, close_when_stopping, config, events_topic, settled
+from mailstream.app import (
+    app,
+    close_when_stopping,
+    config,
+    events_topic,
+    fetch_max_wait,
+    settled,
+)
 from mailstream.apply import dead_letter_message
 from mailstream.backfill import QUIET_SECONDS, Intake
-from mailstream.broker import EMBEDDED_FETCH_WAIT
 from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (
@@ -56,10 +62,10 @@ event_rates = EventRates(tenancy)
 intake = Intake(users, {config.topics.events: PROGRESS_KEY}, config.bootstrap_servers, STATE_LOCK)
 reader = DirectReader(
     config.bootstrap_servers,
-    config.topics.events,
+    [config.topics.events],
     config.ingest.batch_size,
     config.ingest.batch_within,
-    config.broker.fetch_max_wait or (EMBEDDED_FETCH_WAIT if config.broker.embedded else None),
+    fetch_max_wait(config),
 )
 user_cache = StateCache(config.ingest.user_cache)
 
@@ -167,7 +173,7 @@ if config.ingest.direct_read:
     async def read_events() -> None:
         await reader.run(
             users.active_partitions,
-            users.progress,
+            lambda _topic, partition: users.progress(partition),
             settled,
             process,
             STATE_LOCK,

@@ -14,6 +14,15 @@ from mailstream.config import Config, load_config
 PRODUCER_BATCH_BYTES = 256 * 1024
 
 
+def fetch_max_wait(config: Config) -> float | None:
+    """How long a fetch may wait for data (None: the client's default). tansu holds an
+    empty fetch for all of it even when data arrives, so on the embedded broker it is
+    short."""
+    if config.broker.fetch_max_wait is None and config.broker.embedded:
+        return EMBEDDED_FETCH_WAIT
+    return config.broker.fetch_max_wait
+
+
 def create_app(config: Config) -> faust.App:
     options: dict[str, Any] = {}
     # tansu 0.6 reports a wrong high-water mark when a partition's last record batch
@@ -21,9 +30,7 @@ def create_app(config: Config) -> faust.App:
     # changelog's tail. Every flush sends each changelog partition's last record on its
     # own, so the last batch holds one record; never needed on Apache Kafka.
     outbox.LONE_TAILS = config.broker.embedded
-    fetch_wait = config.broker.fetch_max_wait
-    if fetch_wait is None and config.broker.embedded:
-        fetch_wait = EMBEDDED_FETCH_WAIT
+    fetch_wait = fetch_max_wait(config)
     if fetch_wait is not None:
         set_fetch_max_wait(fetch_wait)
     app = faust.App(

@@ -1,13 +1,14 @@
-"""Reading the events topic straight from Kafka, for the partitions this worker owns.
+"""Reading a topic straight from Kafka, for the partitions this worker owns.
 
 Faust's stream path costs about as much per event as everything mailstream does with
 it (each message is handed from the consumer thread to the event loop, wrapped in an
 Event, queued per stream, tracked for acknowledgement and reported to every sensor).
 The ingest agent works in batches and keeps its own durable position (the progress
-record written with each batch), so it needs none of that. The ``DirectReader`` is a
-group-less consumer on the event loop that reads each owned partition from its
-progress record in batches, while Faust keeps the partitions assigned (so tables and
-topic stay co-partitioned) but pauses fetching them.
+record written with each batch), so it needs none of that; nor does the delivery agent
+for its send commands. The ``DirectReader`` is a group-less consumer on the event loop
+that reads each owned partition of its topics from its progress record in batches,
+while Faust keeps the partitions assigned (so tables and topics stay co-partitioned) but
+pauses fetching them.
 
 Ownership comes from Faust's group: the reader only applies a batch while the worker
 is settled and the batch was read under the current assignment (``epoch``). A
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -29,17 +30,21 @@ from mailstream.ingest import RawMessage
 logger = logging.getLogger(__name__)
 
 
+# topic, partition -> the partition's next unapplied offset (None: none applied yet)
+Progress = Callable[[str, int], int | None]
+
+
 class DirectReader:
     def __init__(
         self,
         bootstrap_servers: str,
-        topic: str,
+        topics: Sequence[str],
         batch_size: int,
         within: float,
         fetch_max_wait: float | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
-        self.topic = topic
+        self.topics = tuple(topics)
         self.batch_size = batch_size
         self.within_ms = max(1, int(within * 1000))
         self.fetch_max_wait_ms = int((fetch_max_wait if fetch_max_wait is not None else 0.5) * 1000)
@@ -67,28 +72,26 @@ class DirectReader:
             self._consumer = consumer
         return self._consumer
 
-    async def _assign(
-        self, partitions: Iterable[int], progress: Callable[[int], int | None]
-    ) -> None:
-        """Read ``partitions`` from each one's next unapplied offset."""
+    async def _assign(self, partitions: Iterable[int], progress: Progress) -> None:
+        """Read ``partitions`` of each topic from each one's next unapplied offset."""
         consumer = await self._client()
         owned = tuple(sorted(partitions))
-        tps = [TopicPartition(self.topic, p) for p in owned]
+        tps = [TopicPartition(topic, p) for topic in self.topics for p in owned]
         consumer.assign(tps)
         for tp in tps:
-            start = progress(tp.partition)
+            start = progress(tp.topic, tp.partition)
             if start is None:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, start)
         if owned != self._assigned:
-            logger.info("reading %s partitions %s directly", self.topic, list(owned))
+            logger.info("reading %s partitions %s directly", ", ".join(self.topics), list(owned))
         self._assigned = owned
 
     async def run(
         self,
         owned: Callable[[], list[int]],
-        progress: Callable[[int], int | None],
+        progress: Progress,
         settled: Callable[[], bool],
         apply: Callable[[list[RawMessage]], Awaitable[None]],
         lock: asyncio.Lock,
@@ -96,8 +99,8 @@ class DirectReader:
     ) -> None:
         """Forever: read a batch of the owned partitions and apply it under ``lock``.
 
-        ``owned()`` lists the partitions this worker owns, ``progress(p)`` is partition
-        p's next unapplied offset (None: none applied yet), ``settled()`` says the worker's
+        ``owned()`` lists the partitions this worker owns, ``progress(topic, p)`` is that
+        partition's next unapplied offset (None: none applied yet), ``settled()`` says the worker's
         view of its partitions is complete, and ``on_assign`` is told each new assignment
         (to pause Faust's own fetching of them)."""
         while True:
