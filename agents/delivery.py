@@ -45,7 +45,7 @@ from mailstream.events import valid_tenant
 from mailstream.fair import CHOSEN, CLASSES, LANE_DONE, SKIP, STOP, TENANT_WAIT
 from mailstream.health import known_workflow
 from mailstream.ingest import RawMessage
-from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
+from mailstream.outbox import AFTER_STATE, BEFORE_STATE, HANDOFF, STATE_LOCK, Outbox, flush
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
 from mailstream.reader import DirectReader
@@ -226,6 +226,12 @@ if config.delivery.direct_read:
         reader.invalidate()
 
     close_when_stopping(reader)
+
+    def _take_written(written: list[tuple[str, int, int, bytes | None, bytes]]) -> None:
+        reader.offer(RawMessage(*w) for w in written)
+
+    for _topic in SEND_TOPICS:  # the commands this worker writes, straight to the reader
+        HANDOFF[_topic] = _take_written
 
 
 @app.timer(interval=QUIET_SECONDS)

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,9 +157,35 @@ def _sum(urls: list[str], name: str, **labels: str) -> float:
     return sum(_total(_samples(url), name, **labels) for url in urls)
 
 
-async def consume_rate(urls: list[str], events: int, what: str) -> tuple[float, float, float]:
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU time the processes have used so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSpan:
+    """CPU time used by some processes between ``start()`` and ``stop()``."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.seconds = 0.0
+
+    def start(self) -> None:
+        self.seconds = -_cpu_seconds(self.pids)
+
+    def stop(self) -> None:
+        self.seconds += _cpu_seconds(self.pids)
+
+
+async def consume_rate(
+    urls: list[str], events: int, what: str, cpu: Sequence[CpuSpan] = ()
+) -> tuple[float, float, float]:
     """Wait until the workers at ``urls`` have consumed ``events``; the events per second
-    from the first consumed to the last, and that span's start and end (wall clock)."""
+    from the first consumed to the last, and that span's start and end (wall clock).
+    Each of ``cpu`` measures its processes over that span."""
     first: tuple[float, float] | None = None
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
@@ -171,8 +197,12 @@ async def consume_rate(urls: list[str], events: int, what: str) -> tuple[float, 
         now = time.time()
         if consumed > 0 and first is None:
             first = (now, consumed)
+            for span in cpu:
+                span.start()
         if consumed >= events:
             assert first is not None
+            for span in cpu:
+                span.stop()
             return (consumed - first[1]) / max(now - first[0], 1e-6), first[0], now
         await asyncio.sleep(0.25)
     raise RuntimeError(f"{what} did not consume {events} events in time")
@@ -321,7 +351,12 @@ async def bench_pipeline(
 
         print("pipeline: one worker with the shipped journeys ...", flush=True)
         worker = bench.start_worker("bench-one", one)
-        rate, t0, t1 = await consume_rate([worker], events, "the pipeline")
+        assert bench.broker.process is not None
+        broker_cpu = CpuSpan([bench.broker.process.pid])
+        worker_cpu = CpuSpan([bench.procs[-1].pid])
+        rate, t0, t1 = await consume_rate(
+            [worker], events, "the pipeline", [worker_cpu, broker_cpu]
+        )
         s = _samples(worker)
         consumed = _total(s, "mailstream_events_consumed_total")
         sends_out = sum(1 for t in bench.sink.arrivals if t0 <= t <= t1) / max(t1 - t0, 1e-6)
@@ -352,6 +387,11 @@ async def bench_pipeline(
                 4,
             ),
             "worker_rss_mb": round(rss_pipeline),
+            # what an event costs in CPU, and how much of the two cores the run took
+            "worker_cpu_us_per_event": round(1e6 * worker_cpu.seconds / (rate * (t1 - t0))),
+            "broker_cpu_us_per_event": round(1e6 * broker_cpu.seconds / (rate * (t1 - t0))),
+            "cores_busy_worker_broker": f"{worker_cpu.seconds / (t1 - t0):.2f} + "
+            f"{broker_cpu.seconds / (t1 - t0):.2f}",
         }
 
         load = latency_rate or rate / 2
@@ -364,9 +404,19 @@ async def bench_pipeline(
 
         print("scale-out: two workers on a copy of the events ...", flush=True)
         urls = [bench.start_worker("bench-two", two, i) for i in range(2)]
-        two_rate, _, _ = await consume_rate(urls, events, "two workers")
+        workers_cpu = CpuSpan([proc.pid for proc in bench.procs[-2:]])
+        broker_cpu = CpuSpan([bench.broker.process.pid])
+        two_rate, t0, t1 = await consume_rate(
+            urls, events, "two workers", [workers_cpu, broker_cpu]
+        )
         result["two_workers_events_per_s"] = round(two_rate)
         result["two_workers_ratio_to_one"] = round(two_rate / rate, 3)
+        result["two_workers_cpu_us_per_event"] = round(
+            1e6 * workers_cpu.seconds / (two_rate * (t1 - t0))
+        )
+        result["two_workers_cores_busy_workers_broker"] = (
+            f"{workers_cpu.seconds / (t1 - t0):.2f} + {broker_cpu.seconds / (t1 - t0):.2f}"
+        )
         stop_processes(bench.procs)
 
         print(f"state: identifying {state_users:,} users ...", flush=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -107,6 +107,12 @@ _STORE_LOCKS: dict[str, asyncio.Lock] = {}
 # Set by the app on the embedded broker when the producer batches (see _send_stage).
 LONE_TAILS = False
 
+# topic -> told of the messages a flush wrote to it, once the broker has acknowledged
+# them: (topic, partition, offset, key, value) each. The delivery agent takes the send
+# commands this worker writes from here rather than waiting for a fetch to bring them.
+Written = tuple[str, int, int, bytes | None, bytes]
+HANDOFF: dict[str, Callable[[list[Written]], None]] = {}
+
 
 async def flush(producer: Any, outbox: Outbox) -> None:
     """Send every record and message stage by stage, each stage acknowledged by the
@@ -175,7 +181,20 @@ async def _send_stage(
         for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
             # md.offset: the record's, or the first of a batch of ``count``
             last[slot] = max(md.offset + count - 1, last.get(slot, -1))
+        if i == 0 and HANDOFF:
+            _hand_off(messages, acked[len(pending) :])
     return last
+
+
+def _hand_off(
+    messages: list[tuple[str, bytes | None, bytes, Headers | None]], acked: list[Any]
+) -> None:
+    written: dict[str, list[Written]] = {}
+    for (topic, key, value, _), md in zip(messages, acked, strict=True):
+        if topic in HANDOFF:
+            written.setdefault(topic, []).append((topic, md.partition, md.offset, key, value))
+    for topic, items in written.items():
+        HANDOFF[topic](items)
 
 
 async def _send_record(

@@ -20,8 +20,10 @@ dropped and read again from the progress records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -53,6 +55,14 @@ class DirectReader:
         self._consumer: AIOKafkaConsumer | None = None
         self._assigned: tuple[int, ...] = ()
         self._assigned_epoch = -1
+        self._fetch: asyncio.Future[Any] | None = None  # a getmany in progress
+        # messages offered (mailstream.outbox hands over what this worker wrote), waiting
+        self._offered: list[RawMessage] = []
+        self._offers = asyncio.Event()
+        # (topic, partition) -> the offset after the last message this reader applied,
+        # and after the last one offered (since the partition was assigned)
+        self._applied: dict[tuple[str, int], int] = {}
+        self._offered_next: dict[tuple[str, int], int] = {}
 
     def invalidate(self) -> None:
         """The assignment changed (or is about to): re-read positions before the next batch."""
@@ -75,6 +85,7 @@ class DirectReader:
     async def _assign(self, partitions: Iterable[int], progress: Progress) -> None:
         """Read ``partitions`` of each topic from each one's next unapplied offset."""
         consumer = await self._client()
+        await self._drop_fetch()
         owned = tuple(sorted(partitions))
         tps = [TopicPartition(topic, p) for topic in self.topics for p in owned]
         consumer.assign(tps)
@@ -87,6 +98,56 @@ class DirectReader:
         if owned != self._assigned:
             logger.info("reading %s partitions %s directly", ", ".join(self.topics), list(owned))
         self._assigned = owned
+        self._offered.clear()
+        self._offered_next.clear()
+        self._applied.clear()
+
+    def offer(self, messages: Iterable[RawMessage]) -> None:
+        """Messages this worker has just written to the reader's topics, acknowledged by
+        the broker: those that follow on from what this reader has applied in a partition
+        it owns are applied without waiting for a fetch to bring them. The fetch brings
+        them later and they are skipped then; the others are fetched as usual."""
+        if self._assigned_epoch != self.epoch:
+            return
+        for m in sorted(messages, key=_position):
+            tp = (m.topic, m.partition)
+            # Only right after what this reader has applied (or been offered): a message
+            # before it may not be read yet, and the progress record must not pass it.
+            if m.offset == self._offered_next.get(tp, self._applied.get(tp)):
+                self._offered.append(m)
+                self._offered_next[tp] = m.offset + 1
+                self._offers.set()
+
+    async def _drop_fetch(self) -> None:
+        if self._fetch is not None:
+            self._fetch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._fetch
+            self._fetch = None
+
+    async def _next(self, consumer: AIOKafkaConsumer) -> list[RawMessage]:
+        """The messages offered since the last batch, or else the next fetched batch
+        (empty when an offer comes in first, or none within ``within``)."""
+        if not self._offered:
+            if self._fetch is None:  # kept across offers: a fetch is never cut short
+                self._fetch = asyncio.ensure_future(
+                    consumer.getmany(timeout_ms=self.within_ms, max_records=self.batch_size)
+                )
+            self._offers.clear()
+            offered = asyncio.ensure_future(self._offers.wait())
+            try:
+                await asyncio.wait((self._fetch, offered), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                offered.cancel()
+            if self._fetch.done():
+                batch, self._fetch = self._fetch.result(), None
+                return [
+                    RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
+                    for records in batch.values()
+                    for m in records
+                ]
+        messages, self._offered = sorted(self._offered, key=_position), []
+        return messages
 
     async def run(
         self,
@@ -100,9 +161,9 @@ class DirectReader:
         """Forever: read a batch of the owned partitions and apply it under ``lock``.
 
         ``owned()`` lists the partitions this worker owns, ``progress(topic, p)`` is that
-        partition's next unapplied offset (None: none applied yet), ``settled()`` says the worker's
-        view of its partitions is complete, and ``on_assign`` is told each new assignment
-        (to pause Faust's own fetching of them)."""
+        partition's next unapplied offset (None: none applied yet), ``settled()`` says the
+        worker's view of its partitions is complete, and ``on_assign`` is told each new
+        assignment (to pause Faust's own fetching of them)."""
         while True:
             if not settled():
                 await asyncio.sleep(0.05)
@@ -116,21 +177,26 @@ class DirectReader:
             if not self._assigned:
                 await asyncio.sleep(0.2)
                 continue
-            consumer = await self._client()
-            batch = await consumer.getmany(timeout_ms=self.within_ms, max_records=self.batch_size)
-            messages = [
-                RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
-                for records in batch.values()
-                for m in records
-            ]
+            epoch = self.epoch
+            read = await self._next(await self._client())
+            applied = self._applied
+            # offered before, and fetched now: already applied
+            messages = [m for m in read if m.offset >= applied.get((m.topic, m.partition), 0)]
             if not messages:
                 continue
             async with lock:
-                if self._assigned_epoch != self.epoch or not settled():
+                if self._assigned_epoch != self.epoch or epoch != self.epoch or not settled():
                     continue  # read under an older assignment: read again from progress
                 await apply(messages)
+                for m in messages:
+                    applied[(m.topic, m.partition)] = m.offset + 1
 
     async def close(self) -> None:
+        await self._drop_fetch()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+def _position(m: RawMessage) -> tuple[str, int, int]:
+    return (m.topic, m.partition, m.offset)

@@ -15,6 +15,7 @@ from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox, flush
 @dataclass
 class Acked:
     offset: int
+    partition: int | None = None
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Producer:
         self.offsets[(topic, partition)] = offset + 1
         self.sent.append((topic, partition, key, offset))
         future: asyncio.Future[Acked] = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(future.set_result, Acked(offset))
+        asyncio.get_running_loop().call_soon(future.set_result, Acked(offset, partition))
         self.unacked.append(future)
         return future
 
@@ -238,3 +239,25 @@ async def test_batched_lone_tails_are_queued_behind_the_rest_without_waiting(
     }
     assert in_flight[("users-changelog", b"progress")] == 2  # u1 and u2 not yet acked
     assert in_flight[("timers-changelog", b"t2")] == 1  # behind t1, in the same round
+
+
+async def test_messages_of_a_handed_off_topic_are_handed_over_once_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    users, timers = Store("users"), Store("timers")
+    producer = Producer()
+    handed: list[tuple[object, ...]] = []
+    sent_when_handed: list[int] = []
+
+    def take(written: list[outbox_module.Written]) -> None:
+        handed.extend(written)
+        sent_when_handed.append(len(producer.sent))
+
+    monkeypatch.setitem(outbox_module.HANDOFF, "sends", take)
+    box = three_stage_outbox(users, timers)
+    box.send("dlq", b"u1", b"a dead letter")  # a topic nobody takes
+    await flush(producer, box)
+    # the command, with the partition and offset the broker gave it
+    assert handed == [("sends", None, 0, b"u1", b"command")]
+    # right after the first stage: before any user record was sent
+    assert all(t != "users-changelog" for t, *_ in producer.sent[: sent_when_handed[0]])

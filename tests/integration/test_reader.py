@@ -1,0 +1,147 @@
+"""The direct reader against the real broker: each message applied once, in order, from
+the progress kept by what it applies; messages this worker wrote are taken as offered."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from mailstream.broker import EmbeddedBroker, ensure_topics
+from mailstream.ingest import RawMessage
+from mailstream.reader import DirectReader
+
+
+class Applier:
+    """What the agents do with a batch: apply it in order and record the next offset,
+    as a progress record would."""
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[int, int, bytes | None]] = []  # partition, offset, value
+        self.progress: dict[tuple[str, int], int] = {}
+        self.replays = 0  # messages handed over again after they were applied
+
+    async def __call__(self, messages: list[RawMessage]) -> None:
+        for m in messages:
+            expected = self.progress.get((m.topic, m.partition), 0)
+            if m.offset < expected:
+                self.replays += 1  # below the progress record: skipped
+                continue
+            assert m.offset == expected, f"offset {m.offset} applied before {expected}"
+            self.applied.append((m.partition, m.offset, m.value))
+            self.progress[(m.topic, m.partition)] = m.offset + 1
+
+    def offsets(self, partition: int) -> list[int]:
+        return [o for p, o, _ in self.applied if p == partition]
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def topic(broker: EmbeddedBroker) -> str:
+    name = f"reader-{secrets.token_hex(4)}"
+    await ensure_topics(broker.bootstrap_servers, [name], 2)
+    return name
+
+
+@pytest.fixture
+async def producer(broker: EmbeddedBroker) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers)
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.stop()
+
+
+async def _write(
+    producer: AIOKafkaProducer, topic: str, partition: int, value: bytes
+) -> RawMessage:
+    md = await producer.send_and_wait(topic, value, key=b"k", partition=partition)
+    return RawMessage(topic, partition, md.offset, b"k", value)
+
+
+async def test_written_messages_are_taken_from_the_offer_and_the_fetch_does_not_repeat_them(
+    broker: EmbeddedBroker, topic: str, producer: AIOKafkaProducer
+) -> None:
+    # Fetches that wait 3 s for data: the offer must not wait for one to end.
+    reader = DirectReader(broker.bootstrap_servers, [topic], 100, within=3.0, fetch_max_wait=3.0)
+    applier = Applier()
+    task = asyncio.create_task(
+        reader.run(
+            lambda: [0, 1],
+            lambda t, p: applier.progress.get((t, p)),
+            lambda: True,
+            applier,
+            asyncio.Lock(),
+        )
+    )
+    try:
+        for i in range(3):
+            await _write(producer, topic, 0, f"fetched-{i}".encode())
+        await _until(lambda: applier.offsets(0) == [0, 1, 2], "the first three, fetched")
+
+        # The next one as the outbox hands it over. Offered here before the broker has
+        # it, so only the offer can bring it now; the value tells the two copies apart.
+        offered = time.monotonic()
+        reader.offer([RawMessage(topic, 0, 3, b"k", b"as offered")])
+        await _until(lambda: applier.offsets(0) == [0, 1, 2, 3], "the offered message")
+        assert time.monotonic() - offered < 1.5, "the offer waited for the fetch"
+        await _write(producer, topic, 0, b"as written")  # offset 3, fetched later
+
+        # The fetch brings offset 3 as well, then offset 4: offset 3 is not handed over twice.
+        await _write(producer, topic, 0, b"fetched-4")
+        await _until(lambda: applier.offsets(0) == [0, 1, 2, 3, 4], "the next fetch")
+        assert applier.replays == 0  # the reader knew it had applied the offered one
+        assert [v for p, _, v in applier.applied if p == 0][3] == b"as offered"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.close()
+
+
+async def test_an_offer_that_does_not_follow_on_is_left_to_the_fetch(
+    broker: EmbeddedBroker, topic: str, producer: AIOKafkaProducer
+) -> None:
+    reader = DirectReader(broker.bootstrap_servers, [topic], 100, within=0.05)
+    applier = Applier()
+    task = asyncio.create_task(
+        reader.run(
+            lambda: [0, 1],
+            lambda t, p: applier.progress.get((t, p)),
+            lambda: True,
+            applier,
+            asyncio.Lock(),
+        )
+    )
+    try:
+        await _write(producer, topic, 1, b"first")
+        await _until(lambda: applier.offsets(1) == [0], "the first message")
+        # Two written, only the second offered (its predecessor, say, by another path):
+        # taking it now would move the progress past the first, which would be lost.
+        await _write(producer, topic, 1, b"second")
+        later = await _write(producer, topic, 1, b"third")
+        reader.offer([later])
+        await _until(lambda: applier.offsets(1) == [0, 1, 2], "both, in order")
+        # Never applied: a partition this worker does not own, and offers after a
+        # rebalance began (they were read under the old assignment).
+        reader.offer([RawMessage("elsewhere", 0, 0, b"k", b"x")])
+        reader.invalidate()
+        reader.offer([RawMessage(topic, 1, 3, b"k", b"stale")])
+        await asyncio.sleep(0.5)
+        assert applier.offsets(1) == [0, 1, 2]
+        assert all(v != b"stale" for _, _, v in applier.applied)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.close()
