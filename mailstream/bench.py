@@ -78,10 +78,14 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
 
 
 def clean_up(procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker, root: Path) -> None:
-    """Stop every process the bench started, then the broker; remove its files."""
+    """Stop every process the bench started, then the broker; remove its files, unless
+    MAILSTREAM_BENCH_KEEP is set (their logs are then left in ``root``)."""
     stop_processes(procs)
     broker.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    if os.environ.get("MAILSTREAM_BENCH_KEEP"):
+        print(f"(logs and data kept in {root})")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _wait(probe: Any, timeout: float, what: str) -> None:
