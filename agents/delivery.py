@@ -45,7 +45,15 @@ from mailstream.events import valid_tenant
 from mailstream.fair import CHOSEN, CLASSES, LANE_DONE, SKIP, STOP, TENANT_WAIT
 from mailstream.health import known_workflow
 from mailstream.ingest import RawMessage
-from mailstream.outbox import AFTER_STATE, BEFORE_STATE, HANDOFF, STATE_LOCK, Outbox, flush
+from mailstream.outbox import (
+    AFTER_STATE,
+    BEFORE_STATE,
+    HANDOFF,
+    STATE,
+    STATE_LOCK,
+    Outbox,
+    flush,
+)
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
 from mailstream.reader import DirectReader
@@ -282,24 +290,33 @@ class Dispatcher(GuardedLoop):
             outbox, room=self.rt.concurrency - len(self.inflight) + len(finished)
         )
         # A marketing call waits for its `attempting` record: a worker that dies during
-        # the call must leave it `unknown`, never sent twice. A transactional one is sent
-        # again after such a death whether that record was written or not (still
-        # `queued`), so it starts now; its outcome is recorded by a later round, after
-        # this flush.
+        # the call must leave it `unknown`, never sent twice. It starts as soon as that
+        # record's stage is acknowledged, not after the queue deletions that follow:
+        # the pacer counted it when it was chosen, and a wait of varying length
+        # between the two would bunch calls up at the provider. A transactional call
+        # is sent again after such a death whether that record was written or not
+        # (still `queued`), so it starts now. Outcomes are recorded by a later round,
+        # after this flush.
         self._start_calls([c for c in chosen if c[2].category == "transactional"])
+        marketing = [c for c in chosen if c[2].category != "transactional"]
+
+        def staged(stage: int) -> None:
+            if stage == STATE:
+                self._start_calls(marketing)
+                marketing.clear()
+
         if suppress:
             async with STATE_LOCK:  # user records are the ingest agent's too
                 for suspect, p, command, failure, now in suppress:
                     self.suspect = suspect
                     self._suppress(outbox, p, command, failure, now)
                 self.suspect = None
-                await flush(app.producer, outbox)
+                await flush(app.producer, outbox, staged)
         elif outbox:
-            await flush(app.producer, outbox)
+            await flush(app.producer, outbox, staged)
         del self.settling[: len(finished)]
         for _, _, delivery, _, command, _, _ in finished:
             self.inflight.discard(delivery_key(delivery.tenant_id, command["send_id"]))
-        self._start_calls([c for c in chosen if c[2].category != "transactional"])
 
     def dispatch(
         self, outbox: Outbox, room: int
@@ -325,7 +342,6 @@ class Dispatcher(GuardedLoop):
         lane_counts = {(lane, p): sent_on(p, iso, lane) for lane in lanes for p in partitions}
         lane_today = {lane: sum(lane_counts[(lane, p)] for p in partitions) for lane in lanes}
         tomorrow = _day_start_ms(day + timedelta(days=1))
-        outbox = Outbox()
         chosen: list[tuple[int, bytes, Delivery, bytes, dict[str, Any]]] = []
 
         def queue(lane: str, ranks: tuple[int, ...]) -> Iterator[tuple[int, bytes]]:

@@ -114,16 +114,17 @@ Written = tuple[str, int, int, bytes | None, bytes]
 HANDOFF: dict[str, Callable[[list[Written]], None]] = {}
 
 
-async def flush(producer: Any, outbox: Outbox) -> None:
+async def flush(producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None) -> None:
     """Send every record and message stage by stage, each stage acknowledged by the
     broker before the next starts, then write the local stores. Callers acknowledge
-    their input only after this returns."""
+    their input only after this returns. ``staged(stage)`` is called as each stage is
+    acknowledged, for what may go ahead once that much is durable."""
     names = sorted({store.name for stage in outbox.writes.values() for store, _ in stage})
     locks = [_STORE_LOCKS.setdefault(name, asyncio.Lock()) for name in names]
     for lock in locks:  # always in name order, so two flushes cannot deadlock
         await lock.acquire()
     try:
-        await _flush(producer, outbox)
+        await _flush(producer, outbox, staged)
     finally:
         for lock in reversed(locks):
             lock.release()
@@ -236,13 +237,17 @@ async def _send_batches(
     return sent
 
 
-async def _flush(producer: Any, outbox: Outbox) -> None:
+async def _flush(
+    producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None
+) -> None:
     lone_tails = LONE_TAILS
     last: dict[tuple[PartitionStore, int], int] = {}
     merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
     for stage in STAGES:
         messages = outbox.messages if stage == BEFORE_STATE else []
         acked = await _send_stage(producer, outbox.writes[stage], messages, lone_tails)
+        if staged is not None:
+            staged(stage)
         for slot, offset in acked.items():
             last[slot] = max(offset, last.get(slot, -1))
         for slot, items in outbox.writes[stage].items():

@@ -97,6 +97,58 @@ async def test_each_send_arrives_once_with_its_headers_and_a_repeat_is_skipped(
         assert len(fake.received) == 20
 
 
+async def test_a_send_is_recorded_as_attempting_while_the_provider_has_it(
+    deployment: Deployment,
+) -> None:
+    # What a worker that dies mid-call leaves behind depends on this record: a marketing
+    # send found `attempting` is reported unknown rather than sent again.
+    deployment.overrides["workflows"] = {
+        "promo": {
+            "trigger": {"event": "promo_viewed"},
+            "entry": "always",
+            "steps": [{"send": "welcome", "category": "marketing"}],
+        },
+        "receipt": {
+            "trigger": {"event": "order_completed"},
+            "entry": "always",
+            "steps": [{"send": "order_receipt", "category": "transactional"}],
+        },
+    }
+    async with FakeProviders() as fake:
+        use_fake(deployment, fake)
+        for user in ("promo", "buyer"):
+            fake.script(f"{user}@example.com", [("sleep", 4.0)])
+        worker = start(deployment, fake, "a")
+        await deployment.wait_ready([worker])
+        async with deployment.producer() as p:
+            for user in ("promo", "buyer"):
+                traits = {"email": f"{user}@example.com", "consent": {"marketing": True}}
+                await p.identify(user, traits)
+            await p.emit("promo_viewed", "promo", {})
+            await p.emit("order_completed", "buyer", {"order_id": "A-1", "total": 5})
+            await p.flush()
+
+        async def states() -> dict[str, list[str]]:
+            found = {}
+            for user in ("promo", "buyer"):
+                status, view = await worker.get(f"/api/users/{user}")
+                assert status in (200, 404), view  # 404: not taken in yet
+                found[user] = [d["state"] for d in view.get("deliveries", [])]
+            return found
+
+        async def both_attempting() -> bool:
+            return await states() == {"promo": ["attempting"], "buyer": ["attempting"]}
+
+        await wait_for(both_attempting, 10, "both sends to be recorded as attempting")
+        assert len(fake.received) == 0  # the provider still has them both
+        await fake.wait_for(2, timeout=30)
+
+        async def both_sent() -> bool:
+            return await states() == {"promo": ["sent"], "buyer": ["sent"]}
+
+        await wait_for(both_sent, 10, "both sends to be recorded as sent")
+
+
 async def test_retries_after_backoff_and_an_invalid_address_is_suppressed(
     deployment: Deployment,
 ) -> None:

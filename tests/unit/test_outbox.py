@@ -261,3 +261,20 @@ async def test_messages_of_a_handed_off_topic_are_handed_over_once_acknowledged(
     assert handed == [("sends", None, 0, b"u1", b"command")]
     # right after the first stage: before any user record was sent
     assert all(t != "users-changelog" for t, *_ in producer.sent[: sent_when_handed[0]])
+
+
+async def test_staged_is_told_each_stage_once_the_broker_has_acknowledged_it() -> None:
+    users, timers = Store("users"), Store("timers")
+    producer = Producer()
+    told: list[tuple[int, list[bytes | None]]] = []
+
+    def staged(stage: int) -> None:
+        # what had been sent by then, all of it acknowledged
+        assert all(f.done() for f in producer.unacked)
+        assert users.written == []  # the stores are written after the last stage
+        told.append((stage, [key for _, _, key, _ in producer.sent]))
+
+    await flush(producer, three_stage_outbox(users, timers), staged)
+    assert [stage for stage, _ in told] == [BEFORE_STATE, 1, AFTER_STATE]
+    assert b"progress" not in told[0][1] and b"progress" in told[1][1]
+    assert b"old" not in told[1][1] and b"old" in told[2][1]
