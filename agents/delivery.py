@@ -500,6 +500,8 @@ class Dispatcher(GuardedLoop):
     async def _call(
         self, p: int, key: bytes, delivery: Delivery, raw: bytes, command: dict[str, Any]
     ) -> None:
+        while (wait := self.rt.fair.pacer.start(time.monotonic())) > 0:
+            await asyncio.sleep(wait)
         started = time.perf_counter()
         outcome: Accepted | SendFailure
         tenant = delivery.tenant_id

@@ -120,6 +120,9 @@ class Pacer:
         self.warmup_start = warmup_start
         self.fraction = 1.0
         self.bucket = TokenBucket(rate, burst)
+        # The same limit again, counted as calls start: calls chosen at an even pace
+        # can start closer together, each after a flush of its own length.
+        self.starts = TokenBucket(rate, burst)
         self.domains: dict[str, TokenBucket] = {}
 
     def resize(self, owned: int, partitions: int, now: float) -> None:
@@ -127,7 +130,8 @@ class Pacer:
         if fraction == self.fraction:
             return
         self.fraction = fraction
-        self.bucket.resize(self.rate * fraction, max(1.0, self.burst * fraction), now)
+        for bucket in (self.bucket, self.starts):
+            bucket.resize(self.rate * fraction, max(1.0, self.burst * fraction), now)
         for domain, bucket in self.domains.items():
             rate = self.domain_rates[domain] * fraction
             bucket.resize(rate, max(1.0, rate), now)
@@ -155,6 +159,11 @@ class Pacer:
                 domain_bucket.refund()
             return Admission(RATE_WAIT, wait)
         return Admission(GO)
+
+    def start(self, now: float) -> float:
+        """Seconds a chosen send must wait before its call starts (0: start now, its
+        token taken): the provider limit held where the provider sees it."""
+        return self.starts.take(now)
 
     def _domain_bucket(self, domain: str) -> TokenBucket | None:
         bucket = self.domains.get(domain)

@@ -172,6 +172,24 @@ def test_the_pacer_allows_its_share_of_the_burst() -> None:
     assert verdicts.count(GO) == 10 and verdicts[-1] == RATE_WAIT
 
 
+def test_calls_chosen_at_the_limit_but_started_late_and_bunched_are_spread_again() -> None:
+    # 10/s, burst 1: sends chosen at 0.0, 0.1, 0.2 and 0.3 whose calls could only
+    # start at 0.25, 0.26, 0.27, 0.3 (each behind a flush of its own length)
+    pacer = Pacer(rate=10.0, burst=1.0)
+    for chosen in (0.0, 0.1, 0.2, 0.3):
+        assert pacer.admit("example.com", chosen, TODAY, 0).verdict == GO
+    started = []
+    for ready in (0.25, 0.26, 0.27, 0.3):
+        now = ready
+        while (wait := pacer.start(now)) > 0:
+            now += wait
+        started.append(round(now, 3))
+    assert started == [0.25, 0.35, 0.45, 0.55]  # one per 0.1 s where the provider sees them
+    # resized with the rest: half the partitions, half the pace
+    pacer.resize(owned=2, partitions=4, now=0.55)
+    assert pacer.start(0.6) > 0 and pacer.start(0.75) == 0
+
+
 def test_a_busy_domain_waits_while_other_domains_go() -> None:
     pacer = Pacer(rate=100.0, burst=100.0, domain_rates={"Gmail.com": 5.0})
     verdicts = drain(pacer, "gmail.com", 0.0)
