@@ -7,6 +7,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -47,6 +48,27 @@ async def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) ->
         await asyncio.sleep(0.02)
 
 
+@asynccontextmanager
+async def reading(reader: DirectReader) -> AsyncIterator[Applier]:
+    """The reader running on partitions 0 and 1, applying into the Applier yielded."""
+    applier = Applier()
+    task = asyncio.create_task(
+        reader.run(
+            lambda: [0, 1],
+            lambda t, p: applier.progress.get((t, p)),
+            lambda: True,
+            applier,
+            asyncio.Lock(),
+        )
+    )
+    try:
+        yield applier
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await reader.close()
+
+
 @pytest.fixture
 async def topic(broker: EmbeddedBroker) -> str:
     name = f"reader-{secrets.token_hex(4)}"
@@ -76,17 +98,7 @@ async def test_written_messages_are_taken_from_the_offer_and_the_fetch_does_not_
 ) -> None:
     # Fetches that wait 3 s for data: the offer must not wait for one to end.
     reader = DirectReader(broker.bootstrap_servers, [topic], 100, within=3.0, fetch_max_wait=3.0)
-    applier = Applier()
-    task = asyncio.create_task(
-        reader.run(
-            lambda: [0, 1],
-            lambda t, p: applier.progress.get((t, p)),
-            lambda: True,
-            applier,
-            asyncio.Lock(),
-        )
-    )
-    try:
+    async with reading(reader) as applier:
         for i in range(3):
             await _write(producer, topic, 0, f"fetched-{i}".encode())
         await _until(lambda: applier.offsets(0) == [0, 1, 2], "the first three, fetched")
@@ -104,27 +116,13 @@ async def test_written_messages_are_taken_from_the_offer_and_the_fetch_does_not_
         await _until(lambda: applier.offsets(0) == [0, 1, 2, 3, 4], "the next fetch")
         assert applier.replays == 0  # the reader knew it had applied the offered one
         assert [v for p, _, v in applier.applied if p == 0][3] == b"as offered"
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await reader.close()
 
 
 async def test_an_offer_that_does_not_follow_on_is_left_to_the_fetch(
     broker: EmbeddedBroker, topic: str, producer: AIOKafkaProducer
 ) -> None:
     reader = DirectReader(broker.bootstrap_servers, [topic], 100, within=0.05)
-    applier = Applier()
-    task = asyncio.create_task(
-        reader.run(
-            lambda: [0, 1],
-            lambda t, p: applier.progress.get((t, p)),
-            lambda: True,
-            applier,
-            asyncio.Lock(),
-        )
-    )
-    try:
+    async with reading(reader) as applier:
         await _write(producer, topic, 1, b"first")
         await _until(lambda: applier.offsets(1) == [0], "the first message")
         # Two written, only the second offered (its predecessor, say, by another path):
@@ -141,7 +139,3 @@ async def test_an_offer_that_does_not_follow_on_is_left_to_the_fetch(
         await asyncio.sleep(0.5)
         assert applier.offsets(1) == [0, 1, 2]
         assert all(v != b"stale" for _, _, v in applier.applied)
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await reader.close()
