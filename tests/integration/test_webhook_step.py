@@ -164,11 +164,14 @@ async def test_exactly_one_success_signed_and_a_breaker_that_holds_calls_back(
 
     times = sorted(r.monotonic for r in hooks.to("down"))
     assert all(r.signature_ok and r.status == 503 for r in hooks.to("down"))
-    # The first calls go out together; three failures open the breaker. After that, no
-    # request while it is open: one probe per cool-down, each failing and reopening it.
+    # The first calls go out together; three failures open the breaker. Before it opens
+    # it has seen at most two failures, so the burst is the five first attempts and at
+    # most two retries (the commands can arrive in two batches, a retry 100 ms after the
+    # first failures). After that, no request while it is open: one probe per
+    # cool-down, each failing and reopening it.
     burst = [t for t in times if t - times[0] < 0.5]
     probes = times[len(burst) :]
-    assert 3 <= len(burst) <= 5, times
+    assert 3 <= len(burst) <= 5 + 2, times
     assert probes, "a probe after the cool-down"
     gaps = [b - a for a, b in zip([burst[-1], *probes], probes, strict=False)]
     assert all(gap >= COOL_DOWN * 0.9 for gap in gaps), gaps
