@@ -207,6 +207,8 @@ def add_bench_parser(sub: Any) -> None:
         "bench",
         help="measure the pipeline against a bare Faust agent, timer lag or delivery rate;"
         " prints figures and writes them as JSON",
+        epilog="MAILSTREAM_BENCH_KEEP=1 keeps the run's logs and data in its temporary"
+        " directory (printed at the end).",
     )
     p.add_argument(
         "scenario", choices=["pipeline", "timers", "delivery"], nargs="?", default="pipeline"
