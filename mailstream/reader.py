@@ -89,18 +89,20 @@ class DirectReader:
         owned = tuple(sorted(partitions))
         tps = [TopicPartition(topic, p) for topic in self.topics for p in owned]
         consumer.assign(tps)
+        self._offered.clear()
+        self._offered_next.clear()
+        self._applied.clear()
         for tp in tps:
             start = progress(tp.topic, tp.partition)
             if start is None:
                 await consumer.seek_to_beginning(tp)
             else:
                 consumer.seek(tp, start)
+                # what was applied before, as far as an offer's follow-on check goes
+                self._applied[(tp.topic, tp.partition)] = start
         if owned != self._assigned:
             logger.info("reading %s partitions %s directly", ", ".join(self.topics), list(owned))
         self._assigned = owned
-        self._offered.clear()
-        self._offered_next.clear()
-        self._applied.clear()
 
     def offer(self, messages: Iterable[RawMessage]) -> None:
         """Messages this worker has just written to the reader's topics, acknowledged by
@@ -111,9 +113,10 @@ class DirectReader:
             return
         for m in sorted(messages, key=_position):
             tp = (m.topic, m.partition)
-            # Only right after what this reader has applied (or been offered): a message
-            # before it may not be read yet, and the progress record must not pass it.
-            if m.offset == self._offered_next.get(tp, self._applied.get(tp)):
+            # Only right after what this reader has applied or been offered, whichever is
+            # further: a message before it may not be read yet, and the progress record
+            # must not pass it.
+            if m.offset == max(self._offered_next.get(tp, -1), self._applied.get(tp, -1)):
                 self._offered.append(m)
                 self._offered_next[tp] = m.offset + 1
                 self._offers.set()
@@ -126,28 +129,32 @@ class DirectReader:
             self._fetch = None
 
     async def _next(self, consumer: AIOKafkaConsumer) -> list[RawMessage]:
-        """The messages offered since the last batch, or else the next fetched batch
-        (empty when an offer comes in first, or none within ``within``)."""
+        """The messages offered since the last batch and those of a finished fetch, in
+        order without repeats; waits for one or the other (empty: neither came within
+        ``within``)."""
+        if self._fetch is None:  # kept across offers: a fetch is never cut short
+            self._fetch = asyncio.ensure_future(
+                consumer.getmany(timeout_ms=self.within_ms, max_records=self.batch_size)
+            )
         if not self._offered:
-            if self._fetch is None:  # kept across offers: a fetch is never cut short
-                self._fetch = asyncio.ensure_future(
-                    consumer.getmany(timeout_ms=self.within_ms, max_records=self.batch_size)
-                )
             self._offers.clear()
             offered = asyncio.ensure_future(self._offers.wait())
             try:
                 await asyncio.wait((self._fetch, offered), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 offered.cancel()
-            if self._fetch.done():
-                batch, self._fetch = self._fetch.result(), None
-                return [
-                    RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
-                    for records in batch.values()
-                    for m in records
-                ]
-        messages, self._offered = sorted(self._offered, key=_position), []
-        return messages
+        messages, self._offered = self._offered, []
+        if self._fetch.done():
+            # Taken together with the offers, not after them: while this worker writes
+            # steadily there are offers at every turn, and a partition that only the
+            # fetch serves (its offers do not follow on) would wait for a quiet moment.
+            batch, self._fetch = self._fetch.result(), None
+            messages.extend(
+                RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
+                for records in batch.values()
+                for m in records
+            )
+        return _in_order(messages)
 
     async def run(
         self,
@@ -200,3 +207,12 @@ class DirectReader:
 
 def _position(m: RawMessage) -> tuple[str, int, int]:
     return (m.topic, m.partition, m.offset)
+
+
+def _in_order(messages: list[RawMessage]) -> list[RawMessage]:
+    """``messages`` by position, each position once (one offered and also fetched)."""
+    ordered: list[RawMessage] = []
+    for m in sorted(messages, key=_position):
+        if not ordered or _position(ordered[-1]) != _position(m):
+            ordered.append(m)
+    return ordered

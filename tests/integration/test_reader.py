@@ -25,8 +25,11 @@ class Applier:
         self.applied: list[tuple[int, int, bytes | None]] = []  # partition, offset, value
         self.progress: dict[tuple[str, int], int] = {}
         self.replays = 0  # messages handed over again after they were applied
+        self.takes = 0.0  # seconds each batch takes to apply, as a flush would
 
     async def __call__(self, messages: list[RawMessage]) -> None:
+        if self.takes:
+            await asyncio.sleep(self.takes)
         for m in messages:
             expected = self.progress.get((m.topic, m.partition), 0)
             if m.offset < expected:
@@ -139,3 +142,38 @@ async def test_an_offer_that_does_not_follow_on_is_left_to_the_fetch(
         await asyncio.sleep(0.5)
         assert applier.offsets(1) == [0, 1, 2]
         assert all(v != b"stale" for _, _, v in applier.applied)
+
+
+async def test_a_partition_the_fetch_serves_is_not_starved_by_steady_offers(
+    broker: EmbeddedBroker, topic: str, producer: AIOKafkaProducer
+) -> None:
+    # The worker writes to partition 1 without pause and offers each message; partition
+    # 0 is written by someone else, so only the fetch brings it. Applying takes a while
+    # (a flush), and offers pile up meanwhile: the reader finds offers at every turn.
+    reader = DirectReader(broker.bootstrap_servers, [topic], 100, within=0.05)
+    async with reading(reader) as applier:
+        applier.takes = 0.02
+        await _write(producer, topic, 1, b"first")
+        await _until(lambda: applier.offsets(1) == [0], "partition 1's first, fetched")
+
+        stop = asyncio.Event()
+
+        async def offer_steadily() -> int:
+            offered = 0
+            while not stop.is_set():
+                reader.offer([await _write(producer, topic, 1, b"mine")])
+                offered += 1
+            return offered
+
+        writer = asyncio.create_task(offer_steadily())
+        try:
+            await _until(lambda: len(applier.offsets(1)) > 20, "partition 1's offers")
+            for i in range(3):
+                await _write(producer, topic, 0, f"theirs-{i}".encode())
+            await _until(lambda: applier.offsets(0) == [0, 1, 2], "partition 0, fetched", 10)
+            assert not writer.done(), "the offers stopped before partition 0 was applied"
+        finally:
+            stop.set()
+            offered = await writer
+        await _until(lambda: len(applier.offsets(1)) == offered + 1, "every offer, once")
+        assert applier.offsets(1) == list(range(offered + 1))
