@@ -283,6 +283,7 @@ async def latency(
         "latency_p50_ms": round(_percentile(ms, 0.50), 1),
         "latency_p95_ms": round(_percentile(ms, 0.95), 1),
         "latency_p99_ms": round(_percentile(ms, 0.99), 1),
+        "latency_max_ms": round(max(ms, default=float("nan")), 1),
     }
 
 

@@ -260,10 +260,9 @@ class DeliveryConfig(_Section):
     retry: RetryConfig = RetryConfig()
     concurrency: int = Field(16, ge=1, le=1000)  # provider calls in flight per worker
     # read send commands with mailstream's batch reader (mailstream.reader), and take the
-    # ones this worker writes as they are acknowledged, not through Faust's stream. Off
-    # by default: on the embedded broker a partition's commands sometimes stopped coming
-    # in for seconds with it (see README, "What the figures were").
-    direct_read: bool = False
+    # ones this worker writes as they are acknowledged, not through Faust's stream.
+    # false: Faust's stream.
+    direct_read: bool = True
     # where one-click unsubscribe links point; default: this worker's web address
     public_url: str | None = Field(None, pattern=r"^https?://\S+$")
     unsubscribe_mailto: str | None = None
