@@ -399,7 +399,16 @@ async def bench_pipeline(
         print(f"latency: the mix at {load:,.0f} events/s for {latency_seconds:g}s ...", flush=True)
         worker = bench.start_worker("bench-one", one)  # the same data, recovered
         await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
+        latency_cpu = CpuSpan([bench.procs[-1].pid])
+        latency_cpu.start()
+        started = time.monotonic()
         result.update(await latency(bench, one["events"], users, load, latency_seconds))
+        latency_cpu.stop()
+        # how much of a core the worker needed at that rate (over the traffic and the
+        # wait for the last receipts)
+        result["latency_worker_cores_busy"] = round(
+            latency_cpu.seconds / (time.monotonic() - started), 2
+        )
         result.update(send_path(_samples(worker)))
         stop_processes(bench.procs)
 
