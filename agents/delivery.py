@@ -1,10 +1,11 @@
 """The delivery agent: send commands in, paced and retried provider calls out, each send
 id delivered once.
 
-Two actors share the deliveries table: ``accept_sends`` records each new send command
-as queued; the dispatcher takes queued sends in order (transactional first) as the
-pacer allows, records ``attempting``, calls the provider without blocking anything
-else, and records the outcome.
+Two actors share the deliveries table: ``accept_sends`` (or the direct reader) records
+each new send command as queued; the dispatcher takes queued sends in order
+(transactional first) as the pacer allows, records ``attempting``, calls the provider
+without blocking anything else, and records the outcome. What the intake accepts is
+made durable by the dispatcher's next round, in that round's one flush.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ TICK_SECONDS = 0.02
 # How long a batch of send commands waits to fill before it is queued: in light traffic
 # every send waits this long, so it is short. (The dispatcher is woken when it ends.)
 ACCEPT_WITHIN = 0.01
+# How long accepted commands wait for a dispatcher round to take them into its flush
+# before they are flushed on their own (the dispatcher is between rounds for longer only
+# when it is not running them: not settled, or backing off after an error).
+SUBMIT_WAIT = 0.5
 PRIORITIES = ("high", "normal", "low")
 MARKETING_CLASS = 1  # the index of the marketing ranks in mailstream.fair.CLASSES
 
@@ -190,9 +195,12 @@ async def accept_batch(messages: list[RawMessage]) -> None:
         intake.put_progress(outbox, fresh, topic)
     _observe_path("taken", taken_at, now / 1000)
     if outbox:
-        await flush(app.producer, outbox)
-        if dispatcher is not None:
-            dispatcher.wake()
+        # Durable with the dispatcher's next round, which may choose these sends in the
+        # same flush; on their own when no round takes them.
+        if dispatcher is None or not await dispatcher.submit(outbox):
+            await flush(app.producer, outbox)
+            if dispatcher is not None:
+                dispatcher.wake()
         _observe_path("queued", queued_at)
 
 
@@ -270,6 +278,25 @@ class Dispatcher(GuardedLoop):
         # until a settle flush succeeds, so a failed round loses none of them.
         self.settling: list[Result] = []
         self.tasks: set[asyncio.Task[None]] = set()
+        # accepted commands' outboxes for the next round to flush with its own, each with
+        # what it is told: True once durable, False if the round failed
+        self.submitted: list[tuple[Outbox, asyncio.Future[bool]]] = []
+
+    async def submit(self, accepted: Outbox) -> bool:
+        """Have the next round make ``accepted`` durable in its own flush, where the sends
+        it queues may already be chosen: one flush where there were two, one after the
+        other. True once it is durable; False if no round took it within SUBMIT_WAIT or
+        the round failed, and the caller is to flush it itself."""
+        entry = (accepted, asyncio.get_running_loop().create_future())
+        self.submitted.append(entry)
+        self.wake()
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry[1]), SUBMIT_WAIT)
+        except TimeoutError:
+            if entry in self.submitted:  # not taken: withdrawn
+                self.submitted.remove(entry)
+                return False
+            return await entry[1]  # taken by a round still flushing
 
     async def run(self) -> None:
         for provider in self.rt.all_providers():
@@ -283,8 +310,24 @@ class Dispatcher(GuardedLoop):
                 await provider.close()
 
     async def run_round(self) -> None:
-        """Record the finished calls and take the sends that may go now, in one flush."""
+        """Queue the accepted commands submitted, record the finished calls and take the
+        sends that may go now, in one flush."""
+        taken, self.submitted = self.submitted, []
+        try:
+            await self._round(taken)
+        except BaseException:
+            for _, told in taken:
+                if not told.done():
+                    told.set_result(False)  # their submitters flush them themselves
+            raise
+        for _, told in taken:
+            if not told.done():
+                told.set_result(True)
+
+    async def _round(self, taken: list[tuple[Outbox, asyncio.Future[bool]]]) -> None:
         outbox = Outbox()
+        for accepted, _ in taken:
+            outbox.merge(accepted)
         finished, suppress = self.settle(outbox)
         chosen = self.dispatch(
             outbox, room=self.rt.concurrency - len(self.inflight) + len(finished)
@@ -305,6 +348,9 @@ class Dispatcher(GuardedLoop):
                 self._start_calls(marketing)
                 marketing.clear()
 
+        # The progress records of accepted commands go after every write of theirs, some
+        # of which (`attempting`, for a send chosen at once) were put after them.
+        outbox.move_to_end(deliveries, intake.keys.values())
         if suppress:
             async with STATE_LOCK:  # user records are the ingest agent's too
                 for suspect, p, command, failure, now in suppress:
@@ -348,7 +394,9 @@ class Dispatcher(GuardedLoop):
             for r in ranks:
                 for p in partitions:
                     start, end = rank_bounds(r, now, lane)
-                    for key in delivery_queue.keys_between(p, start, end, room + 50):
+                    # the store as this round's flush will leave it: with the commands
+                    # submitted to this round, which may go in it
+                    for key in outbox.keys_between(delivery_queue, p, start, end, room + 50):
                         yield p, key
 
         for klass, ranks in enumerate(CLASSES):
@@ -423,7 +471,7 @@ class Dispatcher(GuardedLoop):
         qk = QueueKey.decode(key)
         if qk.record_key in self.inflight:
             return SKIP
-        record = deliveries.get(p, qk.record_key)
+        record = outbox.get(deliveries, p, qk.record_key)
         delivery = Delivery.decode(record) if record is not None else None
         if delivery is None or delivery.queue_key != key or delivery.state in FINAL:
             outbox.put(delivery_queue, p, key, None, AFTER_STATE)  # left by a crash
@@ -441,7 +489,7 @@ class Dispatcher(GuardedLoop):
                     " twice, so whether it was delivered is unknown"
                 )
                 headers = dead_letter_headers("unknown_outcome", reason, "delivery", p, -1)
-                value = delivery_queue.get(p, key) or b""
+                value = outbox.get(delivery_queue, p, key) or b""
                 outbox.send(config.topics.dlq, delivery.user_id.encode(), value, headers)
                 metrics.DEAD_LETTERS.labels("unknown_outcome").inc()
                 _count_for_workflow(orjson.loads(value) if value else None, "unknown")
@@ -450,7 +498,7 @@ class Dispatcher(GuardedLoop):
                 delivery.category, "requeued" if requeued else "unknown", label
             ).inc()
             return SKIP
-        raw = delivery_queue.get(p, key)
+        raw = outbox.get(delivery_queue, p, key)
         if raw is None:
             return SKIP
         if hold_until is not None:

@@ -67,6 +67,56 @@ class Outbox:
                 return items[key]
         return None
 
+    def lookup(
+        self, store: PartitionStore, partition: int, key: bytes
+    ) -> tuple[bool, bytes | None]:
+        """Whether this outbox writes ``key``, and what (None: a deletion)."""
+        for stage in STAGES:
+            items = self.writes[stage].get((store, partition))
+            if items is not None and key in items:
+                return True, items[key]
+        return False, None
+
+    def get(self, store: PartitionStore, partition: int, key: bytes) -> bytes | None:
+        """``key`` as it will be once this outbox is written: its pending value, or else
+        the store's."""
+        found, value = self.lookup(store, partition, key)
+        return value if found else store.get(partition, key)
+
+    def keys_between(
+        self, store: PartitionStore, partition: int, start: bytes, end: bytes, limit: int
+    ) -> list[bytes]:
+        """``store.keys_between`` as it will be once this outbox is written."""
+        pending: dict[bytes, bytes | None] = {}
+        for stage in STAGES:
+            pending.update(self.writes[stage].get((store, partition), {}))
+        stored = store.keys_between(partition, start, end, limit)
+        if not pending:
+            return stored
+        added = {k for k, v in pending.items() if v is not None and start <= k < end}
+        if len(stored) >= limit:  # past the last stored key read, the store was not read
+            added = {k for k in added if k < stored[-1]}
+        keys = sorted(added.union(k for k in stored if k not in pending or pending[k] is not None))
+        return keys[:limit]
+
+    def merge(self, other: Outbox) -> None:
+        """Add ``other``'s writes and messages after this outbox's own."""
+        for stage in STAGES:
+            for (store, partition), items in other.writes[stage].items():
+                for key, value in items.items():
+                    self.put(store, partition, key, value, stage)
+        self.messages.extend(other.messages)
+
+    def move_to_end(self, store: PartitionStore, keys: Iterable[bytes]) -> None:
+        """Send ``keys`` of ``store`` after everything else in their partitions (progress
+        records, once more writes were put after them)."""
+        wanted = set(keys)
+        for stage in STAGES:
+            for (slot_store, _), items in self.writes[stage].items():
+                if slot_store is store:
+                    for key in [k for k in items if k in wanted]:
+                        items[key] = items.pop(key)
+
     def put_progress(
         self,
         store: PartitionStore,

@@ -278,3 +278,95 @@ async def test_staged_is_told_each_stage_once_the_broker_has_acknowledged_it() -
     assert [stage for stage, _ in told] == [BEFORE_STATE, 1, AFTER_STATE]
     assert b"progress" not in told[0][1] and b"progress" in told[1][1]
     assert b"old" not in told[1][1] and b"old" in told[2][1]
+
+
+class KeyedStore(Store):
+    """A store with contents, read as a PartitionStore is."""
+
+    def __init__(self, name: str, contents: dict[tuple[int, bytes], bytes]) -> None:
+        super().__init__(name)
+        self.contents = contents
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.contents.get((partition, key))
+
+    def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
+        keys = sorted(k for p, k in self.contents if p == partition and start <= k < end)
+        return keys[:limit]
+
+
+QUEUE = {(0, b"b"): b"stored b", (0, b"d"): b"stored d", (0, b"f"): b"stored f", (1, b"a"): b"x"}
+
+
+def pending_queue(queue: Store) -> Outbox:
+    box = Outbox()
+    box.put(queue, 0, b"c", b"new c", BEFORE_STATE)  # queued by this outbox
+    box.put(queue, 0, b"d", None, AFTER_STATE)  # taken off the queue by it
+    box.put(queue, 0, b"z", b"new z", BEFORE_STATE)  # past every range asked below
+    return box
+
+
+@pytest.mark.parametrize(
+    ("partition", "start", "end", "limit", "expected"),
+    [
+        (0, b"a", b"y", 10, [b"b", b"c", b"f"]),  # pending added, pending deleted dropped
+        (0, b"c", b"e", 10, [b"c"]),
+        (0, b"a", b"c", 10, [b"b"]),  # the end bound excludes the pending key
+        (0, b"a", b"{", 10, [b"b", b"c", b"f", b"z"]),
+        (0, b"a", b"y", 2, [b"b", b"c"]),
+        # the store read stops at its limit (d, pending deletion): a pending key past the
+        # last key read would jump ahead of stored keys not read, so it waits for a
+        # later read
+        (0, b"d", b"{", 1, []),
+        (1, b"a", b"z", 10, [b"a"]),  # nothing pending in that partition
+    ],
+)
+def test_keys_between_reads_the_store_as_the_outbox_will_leave_it(
+    partition: int, start: bytes, end: bytes, limit: int, expected: list[bytes]
+) -> None:
+    queue = KeyedStore("queue", dict(QUEUE))
+    box = pending_queue(queue)
+    assert box.keys_between(queue, partition, start, end, limit) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [(b"b", b"stored b"), (b"c", b"new c"), (b"d", None), (b"nothing", None)],
+)
+def test_get_prefers_the_pending_write_and_a_pending_deletion_hides_the_stored_value(
+    key: bytes, expected: bytes | None
+) -> None:
+    queue = KeyedStore("queue", dict(QUEUE))
+    box = pending_queue(queue)
+    assert box.get(queue, 0, key) == expected  # type: ignore[arg-type]
+    assert box.lookup(queue, 0, key) == (key in (b"c", b"d"), expected if key == b"c" else None)  # type: ignore[arg-type]
+
+
+def test_a_merged_outbox_keeps_both_writes_in_order_and_the_later_write_of_a_key_wins() -> None:
+    users = Store("users")
+    first, second = Outbox(), Outbox()
+    first.put(users, 0, b"a", b"1")
+    first.put(users, 0, b"progress", b"10")
+    first.send("dlq", b"k", b"first letter")
+    second.put(users, 0, b"b", b"2", BEFORE_STATE)
+    second.put(users, 0, b"a", b"3")  # the same key, written later
+    second.send("dlq", b"k", b"second letter")
+    first.merge(second)
+    assert list(first.writes[BEFORE_STATE][(users, 0)].items()) == [(b"b", b"2")]  # type: ignore[index]
+    assert list(first.writes[1][(users, 0)].items()) == [(b"progress", b"10"), (b"a", b"3")]  # type: ignore[index]
+    assert [m[2] for m in first.messages] == [b"first letter", b"second letter"]
+
+
+async def test_progress_moved_to_the_end_is_sent_after_writes_put_after_it() -> None:
+    # A send chosen in the round that queued it: its `attempting` record is put after the
+    # progress record of the batch that accepted it. Sent in that order, a crash between
+    # the two would leave the command's offset passed with no record of it.
+    deliveries = Store("deliveries")
+    box = Outbox()
+    box.put(deliveries, 0, b"send-1", b"queued")
+    box.put(deliveries, 0, b"progress", b"41")
+    box.put(deliveries, 0, b"send-1", b"attempting")
+    box.move_to_end(deliveries, [b"progress", b"not written"])  # type: ignore[arg-type]
+    producer = Producer()
+    await flush(producer, box)
+    assert [key for _, _, key, _ in producer.sent] == [b"send-1", b"progress"]
