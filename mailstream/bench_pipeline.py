@@ -158,7 +158,7 @@ class Bench:
 
 
 def _sum(urls: list[str], name: str, **labels: str) -> float:
-    return sum(_total(_samples(url), name, **labels) for url in urls)
+    return sum(_total(_samples(url, name), name, **labels) for url in urls)
 
 
 def _cpu_seconds(pids: list[int]) -> float:

@@ -87,7 +87,10 @@ async def metrics_page(web: View, request: Request) -> Response:
     if token and not bearer_matches(http.headers.get("Authorization"), token):
         return web.text("the metrics token is needed\n", status=401)
     headers = {"Content-Type": CONTENT_TYPE_LATEST}
-    return cast(Response, AioResponse(body=generate_latest(REGISTRY), headers=headers))
+    # ?name[]=...: only those metrics, as Prometheus' own client serves them
+    names = http.query.getall("name[]", [])
+    registry = REGISTRY.restricted_registry(names) if names else REGISTRY
+    return cast(Response, AioResponse(body=generate_latest(registry), headers=headers))
 
 
 @app.page("/health")
