@@ -7,8 +7,12 @@ from typing import Any
 
 import faust
 
-from mailstream import faust_metrics, outbox
-from mailstream.broker import EMBEDDED_FETCH_WAIT, set_fetch_max_wait
+from mailstream import faust_metrics
+from mailstream.broker import (
+    EMBEDDED_FETCH_WAIT,
+    correct_recovery_highwaters,
+    set_fetch_max_wait,
+)
 from mailstream.config import Config, load_config
 
 PRODUCER_BATCH_BYTES = 256 * 1024
@@ -27,9 +31,10 @@ def create_app(config: Config) -> faust.App:
     options: dict[str, Any] = {}
     # tansu 0.6 reports a wrong high-water mark when a partition's last record batch
     # holds several records, and Faust's table recovery would stop short of the
-    # changelog's tail. Every flush sends each changelog partition's last record on its
-    # own, so the last batch holds one record; never needed on Apache Kafka.
-    outbox.LONE_TAILS = config.broker.embedded
+    # changelog's tail: on the embedded broker, recovery takes the end offsets a fetch
+    # reports instead. Never needed on Apache Kafka.
+    if config.broker.embedded:
+        correct_recovery_highwaters(config.bootstrap_servers)
     fetch_wait = fetch_max_wait(config)
     if fetch_wait is not None:
         set_fetch_max_wait(fetch_wait)

@@ -186,7 +186,7 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         lag_count = _total(s, "mailstream_timer_lag_seconds_count")
         result = {
             "scenario": "timers",
-            "broker": "embedded (tansu), producer batching, lone last changelog records",
+            "broker": "embedded (tansu), producer batching",
             "pending_timers": pending,
             "load_seconds": round(load_s, 1),
             "probe_timers_fired": int(lag_count),
@@ -238,12 +238,6 @@ def add_bench_parser(sub: Any) -> None:
         help="pipeline: events per second for the latency phase (default: half the"
         " measured pipeline rate)",
     )
-    p.add_argument(
-        "--no-lone-tails",
-        action="store_true",
-        help="pipeline: do not send each changelog partition's last record alone (faster,"
-        " but table recovery on the embedded broker is then NOT exact; for comparison)",
-    )
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
     p.add_argument("--wait", type=float, default=3.0, help="timers: the probes' wait, seconds")
@@ -265,7 +259,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 args.users,
                 args.latency_seconds,
                 out,
-                lone_tails=not args.no_lone_tails,
                 latency_rate=args.latency_rate,
             )
         )

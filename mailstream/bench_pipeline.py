@@ -96,9 +96,8 @@ def _topics(name: str) -> dict[str, str]:
 class Bench:
     """The broker, the sink and the workers of one run, and where their files go."""
 
-    def __init__(self, root: Path, lone_tails: bool) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.lone_tails = lone_tails
         self.broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
         self.sink = Sink()
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -124,8 +123,7 @@ class Bench:
             "app_id": name,
             "broker": {
                 "url": self.broker.url,
-                # --no-lone-tails: plain producer batching, as on Apache Kafka
-                "embedded": self.lone_tails,
+                "embedded": True,
                 "session_timeout": "3s",
                 "heartbeat_interval": "500ms",
                 "rebalance_timeout": "3s",
@@ -346,11 +344,10 @@ async def bench_pipeline(
     state_users: int,
     latency_seconds: float,
     out: Path,
-    lone_tails: bool = True,
     latency_rate: float | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    bench = Bench(root, lone_tails)
+    bench = Bench(root)
     try:
         bench.broker.start()
         await bench.sink.start()
@@ -385,8 +382,7 @@ async def bench_pipeline(
         ceiling = (ceiling_before + ceiling_after) / 2
         result: dict[str, Any] = {
             "scenario": "pipeline",
-            "broker": "embedded (tansu), producer batching"
-            + (", lone last changelog records" if lone_tails else " (recovery NOT exact on tansu)"),
+            "broker": "embedded (tansu), producer batching",
             "events": events,
             "users": users,
             "ceiling_events_per_s": round(ceiling),

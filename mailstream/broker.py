@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -258,3 +259,64 @@ def set_fetch_max_wait(seconds: float) -> None:
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+
+
+async def fetched_end_offsets(
+    bootstrap_servers: str, listed: dict[Any, int], timeout: float = 10.0
+) -> dict[Any, int]:
+    """The end offsets of the partitions in ``listed`` (partition -> its ListOffsets
+    answer), as a fetch reports them.
+
+    tansu 0.6 answers ListOffsets(latest) with the base offset of the partition's last
+    record batch + 1, short of the end whenever that batch holds several records; the
+    high-water mark in a Fetch response is right. So each partition with records is
+    fetched once from just before its listed end. Raises BrokerError when a partition's
+    fetch does not answer within ``timeout``: a recovery that stopped at a short end
+    would lose the records after it."""
+    probed = {TopicPartition(tp.topic, tp.partition): tp for tp, end in listed.items() if end}
+    if not probed:
+        return dict(listed)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(probed))
+        for tp in probed:
+            consumer.seek(tp, listed[probed[tp]] - 1)
+        ends = dict(listed)
+        pending = set(probed)
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            await consumer.getmany(*pending, timeout_ms=100)
+            for tp in list(pending):
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    ends[probed[tp]] = max(highwater, listed[probed[tp]])
+                    pending.discard(tp)
+        if pending:
+            names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(pending))
+            raise BrokerError(f"could not read the end offsets of {names} within {timeout:.0f}s")
+        return ends
+    finally:
+        await consumer.stop()
+
+
+def correct_recovery_highwaters(bootstrap_servers: str) -> None:
+    """Make Faust's table recovery read each changelog partition to its real end on the
+    embedded broker (``fetched_end_offsets``): it reads up to the end offsets that
+    ListOffsets answers, which tansu reports short."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    listed_highwaters = AIOKafkaConsumerThread._highwaters
+
+    async def _highwaters(self: Any, partitions: Any) -> Any:
+        listed = await listed_highwaters(self, partitions)
+        if self.consumer.in_transaction:
+            return listed
+        return await fetched_end_offsets(bootstrap_servers, dict(listed))
+
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]

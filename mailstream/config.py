@@ -49,8 +49,8 @@ class _Section(BaseModel):
 class BrokerConfig(_Section):
     url: str = Field("kafka://127.0.0.1:9092", pattern=r"^kafka://[^\s/]+(,[^\s/]+)*$")
     # tansu answers ListOffsets(latest) wrongly for multi-record batches, which makes
-    # Faust's table recovery miss the tail of a changelog; the outbox sends each
-    # changelog partition's last record alone to avoid it (mailstream.outbox).
+    # Faust's table recovery miss the tail of a changelog; on the embedded broker its
+    # recovery reads to the end offsets a fetch reports (mailstream.broker).
     embedded: bool = True
     # How long the consumer's fetch waits for data. Faust asks for 1.5 s, and Kafka
     # answers as soon as data arrives; tansu waits out the full time, which would add

@@ -154,9 +154,6 @@ class Outbox:
 # and a crash then would skip those records on recovery.
 _STORE_LOCKS: dict[str, asyncio.Lock] = {}
 
-# Set by the app on the embedded broker when the producer batches (see _send_stage).
-LONE_TAILS = False
-
 # topic -> told of the messages a flush wrote to it, once the broker has acknowledged
 # them: (topic, partition, offset, key, value) each. The delivery agent takes the send
 # commands this worker writes from here rather than waiting for a fetch to bring them.
@@ -184,56 +181,30 @@ async def _send_stage(
     producer: Any,
     items: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]],
     messages: list[tuple[str, bytes | None, bytes, Headers | None]],
-    lone_tails: bool,
 ) -> dict[tuple[PartitionStore, int], int]:
     """Send one stage's changelog records (and messages) and wait for the broker's
-    acknowledgement. Returns the highest changelog offset acknowledged per slot.
-
-    With ``lone_tails`` each changelog partition's last record goes in a record batch
-    of its own. tansu reports the high-water mark of a partition whose last batch holds
-    several records as that batch's base offset + 1, and Faust's table recovery reads
-    only up to the high-water mark; a lone last record makes it exact while every other
-    record still travels in batches. Filling the batches ourselves, the tail batch is
-    queued right behind the rest: the producer sends a partition's batches in order, one
-    request at a time. Record by record (a producer without batches of its own), the
-    tails wait for the rest to be acknowledged."""
+    acknowledgement. Returns the highest changelog offset acknowledged per slot."""
     batches = _batch_producer(producer)
-    # each round: (slot, how many records its future's offset covers, future)
-    rounds: list[list[tuple[tuple[PartitionStore, int], int, Any]]] = [[]]
-    tails: list[tuple[tuple[PartitionStore, int], bytes, bytes | None]] = []
-    if batches is not None:
-        for slot, records in items.items():
-            keyed = list(records.items())
-            parts = [keyed[:-1], keyed[-1:]] if lone_tails and len(keyed) > 1 else [keyed]
-            for part in parts:
-                if part:
-                    rounds[0].extend(await _send_batches(batches, slot, part))
-    else:
-        for slot, records in items.items():
-            keyed = list(records.items())
-            if lone_tails and keyed:
-                tails.append((slot, *keyed.pop()))
-            for key, value in keyed:
-                rounds[0].append((slot, 1, await _send_record(producer, slot, key, value)))
-        if tails:
-            rounds.append([])
-    last: dict[tuple[PartitionStore, int], int] = {}
-    for i, pending in enumerate(rounds):
-        if i == 1:  # the tails, sent once the rest is acknowledged
-            for slot, key, value in tails:
+    # (slot, how many records its future's offset covers, future)
+    pending: list[tuple[tuple[PartitionStore, int], int, Any]] = []
+    for slot, records in items.items():
+        if batches is not None:
+            pending.extend(await _send_batches(batches, slot, list(records.items())))
+        else:
+            for key, value in records.items():
                 pending.append((slot, 1, await _send_record(producer, slot, key, value)))
-        futures = [future for _, _, future in pending]
-        if i == 0:  # messages travel with the first round: nothing orders them by offset
-            for topic, msg_key, value, headers in messages:
-                futures.append(await producer.send(topic, msg_key, value, None, None, headers))
-        if not futures:
-            continue
-        acked = await asyncio.gather(*futures)
-        for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
-            # md.offset: the record's, or the first of a batch of ``count``
-            last[slot] = max(md.offset + count - 1, last.get(slot, -1))
-        if i == 0 and HANDOFF:
-            _hand_off(messages, acked[len(pending) :])
+    futures = [future for _, _, future in pending]
+    for topic, msg_key, value, headers in messages:
+        futures.append(await producer.send(topic, msg_key, value, None, None, headers))
+    last: dict[tuple[PartitionStore, int], int] = {}
+    if not futures:
+        return last
+    acked = await asyncio.gather(*futures)
+    for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
+        # md.offset: the record's, or the first of a batch of ``count``
+        last[slot] = max(md.offset + count - 1, last.get(slot, -1))
+    if HANDOFF:
+        _hand_off(messages, acked[len(pending) :])
     return last
 
 
@@ -290,12 +261,11 @@ async def _send_batches(
 async def _flush(
     producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None
 ) -> None:
-    lone_tails = LONE_TAILS
     last: dict[tuple[PartitionStore, int], int] = {}
     merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
     for stage in STAGES:
         messages = outbox.messages if stage == BEFORE_STATE else []
-        acked = await _send_stage(producer, outbox.writes[stage], messages, lone_tails)
+        acked = await _send_stage(producer, outbox.writes[stage], messages)
         if staged is not None:
             staged(stage)
         for slot, offset in acked.items():

@@ -1,4 +1,4 @@
-"""How a flush orders what it sends: stages, and lone last records on the embedded broker."""
+"""How a flush orders what it sends: stages, batches, and what reads see before it."""
 
 from __future__ import annotations
 
@@ -61,11 +61,7 @@ def three_stage_outbox(users: Store, timers: Store) -> Outbox:
     return box
 
 
-@pytest.mark.parametrize("lone_tails", [False, True])
-async def test_each_partition_ends_with_the_records_last_key_and_stores_get_acked_offsets(
-    monkeypatch: pytest.MonkeyPatch, lone_tails: bool
-) -> None:
-    monkeypatch.setattr(outbox_module, "LONE_TAILS", lone_tails)
+async def test_each_partition_ends_with_the_records_last_key_and_stores_get_acked_offsets() -> None:
     users, timers = Store("users"), Store("timers")
     producer = Producer()
     await flush(producer, three_stage_outbox(users, timers))
@@ -84,32 +80,7 @@ async def test_each_partition_ends_with_the_records_last_key_and_stores_get_acke
     assert timers.written == [(0, {b"t1": b"1", b"t2": b"2", b"old": None}, 2)]
 
 
-async def test_lone_tails_send_each_partitions_last_record_after_the_rest_is_acked(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(outbox_module, "LONE_TAILS", True)
-    users, timers = Store("users"), Store("timers")
-    producer = Producer()
-    await flush(producer, three_stage_outbox(users, timers))
-
-    in_flight = {
-        (topic, key): n
-        for (topic, _, key, _), n in zip(producer.sent, producer.in_flight_at_send, strict=True)
-    }
-    # the last record of each partition goes alone: nothing else is unacknowledged
-    # when it is sent, and nothing is sent while it is
-    for last in (("timers-changelog", b"t2"), ("users-changelog", b"progress")):
-        assert in_flight[last] == 0
-    assert in_flight[("users-changelog", b"u3")] == 1  # partition 1's only record rides
-    # with partition 0's tail: a lone record per partition, not per flush
-    assert in_flight[("users-changelog", b"u2")] == 1  # batched with u1
-    assert in_flight[("sends", b"u1")] == 1  # the command travels with the first round
-
-
-async def test_without_lone_tails_a_stage_goes_in_one_round(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(outbox_module, "LONE_TAILS", False)
+async def test_a_stage_goes_in_one_round() -> None:
     users, timers = Store("users"), Store("timers")
     producer = Producer()
     await flush(producer, three_stage_outbox(users, timers))
@@ -120,6 +91,11 @@ async def test_without_lone_tails_a_stage_goes_in_one_round(
         if t == "users-changelog"
     ]
     assert state == [0, 1, 2, 3]
+    in_flight = {
+        (topic, key): n
+        for (topic, _, key, _), n in zip(producer.sent, producer.in_flight_at_send, strict=True)
+    }
+    assert in_flight[("sends", b"u1")] == 2  # the command travels with the first stage
 
 
 @dataclass
@@ -188,12 +164,10 @@ class FaustProducer:
         return await self.client.inner.send(*args)
 
 
-@pytest.mark.parametrize("lone_tails", [False, True])
 @pytest.mark.parametrize("capacity", [1, 2, 100])
 async def test_batched_records_keep_their_order_and_stores_get_the_last_acked_offset(
-    monkeypatch: pytest.MonkeyPatch, lone_tails: bool, capacity: int
+    capacity: int,
 ) -> None:
-    monkeypatch.setattr(outbox_module, "LONE_TAILS", lone_tails)
     users, timers = Store("users"), Store("timers")
     client = BatchingClient(capacity)
     await flush(FaustProducer(client), three_stage_outbox(users, timers))
@@ -209,36 +183,9 @@ async def test_batched_records_keep_their_order_and_stores_get_the_last_acked_of
     ]
     assert users_p0 == [b"u1", b"u2", b"progress"]
     assert all(len(keys) <= capacity for _, _, keys in client.batches)
-    if lone_tails:  # each partition's last record is a batch of its own
-        assert ("users-changelog", 0, [b"progress"]) in client.batches
-    elif capacity == 100:
+    if capacity == 100:  # one batch per partition and stage
         assert ("users-changelog", 0, [b"u1", b"u2", b"progress"]) in client.batches
     assert [k for t, _, k, _ in client.inner.sent if t == "sends"] == [b"u1"]
-
-
-async def test_batched_lone_tails_are_queued_behind_the_rest_without_waiting(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The producer sends a partition's batches in order, one request at a time, so the
-    # tail batch need not wait for the rest to be acknowledged: one round per stage.
-    monkeypatch.setattr(outbox_module, "LONE_TAILS", True)
-    users, timers = Store("users"), Store("timers")
-    client = BatchingClient(100)
-    await flush(FaustProducer(client), three_stage_outbox(users, timers))
-
-    assert [b for b in client.batches if b[0] == "users-changelog"] == [
-        ("users-changelog", 0, [b"u1", b"u2"]),
-        ("users-changelog", 0, [b"progress"]),
-        ("users-changelog", 1, [b"u3"]),
-    ]
-    in_flight = {
-        (topic, key): n
-        for (topic, _, key, _), n in zip(
-            client.inner.sent, client.inner.in_flight_at_send, strict=True
-        )
-    }
-    assert in_flight[("users-changelog", b"progress")] == 2  # u1 and u2 not yet acked
-    assert in_flight[("timers-changelog", b"t2")] == 1  # behind t1, in the same round
 
 
 async def test_messages_of_a_handed_off_topic_are_handed_over_once_acknowledged(
