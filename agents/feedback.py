@@ -81,7 +81,7 @@ def _note_delivery(outbox: Outbox, partition: int, fb: Feedback) -> None:
     assert fb.send_id is not None
     key = delivery_key(fb.tenant_id or config.ingest.default_tenant, fb.send_id)
     # an earlier event of this batch may have changed it
-    raw = outbox.pending(deliveries, partition, key) or deliveries.get(partition, key)
+    raw = outbox.get(deliveries, partition, key)
     if raw is None:
         return  # not sent by this deployment, or long forgotten
     delivery = Delivery.decode(raw)

@@ -413,7 +413,7 @@ class Dispatcher(GuardedLoop):
             metrics.WEBHOOK_STORED.labels(endpoint.name, "too_large").inc()
             return
         key = user_key(command["tenant_id"], command["user_id"])
-        stored = outbox.pending(users, p, key) or users.get(p, key)
+        stored = outbox.get(users, p, key)
         user = UserState.decode(stored) if stored is not None else None
         enrollment = user.enrollments.get(command["workflow"]) if user is not None else None
         if user is None or enrollment is None or enrollment["id"] != command["enrollment_id"]:

@@ -58,15 +58,6 @@ class Outbox:
         items.pop(key, None)
         items[key] = value
 
-    def pending(self, store: PartitionStore, partition: int, key: bytes) -> bytes | None:
-        """The value this outbox will write for a key (None: nothing pending, or a
-        deletion), so a batch sees its own earlier changes."""
-        for stage in STAGES:
-            items = self.writes[stage].get((store, partition))
-            if items is not None and key in items:
-                return items[key]
-        return None
-
     def lookup(
         self, store: PartitionStore, partition: int, key: bytes
     ) -> tuple[bool, bytes | None]:
@@ -78,8 +69,8 @@ class Outbox:
         return False, None
 
     def get(self, store: PartitionStore, partition: int, key: bytes) -> bytes | None:
-        """``key`` as it will be once this outbox is written: its pending value, or else
-        the store's."""
+        """``key`` as it will be once this outbox is written: its pending value (None for a
+        pending deletion), or else the store's; so a batch sees its own earlier changes."""
         found, value = self.lookup(store, partition, key)
         return value if found else store.get(partition, key)
 
