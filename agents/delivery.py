@@ -348,9 +348,10 @@ class Dispatcher(GuardedLoop):
                 self._start_calls(marketing)
                 marketing.clear()
 
-        # The progress records of accepted commands go after every write of theirs, some
-        # of which (`attempting`, for a send chosen at once) were put after them.
-        outbox.move_to_end(deliveries, intake.keys.values())
+        if taken:
+            # The progress records of accepted commands go after every write of theirs,
+            # some of which (`attempting`, for a send chosen at once) were put after them.
+            outbox.move_to_end(deliveries, intake.keys.values())
         if suppress:
             async with STATE_LOCK:  # user records are the ingest agent's too
                 for suspect, p, command, failure, now in suppress:
