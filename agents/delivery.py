@@ -83,6 +83,8 @@ TICK_SECONDS = 0.02
 # How long a batch of send commands waits to fill before it is queued: in light traffic
 # every send waits this long, so it is short. (The dispatcher is woken when it ends.)
 ACCEPT_WITHIN = 0.01
+# How long the direct reader waits for a fetch before it looks at its partitions again.
+READ_WITHIN = 0.2
 # How long accepted commands wait for a dispatcher round to take them into its flush
 # before they are flushed on their own (the dispatcher is between rounds for longer only
 # when it is not running them: not settled, or backing off after an error).
@@ -216,8 +218,14 @@ def pause_faust_fetching(partitions: list[int]) -> None:
 
 
 if config.delivery.direct_read:
+    # The commands this worker writes are handed over (HANDOFF below) and wake the
+    # reader at once; its fetch brings only the others, so it need not poll often.
     reader = DirectReader(
-        config.bootstrap_servers, SEND_TOPICS, 500, ACCEPT_WITHIN, fetch_max_wait(config)
+        config.bootstrap_servers,
+        SEND_TOPICS,
+        500,
+        READ_WITHIN,
+        fetch_max_wait(config, send_path=False),
     )
 
     @app.task

@@ -10,6 +10,7 @@ import faust
 from mailstream import faust_metrics
 from mailstream.broker import (
     EMBEDDED_FETCH_WAIT,
+    EMBEDDED_SIDE_FETCH_WAIT,
     correct_recovery_highwaters,
     set_fetch_max_wait,
 )
@@ -18,12 +19,13 @@ from mailstream.config import Config, load_config
 PRODUCER_BATCH_BYTES = 256 * 1024
 
 
-def fetch_max_wait(config: Config) -> float | None:
+def fetch_max_wait(config: Config, send_path: bool = True) -> float | None:
     """How long a fetch may wait for data (None: the client's default). tansu holds an
     empty fetch for all of it even when data arrives, so on the embedded broker it is
-    short."""
+    short for a fetch on the way from an event to its send (``send_path``); the others
+    wait longer, as every idle consumer polls the broker once per wait."""
     if config.broker.fetch_max_wait is None and config.broker.embedded:
-        return EMBEDDED_FETCH_WAIT
+        return EMBEDDED_FETCH_WAIT if send_path else EMBEDDED_SIDE_FETCH_WAIT
     return config.broker.fetch_max_wait
 
 
@@ -35,7 +37,11 @@ def create_app(config: Config) -> faust.App:
     # reports instead. Never needed on Apache Kafka.
     if config.broker.embedded:
         correct_recovery_highwaters(config.bootstrap_servers)
-    fetch_wait = fetch_max_wait(config)
+    # With both direct readers on, Faust's own consumer carries only feedback and
+    # webhook calls.
+    fetch_wait = fetch_max_wait(
+        config, send_path=not (config.ingest.direct_read and config.delivery.direct_read)
+    )
     if fetch_wait is not None:
         set_fetch_max_wait(fetch_wait)
     app = faust.App(

@@ -241,6 +241,9 @@ async def create_topics(config: Config, bootstrap_servers: str | None = None) ->
 # tansu holds an empty fetch for its whole wait even when data arrives: each hop from a
 # topic to an agent waits up to this long on the embedded broker.
 EMBEDDED_FETCH_WAIT = 0.02
+# ... for the fetches no event waits on to become a send (feedback, webhook calls, send
+# commands another worker wrote): an idle consumer polls this often, not every 20 ms.
+EMBEDDED_SIDE_FETCH_WAIT = 0.2
 
 
 def set_fetch_max_wait(seconds: float) -> None:

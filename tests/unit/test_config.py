@@ -598,3 +598,25 @@ def test_parse_duration_refuses_nan() -> None:
 def test_the_example_file_is_valid_and_spells_out_the_defaults() -> None:
     example = Path(__file__).resolve().parents[2] / "mailstream.example.yaml"
     assert load_config(example, env={}) == load_config(None, env={})
+
+
+@pytest.mark.parametrize(
+    ("broker", "send_path", "wait"),
+    [
+        # tansu holds an empty fetch for its whole wait: short on the way to a send...
+        ({}, True, 0.02),
+        # ... longer elsewhere, where it only sets how often an idle consumer polls
+        ({}, False, 0.2),
+        # one configured wait for every fetch
+        ({"fetch_max_wait": "50ms"}, True, 0.05),
+        ({"fetch_max_wait": "50ms"}, False, 0.05),
+        # Apache Kafka answers as soon as data arrives: the client's default
+        ({"embedded": False}, True, None),
+        ({"embedded": False}, False, None),
+    ],
+)
+def test_fetch_waits(broker: dict[str, Any], send_path: bool, wait: float | None) -> None:
+    from mailstream.app import fetch_max_wait
+
+    config = parse_config({"broker": broker}, SOURCE, env={})
+    assert fetch_max_wait(config, send_path=send_path) == wait
