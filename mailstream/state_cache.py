@@ -12,6 +12,8 @@ it, e.g. an event dropped by sampling); it comes back only with what is written.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from mailstream.users import UserState
 
 Slot = tuple[int, bytes]  # (partition, user key)
@@ -20,7 +22,9 @@ Slot = tuple[int, bytes]  # (partition, user key)
 class StateCache:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._entries: dict[Slot, tuple[bytes, UserState]] = {}
+        # least recently written first; an OrderedDict, because taking the first key of a
+        # plain dict whose front was deleted many times walks over every deleted slot
+        self._entries: OrderedDict[Slot, tuple[bytes, UserState]] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
@@ -42,10 +46,10 @@ class StateCache:
         if self.capacity <= 0:
             return
         entries = self._entries
-        entries.pop(slot, None)
         entries[slot] = (raw, state)
+        entries.move_to_end(slot)
         while len(entries) > self.capacity:
-            del entries[next(iter(entries))]
+            entries.popitem(last=False)
 
     def clear(self) -> None:
         self._entries.clear()
