@@ -27,7 +27,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import yaml
@@ -182,13 +182,25 @@ class CpuSpan:
         self.seconds += _cpu_seconds(self.pids)
 
 
+# How often consume_rate reads the workers' counters. Its figure is the slope through
+# the readings, so a run of a few seconds is not off by a reading's interval at each end.
+POLL_SECONDS = 0.1
+
+
+class Consumption(NamedTuple):
+    rate: float  # events per second (steady_rate)
+    start: float  # the first reading with events consumed (wall clock)
+    end: float  # the first reading with all of them
+    events: float  # consumed from start to end
+
+
 async def consume_rate(
     urls: list[str], events: int, what: str, cpu: Sequence[CpuSpan] = ()
-) -> tuple[float, float, float]:
-    """Wait until the workers at ``urls`` have consumed ``events``; the events per second
-    from the first consumed to the last, and that span's start and end (wall clock).
-    Each of ``cpu`` measures its processes over that span."""
-    first: tuple[float, float] | None = None
+) -> Consumption:
+    """Wait until the workers at ``urls`` have consumed ``events``. Each of ``cpu``
+    measures its processes from the first reading with events consumed to the first
+    with all of them."""
+    readings: list[tuple[float, float]] = []
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
         try:
@@ -197,17 +209,34 @@ async def consume_rate(
             await asyncio.sleep(0.5)
             continue
         now = time.time()
-        if consumed > 0 and first is None:
-            first = (now, consumed)
+        if consumed > 0 and not readings:
             for span in cpu:
                 span.start()
+        if consumed > 0:
+            readings.append((now, consumed))
         if consumed >= events:
-            assert first is not None
             for span in cpu:
                 span.stop()
-            return (consumed - first[1]) / max(now - first[0], 1e-6), first[0], now
-        await asyncio.sleep(0.25)
+            start, first = readings[0]
+            return Consumption(steady_rate(readings, events), start, now, consumed - first)
+        await asyncio.sleep(POLL_SECONDS)
     raise RuntimeError(f"{what} did not consume {events} events in time")
+
+
+def steady_rate(readings: Sequence[tuple[float, float]], events: int) -> float:
+    """Events per second from (time, events consumed so far) readings, the last of which
+    has all ``events``: the least-squares slope through the readings taken while the
+    consumers were between the first and the last event (the first and last readings
+    can each be up to a polling interval late); from the first reading to the last when
+    there are too few of those."""
+    inner = [(t, n) for t, n in readings if 0 < n < events]
+    if len(inner) >= 3 and inner[-1][0] > inner[0][0]:
+        mean_t = sum(t for t, _ in inner) / len(inner)
+        mean_n = sum(n for _, n in inner) / len(inner)
+        spread = sum((t - mean_t) ** 2 for t, _ in inner)
+        return sum((t - mean_t) * (n - mean_n) for t, n in inner) / spread
+    (t0, n0), (t1, n1) = readings[0], readings[-1]
+    return (n1 - n0) / max(t1 - t0, 1e-6)
 
 
 async def ceiling_rate(bench: Bench, topic: str, events: int, name: str = "ceiling") -> float:
@@ -367,9 +396,8 @@ async def bench_pipeline(
         assert bench.broker.process is not None
         broker_cpu = CpuSpan([bench.broker.process.pid])
         worker_cpu = CpuSpan([bench.procs[-1].pid])
-        rate, t0, t1 = await consume_rate(
-            [worker], events, "the pipeline", [worker_cpu, broker_cpu]
-        )
+        one_run = await consume_rate([worker], events, "the pipeline", [worker_cpu, broker_cpu])
+        rate, t0, t1 = one_run.rate, one_run.start, one_run.end
         s = _samples(worker)
         consumed = _total(s, "mailstream_events_consumed_total")
         sends_out = sum(1 for t in bench.sink.arrivals if t0 <= t <= t1) / max(t1 - t0, 1e-6)
@@ -400,8 +428,8 @@ async def bench_pipeline(
             ),
             "worker_rss_mb": round(rss_pipeline),
             # what an event costs in CPU, and how much of the two cores the run took
-            "worker_cpu_us_per_event": round(1e6 * worker_cpu.seconds / (rate * (t1 - t0))),
-            "broker_cpu_us_per_event": round(1e6 * broker_cpu.seconds / (rate * (t1 - t0))),
+            "worker_cpu_us_per_event": round(1e6 * worker_cpu.seconds / one_run.events),
+            "broker_cpu_us_per_event": round(1e6 * broker_cpu.seconds / one_run.events),
             "cores_busy_worker_broker": f"{worker_cpu.seconds / (t1 - t0):.2f} + "
             f"{broker_cpu.seconds / (t1 - t0):.2f}",
         }
@@ -434,14 +462,13 @@ async def bench_pipeline(
         workers_cpu = CpuSpan([proc.pid for proc in bench.procs[-2:]])
         broker_cpu = CpuSpan([bench.broker.process.pid])
         own_cpu = CpuSpan([os.getpid()])  # the provider server and the polling
-        two_rate, t0, t1 = await consume_rate(
+        two_run = await consume_rate(
             urls, events, "two workers", [workers_cpu, broker_cpu, own_cpu]
         )
+        two_rate, t0, t1 = two_run.rate, two_run.start, two_run.end
         result["two_workers_events_per_s"] = round(two_rate)
         result["two_workers_ratio_to_one"] = round(two_rate / rate, 3)
-        result["two_workers_cpu_us_per_event"] = round(
-            1e6 * workers_cpu.seconds / (two_rate * (t1 - t0))
-        )
+        result["two_workers_cpu_us_per_event"] = round(1e6 * workers_cpu.seconds / two_run.events)
         result["two_workers_cores_busy_workers_broker"] = (
             f"{workers_cpu.seconds / (t1 - t0):.2f} + {broker_cpu.seconds / (t1 - t0):.2f}"
         )

@@ -1,0 +1,59 @@
+"""The bench's rate from polled counters: not biased by when the polls fall."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailstream.bench_pipeline import steady_rate
+
+
+def polled(
+    rate: float, events: int, start: float, every: float, late: float
+) -> list[tuple[float, float]]:
+    """Readings every ``every`` s of a consumer doing ``rate`` events/s from ``start``;
+    the first reading after the start at ``start + late``, the last with all events."""
+    readings, t = [], start + late
+    while True:
+        consumed = min(events, int(rate * (t - start)))
+        readings.append((t, float(consumed)))
+        if consumed >= events:
+            return readings
+        t += every
+
+
+@pytest.mark.parametrize(
+    ("rate", "events", "every", "late"),
+    [
+        (10_000, 50_000, 0.1, 0.01),  # first reading right after the start
+        (10_000, 50_000, 0.1, 0.09),  # ... or nearly an interval late
+        (20_000, 50_000, 0.25, 0.2),  # a short run polled coarsely
+        (500, 5_000, 0.1, 0.05),
+    ],
+)
+def test_a_steady_consumer_is_measured_at_its_rate(
+    rate: float, events: int, every: float, late: float
+) -> None:
+    assert steady_rate(polled(rate, events, 100.0, every, late), events) == pytest.approx(
+        rate, rel=0.02
+    )
+
+
+def test_counts_in_batches_give_the_rate_of_the_batches() -> None:
+    # 500 events every 50 ms: 10,000 events/s, counted in steps
+    readings = [(t / 10, float(min(50_000, 500 * int(t / 10 / 0.05)))) for t in range(1, 60)]
+    end = next(i for i, (_, n) in enumerate(readings) if n >= 50_000)
+    assert steady_rate(readings[: end + 1], 50_000) == pytest.approx(10_000, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("readings", "expected"),
+    [
+        # too few readings between the first and the last event: first to last
+        ([(0.0, 100.0), (1.0, 1_100.0)], 1_000.0),
+        ([(0.0, 100.0), (0.5, 500.0), (1.0, 1_100.0)], 1_000.0),
+    ],
+)
+def test_few_readings_fall_back_to_first_and_last(
+    readings: list[tuple[float, float]], expected: float
+) -> None:
+    assert steady_rate(readings, 1_100) == pytest.approx(expected)
