@@ -153,7 +153,8 @@ SEND_PATH = Histogram(
     "Where the time from a triggering event to the provider goes, for sends made right"
     " away: from the event's timestamp to the batch that wrote the send command being"
     " durable (stage written), the delivery agent taking the command (taken), recording it"
-    " as queued (queued), and its provider call starting (calling).",
+    " as queued (queued), and its provider call starting (calling). A transactional call"
+    " may start before its queued record is durable, so calling can come before queued.",
     ["stage"],
     buckets=(
         0.005,
