@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from mailstream.broker import EmbeddedBroker, ensure_topics, fetched_end_offsets
+from mailstream.exceptions import BrokerError
 
 
 async def test_fetched_end_offsets_count_every_record_of_a_many_record_last_batch(
@@ -37,3 +40,18 @@ async def test_fetched_end_offsets_count_every_record_of_a_many_record_last_batc
         broker.bootstrap_servers, {TP(tp.topic, tp.partition): end for tp, end in listed.items()}
     )
     assert ends == {TP(topic, 0): 44, TP(topic, 1): 1, TP(topic, 2): 0}
+
+
+async def test_an_end_offset_no_fetch_reports_stops_recovery_loudly(
+    broker: EmbeddedBroker,
+) -> None:
+    # A partition without a leader (here: one the topic does not have) never answers a
+    # fetch; recovering to its ListOffsets answer could lose records, so it raises.
+    topic = f"ends-{secrets.token_hex(4)}"
+    await ensure_topics(broker.bootstrap_servers, [topic], 1)
+    started = time.monotonic()
+    with pytest.raises(BrokerError, match=rf"{topic}\[3\]"):
+        await fetched_end_offsets(
+            broker.bootstrap_servers, {TP(topic, 0): 0, TP(topic, 3): 7}, timeout=2.0
+        )
+    assert time.monotonic() - started < 15  # within its timeout, not a client's default
