@@ -144,7 +144,10 @@ async def process(messages: list[RawMessage]) -> None:
         part = fresh[start : start + TURN_EVENTS]
         result = ingest_batch(part, load, now, settings, react, event_rates, result)
     if fresh:
-        await flush(app.producer, to_outbox(result, fresh, now))
+        outbox = to_outbox(result, fresh, now)
+        flushing = time.perf_counter()
+        await flush(app.producer, outbox)
+        metrics.INGEST_FLUSH_SECONDS.observe(time.perf_counter() - flushing)
         written = time.time()
         for _, fx in result.reactions:
             for send in fx.sends:

@@ -27,7 +27,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 import yaml
@@ -159,6 +159,23 @@ def _sum(urls: list[str], name: str, **labels: str) -> float:
     return sum(_total(_samples(url, name), name, **labels) for url in urls)
 
 
+def _merged(
+    each: list[dict[str, list[tuple[dict[str, str], float]]]],
+) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Several workers' samples as one."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for samples in each:
+        for name, values in samples.items():
+            out.setdefault(name, []).extend(values)
+    return out
+
+
+def _flush_share(samples: dict[str, list[tuple[dict[str, str], float]]]) -> float:
+    """The share of the ingest batches' time spent in their flushes."""
+    batches = _total(samples, "mailstream_ingest_batch_seconds_sum")
+    return _total(samples, "mailstream_ingest_flush_seconds_sum") / max(batches, 1e-9)
+
+
 def _cpu_seconds(pids: list[int]) -> float:
     """User and system CPU time the processes have used so far."""
     ticks = 0
@@ -182,6 +199,49 @@ class CpuSpan:
         self.seconds += _cpu_seconds(self.pids)
 
 
+class StolenSpan:
+    """The share of this machine's CPU time that its hypervisor gave to other machines
+    (steal, from /proc/stat) between ``start()`` and ``stop()``: on a shared host the
+    phases of one run can get very different machines."""
+
+    def __init__(self) -> None:
+        self.share = 0.0
+        self._at = (0, 0)
+
+    def start(self) -> None:
+        self._at = _host_ticks()
+
+    def stop(self) -> None:
+        (stolen, total), (stolen_before, total_before) = _host_ticks(), self._at
+        self.share = (stolen - stolen_before) / max(total - total_before, 1)
+
+
+def _host_ticks() -> tuple[int, int]:
+    """(stolen, all) CPU ticks of this machine so far; (0, 0) where /proc/stat is not."""
+    try:
+        return cpu_ticks(Path("/proc/stat").read_text())
+    except OSError:
+        return 0, 0
+
+
+def cpu_ticks(stat: str) -> tuple[int, int]:
+    """(stolen, all) ticks from the first line of /proc/stat: user, nice, system, idle,
+    iowait, irq, softirq, steal (guest time is counted in user already). Kernels
+    before 2.6.11 have no steal field."""
+    fields = stat.splitlines()[0].split()
+    if fields[:1] != ["cpu"]:
+        raise ValueError(f"not a /proc/stat cpu line: {stat[:40]!r}")
+    ticks = [int(f) for f in fields[1:9]]
+    ticks += [0] * (8 - len(ticks))
+    return ticks[7], sum(ticks)
+
+
+class Span(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
 # How often consume_rate reads the workers' counters. Its figure is the slope through
 # the readings, so a run of a few seconds is not off by a reading's interval at each end.
 POLL_SECONDS = 0.1
@@ -195,11 +255,11 @@ class Consumption(NamedTuple):
 
 
 async def consume_rate(
-    urls: list[str], events: int, what: str, cpu: Sequence[CpuSpan] = ()
+    urls: list[str], events: int, what: str, cpu: Sequence[Span] = ()
 ) -> Consumption:
     """Wait until the workers at ``urls`` have consumed ``events``. Each of ``cpu``
-    measures its processes from the first reading with events consumed to the first
-    with all of them."""
+    measures from the first reading with events consumed to the first with all of
+    them."""
     readings: list[tuple[float, float]] = []
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
@@ -397,7 +457,10 @@ async def bench_pipeline(
         assert bench.broker.process is not None
         broker_cpu = CpuSpan([bench.broker.process.pid])
         worker_cpu = CpuSpan([bench.procs[-1].pid])
-        one_run = await consume_rate([worker], events, "the pipeline", [worker_cpu, broker_cpu])
+        one_stolen = StolenSpan()
+        one_run = await consume_rate(
+            [worker], events, "the pipeline", [worker_cpu, broker_cpu, one_stolen]
+        )
         rate, t0, t1 = one_run.rate, one_run.start, one_run.end
         s = _samples(worker)
         consumed = _total(s, "mailstream_events_consumed_total")
@@ -427,12 +490,15 @@ async def bench_pipeline(
                 / max(_total(s, "mailstream_ingest_batch_seconds_count"), 1),
                 4,
             ),
+            # how much of the batch time went into making its effects durable
+            "flush_share_of_batch": round(_flush_share(s), 2),
             "worker_rss_mb": round(rss_pipeline),
             # what an event costs in CPU, and how much of the two cores the run took
             "worker_cpu_us_per_event": round(1e6 * worker_cpu.seconds / one_run.events),
             "broker_cpu_us_per_event": round(1e6 * broker_cpu.seconds / one_run.events),
             "cores_busy_worker_broker": f"{worker_cpu.seconds / (t1 - t0):.2f} + "
             f"{broker_cpu.seconds / (t1 - t0):.2f}",
+            "cpu_stolen_share": round(one_stolen.share, 3),
         }
 
         load = latency_rate or rate / 2
@@ -444,17 +510,21 @@ async def bench_pipeline(
         worker = bench.start_worker("bench-one", one)  # the same data, recovered
         await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
         latency_cpu = CpuSpan([bench.procs[-1].pid])
+        latency_stolen = StolenSpan()
         latency_cpu.start()
+        latency_stolen.start()
         started = time.monotonic()
         result.update(
             await latency(bench, one["events"], users, load, latency_seconds, LATENCY_WARMUP)
         )
         latency_cpu.stop()
+        latency_stolen.stop()
         # how much of a core the worker needed at that rate (over the traffic and the
         # wait for the last receipts)
         result["latency_worker_cores_busy"] = round(
             latency_cpu.seconds / (time.monotonic() - started), 2
         )
+        result["latency_cpu_stolen_share"] = round(latency_stolen.share, 3)
         result.update(send_path(_samples(worker)))
         stop_processes(bench.procs)
 
@@ -463,26 +533,33 @@ async def bench_pipeline(
         workers_cpu = CpuSpan([proc.pid for proc in bench.procs[-2:]])
         broker_cpu = CpuSpan([bench.broker.process.pid])
         own_cpu = CpuSpan([os.getpid()])  # the provider server and the polling
+        two_stolen = StolenSpan()
         two_run = await consume_rate(
-            urls, events, "two workers", [workers_cpu, broker_cpu, own_cpu]
+            urls, events, "two workers", [workers_cpu, broker_cpu, own_cpu, two_stolen]
         )
         two_rate, t0, t1 = two_run.rate, two_run.start, two_run.end
         result["two_workers_events_per_s"] = round(two_rate)
         result["two_workers_cpu_us_per_event"] = round(1e6 * workers_cpu.seconds / two_run.events)
+        result["two_workers_flush_share_of_batch"] = round(
+            _flush_share(_merged([_samples(url) for url in urls])), 2
+        )
         result["two_workers_cores_busy_workers_broker"] = (
             f"{workers_cpu.seconds / (t1 - t0):.2f} + {broker_cpu.seconds / (t1 - t0):.2f}"
         )
         # what the two workers could not have: the bench's own process beside them
         result["two_workers_bench_process_cores_busy"] = round(own_cpu.seconds / (t1 - t0), 2)
+        result["two_workers_cpu_stolen_share"] = round(two_stolen.share, 3)
         stop_processes(bench.procs)
 
         # One worker again, on a third copy: like the ceiling, one worker is measured on
         # both sides of the two (the machine's load drifts), and the ratio is to the mean.
         print("one worker again, after the two ...", flush=True)
         url = bench.start_worker("bench-again", again)
-        one_again = (await consume_rate([url], events, "one worker again")).rate
+        again_stolen = StolenSpan()
+        one_again = (await consume_rate([url], events, "one worker again", [again_stolen])).rate
         stop_processes(bench.procs)
         result["one_worker_before_after"] = f"{rate:,.0f} / {one_again:,.0f}"
+        result["one_worker_again_cpu_stolen_share"] = round(again_stolen.share, 3)
         result["two_workers_ratio_to_one"] = round(two_rate / ((rate + one_again) / 2), 3)
 
         print(f"state: identifying {state_users:,} users ...", flush=True)

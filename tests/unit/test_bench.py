@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailstream.bench_pipeline import steady_rate
+from mailstream.bench_pipeline import cpu_ticks, steady_rate
 
 
 def polled(
@@ -57,3 +57,21 @@ def test_few_readings_fall_back_to_first_and_last(
     readings: list[tuple[float, float]], expected: float
 ) -> None:
     assert steady_rate(readings, 1_100) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("stat", "ticks"),
+    [
+        # user nice system idle iowait irq softirq steal guest guest_nice
+        ("cpu  100 2 50 800 10 1 2 35 7 0\ncpu0 50 1 25 400 5 0 1 17 3 0\n", (35, 1000)),
+        ("cpu  100 0 50 850 0 0 0 0 0 0\n", (0, 1000)),
+        ("cpu  100 0 50 850 0 0 0\n", (0, 1000)),  # no steal field
+    ],
+)
+def test_cpu_ticks_read_steal_and_the_total(stat: str, ticks: tuple[int, int]) -> None:
+    assert cpu_ticks(stat) == ticks
+
+
+def test_cpu_ticks_refuse_another_line() -> None:
+    with pytest.raises(ValueError, match="cpu line"):
+        cpu_ticks("intr 12345 0 0\n")
