@@ -160,21 +160,12 @@ def _sum(urls: list[str], name: str, **labels: str) -> float:
     return sum(_total(_samples(url, name), name, **labels) for url in urls)
 
 
-def _merged(
-    each: list[dict[str, list[tuple[dict[str, str], float]]]],
-) -> dict[str, list[tuple[dict[str, str], float]]]:
-    """Several workers' samples as one."""
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for samples in each:
-        for name, values in samples.items():
-            out.setdefault(name, []).extend(values)
-    return out
-
-
-def _flush_share(samples: dict[str, list[tuple[dict[str, str], float]]]) -> float:
-    """The share of the ingest batches' time spent in their flushes."""
-    batches = _total(samples, "mailstream_ingest_batch_seconds_sum")
-    return _total(samples, "mailstream_ingest_flush_seconds_sum") / max(batches, 1e-9)
+def _flush_share(workers: list[dict[str, list[tuple[dict[str, str], float]]]]) -> float:
+    """The share of the ingest batches' time spent in their flushes, over the workers'
+    samples."""
+    flushes = sum(_total(s, "mailstream_ingest_flush_seconds_sum") for s in workers)
+    batches = sum(_total(s, "mailstream_ingest_batch_seconds_sum") for s in workers)
+    return flushes / max(batches, 1e-9)
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -499,7 +490,7 @@ async def bench_pipeline(
                 4,
             ),
             # how much of the batch time went into making its effects durable
-            "flush_share_of_batch": round(_flush_share(s), 2),
+            "flush_share_of_batch": round(_flush_share([s]), 2),
             "worker_rss_mb": round(rss_pipeline),
             # what an event costs in CPU, and how much of the two cores the run took
             "worker_cpu_us_per_event": round(1e6 * worker_cpu.seconds / one_run.events),
@@ -549,7 +540,7 @@ async def bench_pipeline(
         result["two_workers_events_per_s"] = round(two_rate)
         result["two_workers_cpu_us_per_event"] = round(1e6 * workers_cpu.seconds / two_run.events)
         result["two_workers_flush_share_of_batch"] = round(
-            _flush_share(_merged([_samples(url) for url in urls])), 2
+            _flush_share([_samples(url) for url in urls]), 2
         )
         result["two_workers_cores_busy_workers_broker"] = (
             f"{workers_cpu.seconds / (t1 - t0):.2f} + {broker_cpu.seconds / (t1 - t0):.2f}"

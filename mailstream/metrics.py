@@ -18,17 +18,18 @@ DEAD_LETTERS = Counter(
     "Messages sent to the dead-letter topic, by reason.",
     ["reason"],
 )
+_BATCH_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_SECONDS = Histogram(
     "mailstream_ingest_batch_seconds",
     "Time to process one ingest batch, changelog acknowledgement included.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    buckets=_BATCH_BUCKETS,
 )
 INGEST_FLUSH_SECONDS = Histogram(
     "mailstream_ingest_flush_seconds",
     "Time an ingest batch took to make its effects durable: its send commands, then its"
     " user records, sent and acknowledged by the broker stage by stage, and the local"
     " stores written. Part of mailstream_ingest_batch_seconds.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    buckets=_BATCH_BUCKETS,
 )
 REPLAYED = Counter(
     "mailstream_events_replayed_total",
