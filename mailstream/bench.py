@@ -235,8 +235,8 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument(
         "--latency-rate",
         type=float,
-        help="pipeline: events per second for the latency phase (default: half the"
-        " measured pipeline rate)",
+        help="pipeline: events per second for the latency phase (default: half one"
+        " worker's rate, measured before and after the two workers)",
     )
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")

@@ -1,12 +1,15 @@
 """The benchmark's ceiling: a bare Faust agent that only decodes events and counts them.
 
-Run as ``python -m mailstream.bench_ceiling BROKER TOPIC COUNT PARTITIONS DATADIR``; once
-COUNT events have arrived it writes ``DATADIR/span.json`` with the time of the first and
-the last (Faust's worker turns stdout into log lines, so a file it is).
+Run as ``python -m mailstream.bench_ceiling BROKER TOPIC PARTITIONS GROUP DATADIR``.
+Agents started with the same GROUP share the topic's partitions, as workers do. Every
+0.1 s, once events have come, an agent writes ``DATADIR/span.json``: how many it has
+decoded and the times of the first and the last (Faust's worker turns stdout into log
+lines, so a file it is).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,13 +19,15 @@ import orjson
 
 from mailstream.broker import EMBEDDED_FETCH_WAIT, set_fetch_max_wait
 
+# How often an agent writes its span.json.
+REPORT_EVERY = 0.1
+
 
 def main() -> None:
-    broker, topic_name, count, partitions, datadir = sys.argv[1:6]
-    expected = int(count)
+    broker, topic_name, partitions, group, datadir = sys.argv[1:6]
     set_fetch_max_wait(EMBEDDED_FETCH_WAIT)  # as a worker does on the embedded broker
     app = faust.App(
-        f"bench-{Path(datadir).name}",  # its own group: each run reads from the start
+        group,
         broker=f"kafka://{broker}",
         datadir=datadir,
         topic_partitions=int(partitions),
@@ -32,7 +37,8 @@ def main() -> None:
         web_enabled=False,
     )
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
-    seen = {"n": 0, "first": 0.0}
+    seen = {"n": 0, "first": 0.0, "last": 0.0}
+    span_file = Path(datadir) / "span.json"
 
     @app.agent(topic)
     async def decode(stream):
@@ -41,14 +47,22 @@ def main() -> None:
                 orjson.loads(value)
             except orjson.JSONDecodeError:  # the malformed share of the traffic
                 pass
+            now = time.time()
             if seen["n"] == 0:
-                seen["first"] = time.time()
+                seen["first"] = now
             seen["n"] += 1
-            if seen["n"] == expected:
-                span = {"first": seen["first"], "last": time.time()}
-                (Path(datadir) / "span.json").write_bytes(orjson.dumps(span))
+            seen["last"] = now
 
-    sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+    @app.timer(REPORT_EVERY)
+    async def report() -> None:
+        if seen["n"]:
+            # written whole, then renamed: the bench never reads half a file
+            partial = span_file.with_suffix(".part")
+            partial.write_bytes(orjson.dumps(seen))
+            os.replace(partial, span_file)
+
+    # the worker command turns the web server back on unless told not to
+    sys.argv = [sys.argv[0], "worker", "-l", "warn", "--without-web"]
     app.main()
 
 

@@ -5,12 +5,16 @@ Phases, each on its own topics so one cannot feed another:
 1. ceiling: a bare Faust agent (mailstream.bench_ceiling) decodes the pre-produced events;
 2. pipeline: one worker with the shipped journeys consumes the same events and delivers
    every send to a local server speaking Postmark's API, with no rate limit;
-3. latency: the same worker, fed the same mix at half the pipeline's rate with
-   wall-clock timestamps; the time from an ``order_completed`` event's timestamp to the
-   server receiving its receipt (the order id in the receipt says which event it was);
-4. scale-out: two workers on twice the events, then one worker again on a copy of
-   them (the ratio is to the mean of the two one-worker rates);
-5. state: a worker's RSS and data directory after every one of ``--state-users`` users
+3. two bare agents in one group on twice the events, then one again on the first copy:
+   how the ceiling itself scales to two processes (the ratios are to the mean of the
+   two one-agent rates);
+4. scale-out: two workers on twice the events, then one worker again on a third copy
+   (the ratio is to the mean of the two one-worker rates);
+5. latency: the worker of phase 2, fed the same mix at half its rate (the mean of the
+   two one-worker rates) with wall-clock timestamps; the time from an
+   ``order_completed`` event's timestamp to the server receiving its receipt (the order
+   id in the receipt says which event it was);
+6. state: a worker's RSS and data directory after every one of ``--state-users`` users
    has been identified.
 """
 
@@ -291,32 +295,50 @@ def steady_rate(readings: Sequence[tuple[float, float]], events: int) -> float:
     return (n1 - n0) / max(t1 - t0, 1e-6)
 
 
-async def ceiling_rate(bench: Bench, topic: str, events: int, name: str = "ceiling") -> float:
-    ceiling_dir = bench.root / name
-    ceiling_dir.mkdir()
-    with open(bench.root / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mailstream.bench_ceiling",
-                bench.broker.bootstrap_servers,
-                topic,
-                str(events),
-                str(PARTITIONS),
-                str(ceiling_dir),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    bench.procs.append(proc)
-    span_file = ceiling_dir / "span.json"
-    await _wait(lambda: span_file.exists() or proc.poll() is not None, 600, "the ceiling agent")
-    stop_processes([proc])
-    if not span_file.exists():
-        raise RuntimeError(f"the ceiling agent exited; see {bench.root / f'{name}.log'}")
-    span = orjson.loads(span_file.read_bytes())
-    return events / max(span["last"] - span["first"], 1e-6)
+async def ceiling_rate(
+    bench: Bench, topic: str, events: int, name: str = "ceiling", agents: int = 1
+) -> float:
+    """Events per second of ``agents`` bare Faust agents (mailstream.bench_ceiling) in one
+    group, sharing the partitions of ``topic``: from the first event any of them decoded
+    to the last."""
+    dirs = [bench.root / f"{name}-{i}" for i in range(agents)]
+    procs = []
+    for i, datadir in enumerate(dirs):
+        datadir.mkdir()
+        with open(bench.root / f"{name}-{i}.log", "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "mailstream.bench_ceiling",
+                        bench.broker.bootstrap_servers,
+                        topic,
+                        str(PARTITIONS),
+                        f"bench-{name}",  # its own group: each run reads from the start
+                        str(datadir),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    bench.procs.extend(procs)
+
+    def spans() -> list[dict[str, float]]:
+        files = [d / "span.json" for d in dirs]
+        return [orjson.loads(f.read_bytes()) for f in files if f.exists()]
+
+    def done() -> bool:
+        if any(proc.poll() is not None for proc in procs):
+            raise RuntimeError(f"a ceiling agent exited; see {bench.root}/{name}-*.log")
+        return sum(span["n"] for span in spans()) >= events
+
+    await _wait(done, 600, "the ceiling agents")
+    stop_processes(procs)
+    decoded = spans()
+    first = min(span["first"] for span in decoded)
+    last = max(span["last"] for span in decoded)
+    return events / max(last - first, 1e-6)
 
 
 def _ready(web_url: str) -> bool:
@@ -466,9 +488,13 @@ async def bench_pipeline(
         sends_out = sum(1 for t in bench.sink.arrivals if t0 <= t <= t1) / max(t1 - t0, 1e-6)
         rss_pipeline = _rss_mb(bench.procs[-1].pid)
         stop_processes(bench.procs)
-        # Measured on both sides of the pipeline: the machine's load drifts, and the ratio
-        # is to their mean.
-        print("ceiling again, after the pipeline ...", flush=True)
+        # Two bare agents in one group, on the two workers' events: how the ceiling itself
+        # scales from one process to two on this machine, beside the same broker.
+        print(f"ceiling with two agents, on {two_events:,} events ...", flush=True)
+        ceiling_two = await ceiling_rate(bench, two["events"], two_events, "ceiling-two", agents=2)
+        # Measured on both sides of the pipeline and of the two agents: the machine's load
+        # drifts, and the ratios are to the mean.
+        print("ceiling again ...", flush=True)
         ceiling_after = await ceiling_rate(bench, one["events"], events, "ceiling-after")
         ceiling = (ceiling_before + ceiling_after) / 2
         result: dict[str, Any] = {
@@ -480,6 +506,8 @@ async def bench_pipeline(
             "ceiling_before_after": f"{ceiling_before:,.0f} / {ceiling_after:,.0f}",
             "pipeline_events_per_s": round(rate),
             "ratio_to_ceiling": round(rate / ceiling, 3),
+            "ceiling_two_agents_events_per_s": round(ceiling_two),
+            "ceiling_two_agents_ratio_to_one": round(ceiling_two / ceiling, 3),
             "sends_per_s_out": round(sends_out),
             "changelog_records_per_event": round(
                 _total(s, "mailstream_changelog_records_total") / consumed, 3
@@ -499,33 +527,6 @@ async def bench_pipeline(
             f"{broker_cpu.seconds / (t1 - t0):.2f}",
             "cpu_stolen_share": round(one_stolen.share, 3),
         }
-
-        load = latency_rate or rate / 2
-        print(
-            f"latency: the mix at {load:,.0f} events/s for {LATENCY_WARMUP:g}s + "
-            f"{latency_seconds:g}s ...",
-            flush=True,
-        )
-        worker = bench.start_worker("bench-one", one)  # the same data, recovered
-        await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
-        latency_cpu = CpuSpan([bench.procs[-1].pid])
-        latency_stolen = StolenSpan()
-        latency_cpu.start()
-        latency_stolen.start()
-        started = time.monotonic()
-        result.update(
-            await latency(bench, one["events"], users, load, latency_seconds, LATENCY_WARMUP)
-        )
-        latency_cpu.stop()
-        latency_stolen.stop()
-        # how much of a core the worker needed at that rate (over the traffic and the
-        # wait for the last receipts)
-        result["latency_worker_cores_busy"] = round(
-            latency_cpu.seconds / (time.monotonic() - started), 2
-        )
-        result["latency_cpu_stolen_share"] = round(latency_stolen.share, 3)
-        result.update(send_path(_samples(worker)))
-        stop_processes(bench.procs)
 
         print(f"scale-out: two workers on {two_events:,} events ...", flush=True)
         urls = [bench.start_worker("bench-two", two, i) for i in range(2)]
@@ -560,6 +561,35 @@ async def bench_pipeline(
         result["one_worker_before_after"] = f"{rate:,.0f} / {one_again:,.0f}"
         result["one_worker_again_cpu_stolen_share"] = round(again_stolen.share, 3)
         result["two_workers_ratio_to_one"] = round(two_rate / ((rate + one_again) / 2), 3)
+
+        # half the worker's rate, as measured on both sides of the two workers: the
+        # machine's speed drifts, and half of one fast moment's rate is not half load
+        load = latency_rate or (rate + one_again) / 4
+        print(
+            f"latency: the mix at {load:,.0f} events/s for {LATENCY_WARMUP:g}s + "
+            f"{latency_seconds:g}s ...",
+            flush=True,
+        )
+        worker = bench.start_worker("bench-one", one)  # the same data, recovered
+        await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
+        latency_cpu = CpuSpan([bench.procs[-1].pid])
+        latency_stolen = StolenSpan()
+        latency_cpu.start()
+        latency_stolen.start()
+        started = time.monotonic()
+        result.update(
+            await latency(bench, one["events"], users, load, latency_seconds, LATENCY_WARMUP)
+        )
+        latency_cpu.stop()
+        latency_stolen.stop()
+        # how much of a core the worker needed at that rate (over the traffic and the
+        # wait for the last receipts)
+        result["latency_worker_cores_busy"] = round(
+            latency_cpu.seconds / (time.monotonic() - started), 2
+        )
+        result["latency_cpu_stolen_share"] = round(latency_stolen.share, 3)
+        result.update(send_path(_samples(worker)))
+        stop_processes(bench.procs)
 
         print(f"state: identifying {state_users:,} users ...", flush=True)
         await bench.produce(state["events"], _identifies(state_users), state_users)
