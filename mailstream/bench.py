@@ -218,7 +218,10 @@ def add_bench_parser(sub: Any) -> None:
     )
     p.add_argument("--events", type=int, default=50_000, help="pipeline: events produced")
     p.add_argument(
-        "--mix-users", type=int, default=5_000, help="pipeline: distinct users in the traffic"
+        "--mix-users",
+        type=int,
+        default=5_000,
+        help="pipeline: distinct users in the traffic (twice as many for two workers)",
     )
     p.add_argument(
         "--users",
