@@ -65,8 +65,11 @@ class DirectReader:
         self._offered_next: dict[tuple[str, int], int] = {}
 
     def invalidate(self) -> None:
-        """The assignment changed (or is about to): re-read positions before the next batch."""
+        """The assignment changed (or is about to): re-read positions before the next batch.
+        A reader waiting for messages stops waiting, rather than see the change only when
+        its wait (``within``) runs out."""
         self.epoch += 1
+        self._offers.set()
 
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:

@@ -52,12 +52,15 @@ async def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) ->
 
 
 @asynccontextmanager
-async def reading(reader: DirectReader) -> AsyncIterator[Applier]:
-    """The reader running on partitions 0 and 1, applying into the Applier yielded."""
+async def reading(
+    reader: DirectReader, owned: Callable[[], list[int]] = lambda: [0, 1]
+) -> AsyncIterator[Applier]:
+    """The reader running on the ``owned`` partitions (0 and 1), applying into the Applier
+    yielded."""
     applier = Applier()
     task = asyncio.create_task(
         reader.run(
-            lambda: [0, 1],
+            owned,
             lambda t, p: applier.progress.get((t, p)),
             lambda: True,
             applier,
@@ -177,3 +180,21 @@ async def test_a_partition_the_fetch_serves_is_not_starved_by_steady_offers(
             offered = await writer
         await _until(lambda: len(applier.offsets(1)) == offered + 1, "every offer, once")
         assert applier.offsets(1) == list(range(offered + 1))
+
+
+async def test_a_new_assignment_is_read_without_waiting_out_the_reader_s_wait(
+    broker: EmbeddedBroker, topic: str, producer: AIOKafkaProducer
+) -> None:
+    # The reader waits up to 30 s for messages; partition 0, all it owns, has none.
+    reader = DirectReader(broker.bootstrap_servers, [topic], 100, within=30.0, fetch_max_wait=0.1)
+    owned = [0]
+    async with reading(reader, lambda: list(owned)) as applier:
+        await _write(producer, topic, 0, b"first")
+        await _until(lambda: applier.offsets(0) == [0], "partition 0's message")
+        await _write(producer, topic, 1, b"not ours yet")
+        await asyncio.sleep(0.3)  # the reader is waiting again
+        assert applier.offsets(1) == []
+
+        owned.append(1)  # a rebalance gives this worker partition 1
+        reader.invalidate()
+        await _until(lambda: applier.offsets(1) == [0], "partition 1's message", timeout=10)
