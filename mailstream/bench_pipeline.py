@@ -605,10 +605,17 @@ async def bench_pipeline(
         # both sides of the two (the machine's load drifts), and the ratio is to the mean.
         print("one worker again, after the two ...", flush=True)
         url = bench.start_worker("bench-again", again)
+        again_cpu = CpuSpan([bench.procs[-1].pid])
         again_stolen = StolenSpan()
-        one_again = (await consume_rate([url], events, "one worker again", [again_stolen])).rate
+        again_run = await consume_rate([url], events, "one worker again", [again_cpu, again_stolen])
+        one_again = again_run.rate
         stop_processes(bench.procs)
         result["one_worker_before_after"] = f"{rate:,.0f} / {one_again:,.0f}"
+        # what an event cost it each time: the machine's speed drifts with no CPU stolen
+        result["one_worker_cpu_us_per_event_before_after"] = (
+            f"{1e6 * worker_cpu.seconds / one_run.events:.0f} / "
+            f"{1e6 * again_cpu.seconds / again_run.events:.0f}"
+        )
         result["one_worker_again_cpu_stolen_share"] = round(again_stolen.share, 3)
         result["two_workers_ratio_to_one"] = round(two_rate / ((rate + one_again) / 2), 3)
 
