@@ -322,6 +322,11 @@ async def consume_rate(
     raise RuntimeError(f"{what} did not consume {events} events in time")
 
 
+def us_per_event(cpu: CpuSpan, run: Consumption) -> float:
+    """Microseconds of CPU ``cpu`` measured per event counted over the same ``run``."""
+    return 1e6 * cpu.seconds / run.events
+
+
 def steady_rate(readings: Sequence[tuple[float, float]], events: int) -> float:
     """Events per second from (time, events consumed so far) readings, the last of which
     has all ``events``: the least-squares slope through the readings taken while the
@@ -571,8 +576,8 @@ async def bench_pipeline(
             "flush_share_of_batch": round(_flush_share([s]), 2),
             "worker_rss_mb": round(rss_pipeline),
             # what an event costs in CPU, and how much of the two cores the run took
-            "worker_cpu_us_per_event": round(1e6 * worker_cpu.seconds / one_run.events),
-            "broker_cpu_us_per_event": round(1e6 * broker_cpu.seconds / one_run.events),
+            "worker_cpu_us_per_event": round(us_per_event(worker_cpu, one_run)),
+            "broker_cpu_us_per_event": round(us_per_event(broker_cpu, one_run)),
             "cores_busy_worker_broker": f"{worker_cpu.seconds / (t1 - t0):.2f} + "
             f"{broker_cpu.seconds / (t1 - t0):.2f}",
             "cpu_stolen_share": round(one_stolen.share, 3),
@@ -589,7 +594,7 @@ async def bench_pipeline(
         )
         two_rate, t0, t1 = two_run.rate, two_run.start, two_run.end
         result["two_workers_events_per_s"] = round(two_rate)
-        result["two_workers_cpu_us_per_event"] = round(1e6 * workers_cpu.seconds / two_run.events)
+        result["two_workers_cpu_us_per_event"] = round(us_per_event(workers_cpu, two_run))
         result["two_workers_flush_share_of_batch"] = round(
             _flush_share([_samples(url) for url in urls]), 2
         )
@@ -613,8 +618,7 @@ async def bench_pipeline(
         result["one_worker_before_after"] = f"{rate:,.0f} / {one_again:,.0f}"
         # what an event cost it each time: the machine's speed drifts with no CPU stolen
         result["one_worker_cpu_us_per_event_before_after"] = (
-            f"{1e6 * worker_cpu.seconds / one_run.events:.0f} / "
-            f"{1e6 * again_cpu.seconds / again_run.events:.0f}"
+            f"{us_per_event(worker_cpu, one_run):.0f} / {us_per_event(again_cpu, again_run):.0f}"
         )
         result["one_worker_again_cpu_stolen_share"] = round(again_stolen.share, 3)
         result["two_workers_ratio_to_one"] = round(two_rate / ((rate + one_again) / 2), 3)
