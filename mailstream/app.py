@@ -58,6 +58,7 @@ def create_app(config: Config) -> faust.App:
         # A flush fills one record batch per changelog partition (mailstream.outbox):
         # room for a whole ingest batch's user records in each.
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
+        producer_compression_type=config.broker.compression_type,
         table_standby_replicas=0,
         web_enabled=True,
         web_host=config.web.host,

@@ -57,11 +57,20 @@ class BrokerConfig(_Section):
     # up to that much to every hop. Default on the embedded broker: 0.02 s for fetches on
     # the way from an event to its send, 0.2 s for the others; else Faust's.
     fetch_max_wait: Seconds | None = None
+    # How the worker compresses the record batches it writes (table changelogs, send
+    # commands, dead letters): each event writes about three times its own size, and
+    # fewer bytes are less work for the broker to take, keep and serve.
+    compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     rebalance_timeout: Seconds = 3.0
     # tansu holds a joining member for half the session timeout, so every worker start
     # and every takeover after a crash waits about this long over two.
     session_timeout: Seconds = 6.0
     heartbeat_interval: Seconds = 1.0
+
+    @property
+    def compression_type(self) -> str | None:
+        """The codec for the producer's ``compression_type`` (None: uncompressed)."""
+        return None if self.compression == "none" else self.compression
 
 
 class TopicsConfig(_Section):

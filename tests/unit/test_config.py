@@ -44,6 +44,16 @@ def test_defaults_without_a_file() -> None:
 
 
 @pytest.mark.parametrize(
+    ("compression", "codec"),
+    [("lz4", "lz4"), ("zstd", "zstd"), ("gzip", "gzip"), ("none", None)],
+)
+def test_compression_names_the_producer_codec(compression: str, codec: str | None) -> None:
+    assert Config().broker.compression_type == "lz4"
+    config = Config.model_validate({"broker": {"compression": compression}})
+    assert config.broker.compression_type == codec
+
+
+@pytest.mark.parametrize(
     "text",
     [pytest.param("", id="empty-file"), pytest.param("# only a comment\n", id="comment-only")],
 )
@@ -137,6 +147,12 @@ def _flow(**changes: Any) -> dict[str, Any]:
             "broker.url",
             "should match pattern",
             id="broker-url-with-path",
+        ),
+        pytest.param(
+            {"broker": {"compression": "brotli"}},
+            "broker.compression",
+            "'lz4', 'zstd', 'snappy', 'gzip' or 'none'",
+            id="broker-compression-unknown",
         ),
         pytest.param(
             {"web": {"port": 70000}},
