@@ -464,6 +464,14 @@ def send_path(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[st
     return out
 
 
+REBALANCES = "faust_rebalance_done_latency_seconds_count"
+
+
+def _rebalances(web_url: str) -> float:
+    """How many rebalances the worker at ``web_url`` has completed (with recovery)."""
+    return _total(_samples(web_url, REBALANCES), REBALANCES)
+
+
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -635,6 +643,7 @@ async def bench_pipeline(
         await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
         latency_cpu = CpuSpan([bench.procs[-1].pid])
         latency_stolen = StolenSpan()
+        rebalances_before = _rebalances(worker)
         latency_cpu.start()
         latency_stolen.start()
         started = time.monotonic()
@@ -649,6 +658,8 @@ async def bench_pipeline(
             latency_cpu.seconds / (time.monotonic() - started), 2
         )
         result["latency_cpu_stolen_share"] = round(latency_stolen.share, 3)
+        # a rebalance pauses the worker for a second or more: one here explains a high p99
+        result["latency_rebalances"] = int(_rebalances(worker) - rebalances_before)
         result.update(send_path(_samples(worker)))
         stop_processes(bench.procs)
 
