@@ -203,6 +203,9 @@ class Bench:
         return f"http://127.0.0.1:{port}"
 
 
+CONSUMED = "mailstream_events_consumed_total"
+
+
 def _sum(urls: list[str], name: str, **labels: str) -> float:
     return sum(_total(_samples(url, name), name, **labels) for url in urls)
 
@@ -299,25 +302,25 @@ async def consume_rate(
     """Wait until the workers at ``urls`` have consumed ``events``. Each of ``cpu``
     measures from the first reading with events consumed to the first with all of
     them."""
-    readings: list[tuple[float, float]] = []
+    readings: list[tuple[float, list[float]]] = []  # (time, each worker's count)
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
         try:
-            consumed = _sum(urls, "mailstream_events_consumed_total")
+            counts = [_sum([url], CONSUMED) for url in urls]
         except OSError:  # a worker's web server is not up yet
             await asyncio.sleep(0.5)
             continue
-        now = time.time()
+        now, consumed = time.time(), sum(counts)
         if consumed > 0 and not readings:
             for span in cpu:
                 span.start()
         if consumed > 0:
-            readings.append((now, consumed))
+            readings.append((now, counts))
         if consumed >= events:
             for span in cpu:
                 span.stop()
-            start, first = readings[0]
-            return Consumption(steady_rate(readings, events), start, now, consumed - first)
+            start, first = readings[0][0], sum(readings[0][1])
+            return Consumption(concurrent_rate(readings, events), start, now, consumed - first)
         await asyncio.sleep(POLL_SECONDS)
     raise RuntimeError(f"{what} did not consume {events} events in time")
 
@@ -325,6 +328,33 @@ async def consume_rate(
 def us_per_event(cpu: CpuSpan, run: Consumption) -> float:
     """Microseconds of CPU ``cpu`` measured per event counted over the same ``run``."""
     return 1e6 * cpu.seconds / run.events
+
+
+def concurrent_rate(readings: Sequence[tuple[float, Sequence[float]]], events: int) -> float:
+    """Events per second while every worker was consuming, from (time, each worker's
+    count so far) readings, the last of which has all ``events``: the slope through the
+    summed counts from the first reading in which every worker had consumed some, up to
+    (not including) the first in which one had consumed all it would. One worker joins
+    or recovers its tables later than the other, or finishes its partitions sooner, and
+    the other works alone meanwhile: that is not the rate of the two. With one worker,
+    or too few readings in that span, it is ``steady_rate``."""
+    summed = [(t, float(sum(counts))) for t, counts in readings]
+    finals = readings[-1][1]
+    start = next((i for i, (_, c) in enumerate(readings) if all(n > 0 for n in c)), 0)
+    done = [any(n >= f for n, f in zip(counts, finals, strict=True)) for _, counts in readings]
+    end = done.index(True)
+    window = summed[start:end]
+    if len(finals) > 1 and len(window) >= 3 and window[-1][0] > window[0][0]:
+        return _slope(window)
+    return steady_rate(summed, events)
+
+
+def _slope(readings: Sequence[tuple[float, float]]) -> float:
+    """The least-squares slope of count against time."""
+    mean_t = sum(t for t, _ in readings) / len(readings)
+    mean_n = sum(n for _, n in readings) / len(readings)
+    spread = sum((t - mean_t) ** 2 for t, _ in readings)
+    return sum((t - mean_t) * (n - mean_n) for t, n in readings) / spread
 
 
 def steady_rate(readings: Sequence[tuple[float, float]], events: int) -> float:
@@ -335,10 +365,7 @@ def steady_rate(readings: Sequence[tuple[float, float]], events: int) -> float:
     there are too few of those."""
     inner = [(t, n) for t, n in readings if 0 < n < events]
     if len(inner) >= 3 and inner[-1][0] > inner[0][0]:
-        mean_t = sum(t for t, _ in inner) / len(inner)
-        mean_n = sum(n for _, n in inner) / len(inner)
-        spread = sum((t - mean_t) ** 2 for t, _ in inner)
-        return sum((t - mean_t) * (n - mean_n) for t, n in inner) / spread
+        return _slope(inner)
     (t0, n0), (t1, n1) = readings[0], readings[-1]
     return (n1 - n0) / max(t1 - t0, 1e-6)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailstream.bench_pipeline import cpu_ticks, steady_rate
+from mailstream.bench_pipeline import concurrent_rate, cpu_ticks, steady_rate
 
 
 def polled(
@@ -57,6 +57,52 @@ def test_few_readings_fall_back_to_first_and_last(
     readings: list[tuple[float, float]], expected: float
 ) -> None:
     assert steady_rate(readings, 1_100) == pytest.approx(expected)
+
+
+def two_workers(
+    rate: float, share: int, starts: tuple[float, float], every: float = 0.1
+) -> list[tuple[float, list[float]]]:
+    """Readings every ``every`` s of two workers each doing ``rate`` events/s on
+    ``share`` events of its own, from its own start; the last reading has all."""
+    readings, t = [], min(starts) + 0.05
+    while True:
+        counts = [float(min(share, int(rate * max(0.0, t - s)))) for s in starts]
+        readings.append((t, counts))
+        if sum(counts) >= 2 * share:
+            return readings
+        t += every
+
+
+@pytest.mark.parametrize(
+    "starts",
+    [
+        (0.0, 0.0),  # together
+        (0.0, 1.0),  # the second joins a second late: the first works alone at each end
+        (0.7, 0.0),
+    ],
+)
+def test_two_workers_are_measured_while_both_consume(starts: tuple[float, float]) -> None:
+    readings = two_workers(10_000, 50_000, starts)
+    assert concurrent_rate(readings, 100_000) == pytest.approx(20_000, rel=0.02)
+
+
+def test_a_late_worker_drags_the_slope_over_the_whole_run() -> None:
+    # what concurrent_rate is for: through every reading, the lone ends count too
+    readings = two_workers(10_000, 50_000, (0.0, 1.0))
+    summed = [(t, sum(c)) for t, c in readings]
+    assert steady_rate(summed, 100_000) < 0.95 * 20_000
+
+
+@pytest.mark.parametrize(
+    ("rate", "events", "every", "late"),
+    [(10_000, 50_000, 0.1, 0.01), (20_000, 50_000, 0.25, 0.2), (500, 5_000, 0.1, 0.05)],
+)
+def test_one_worker_is_measured_as_steady_rate_measures_it(
+    rate: float, events: int, every: float, late: float
+) -> None:
+    readings = polled(rate, events, 100.0, every, late)
+    one = [(t, [n]) for t, n in readings]
+    assert concurrent_rate(one, events) == steady_rate(readings, events)
 
 
 @pytest.mark.parametrize(
