@@ -204,6 +204,8 @@ class Bench:
 
 
 CONSUMED = "mailstream_events_consumed_total"
+# rebalances a worker has completed, recovery included (Faust's own histogram)
+REBALANCES = "faust_rebalance_done_latency_seconds_count"
 
 
 def _sum(urls: list[str], name: str, **labels: str) -> float:
@@ -491,14 +493,6 @@ def send_path(samples: dict[str, list[tuple[dict[str, str], float]]]) -> dict[st
     return out
 
 
-REBALANCES = "faust_rebalance_done_latency_seconds_count"
-
-
-def _rebalances(web_url: str) -> float:
-    """How many rebalances the worker at ``web_url`` has completed (with recovery)."""
-    return _total(_samples(web_url, REBALANCES), REBALANCES)
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -574,7 +568,7 @@ async def bench_pipeline(
         )
         rate, t0, t1 = one_run.rate, one_run.start, one_run.end
         s = _samples(worker)
-        consumed = _total(s, "mailstream_events_consumed_total")
+        consumed = _total(s, CONSUMED)
         sends_out = sum(1 for t in bench.sink.arrivals if t0 <= t <= t1) / max(t1 - t0, 1e-6)
         rss_pipeline = _rss_mb(bench.procs[-1].pid)
         stop_processes(bench.procs)
@@ -670,7 +664,7 @@ async def bench_pipeline(
         await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
         latency_cpu = CpuSpan([bench.procs[-1].pid])
         latency_stolen = StolenSpan()
-        rebalances_before = _rebalances(worker)
+        rebalances_before = _sum([worker], REBALANCES)
         latency_cpu.start()
         latency_stolen.start()
         started = time.monotonic()
@@ -686,7 +680,7 @@ async def bench_pipeline(
         )
         result["latency_cpu_stolen_share"] = round(latency_stolen.share, 3)
         # a rebalance pauses the worker for a second or more: one here explains a high p99
-        result["latency_rebalances"] = int(_rebalances(worker) - rebalances_before)
+        result["latency_rebalances"] = int(_sum([worker], REBALANCES) - rebalances_before)
         result.update(send_path(_samples(worker)))
         stop_processes(bench.procs)
 
