@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from mailstream.app import app, config
 from mailstream.retention import SENT_PREFIX
-from mailstream.storage import raw_table
+from mailstream.storage import QUEUE_COMPACT_EVERY, raw_table
 
 deliveries = raw_table(
     app,
@@ -19,6 +19,7 @@ delivery_queue = raw_table(
     "delivery_queue",
     config.topics.partitions,
     "Waiting sends: rank, ready time and send id (mailstream.delivery.QueueKey) -> command.",
+    compact_every=QUEUE_COMPACT_EVERY,
 )
 
 
