@@ -24,7 +24,7 @@ from faust.types import TP
 from mailstream import metrics
 from mailstream.app import app, close_when_stopping, config, fetch_max_wait, settled
 from mailstream.apply import dead_letter_headers, dead_letter_message
-from mailstream.backfill import QUIET_SECONDS, Intake
+from mailstream.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
 from mailstream.compose import compose, recipient_domain
 from mailstream.delivery import (
     ATTEMPTING,
@@ -209,7 +209,8 @@ async def accept_batch(messages: list[RawMessage]) -> None:
 @app.agent(sends_topic, name="mailstream.delivery")
 async def accept_sends(stream: Any) -> None:
     """Acknowledge send commands only once they are durably queued."""
-    await intake.consume(stream, accept_batch, within=ACCEPT_WITHIN)
+    within = PAUSED_WITHIN if config.delivery.direct_read else ACCEPT_WITHIN
+    await intake.consume(stream, accept_batch, within=within)
 
 
 def pause_faust_fetching(partitions: list[int]) -> None:

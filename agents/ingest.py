@@ -21,7 +21,7 @@ from mailstream.app import (
     settled,
 )
 from mailstream.apply import dead_letter_message
-from mailstream.backfill import QUIET_SECONDS, Intake
+from mailstream.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
 from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (
@@ -160,9 +160,8 @@ async def process(messages: list[RawMessage]) -> None:
 @app.agent(events_topic, name="mailstream.ingest")
 async def ingest(stream: Any) -> None:
     """Process events in batches; acknowledge each batch only after its effects are durable."""
-    await intake.consume(
-        stream, process, size=config.ingest.batch_size, within=config.ingest.batch_within
-    )
+    within = PAUSED_WITHIN if config.ingest.direct_read else config.ingest.batch_within
+    await intake.consume(stream, process, size=config.ingest.batch_size, within=within)
 
 
 def pause_faust_fetching(partitions: list[int]) -> None:

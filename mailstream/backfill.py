@@ -154,6 +154,13 @@ async def sweep_quiet_partitions(
             await apply(tail)
 
 
+# The batch wait of an agent whose topic a direct reader reads (mailstream.reader): Faust
+# keeps its partitions paused, so its stream brings at most what was fetched before the
+# pause, which the reader applies too (from the progress records; whichever comes second
+# is skipped). A short wait would only wake the take loop 100 times a second for nothing.
+PAUSED_WITHIN = 1.0
+
+
 async def consume_in_batches(
     stream: Any,
     apply: Callable[[list[RawMessage]], Awaitable[None]],
