@@ -41,7 +41,7 @@ def test_defaults_without_a_file() -> None:
     assert config.ingest.dedup_window == 86400.0
     assert config.web.port == 6066
     assert config.web_url == "http://127.0.0.1:6066"
-    assert config.broker.compression_type == "lz4"
+    assert config.broker.compression_type is None  # uncompressed
 
 
 @pytest.mark.parametrize(
