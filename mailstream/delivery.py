@@ -87,6 +87,14 @@ class QueueKey:
         return delivery_key(self.tenant, self.send_id)
 
 
+def queue_ready(raw: bytes) -> int:
+    """When the send (or call) of a queue key may go (mailstream.storage.DueTime)."""
+    cut = raw.find(_SEP)
+    if cut < 0 or len(raw) < cut + 1 + _QUEUE_HEAD.size:
+        raise ValueError("not a queue key")
+    return int(_QUEUE_HEAD.unpack_from(raw, cut + 1)[1])
+
+
 def rank_bounds(r: int, now: int, lane: str = "default") -> tuple[bytes, bytes]:
     """Keys of ``lane`` and rank ``r`` ready at ``now`` sort in [start, end)."""
     head = lane.encode() + _SEP

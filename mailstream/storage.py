@@ -12,7 +12,8 @@ internals lives in this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import rocksdict
@@ -26,12 +27,20 @@ PROGRESS_KEY = b"\x00next-offset"
 
 # RocksDB keeps a tombstone for each deleted key until a compaction carries it to the
 # last level, and a scan steps over every tombstone in its range: in a queue-like table
-# (keys written once, deleted when done, scanned in key order every round) the scans
-# slow down with every key ever deleted. 1,000 tombstones cost a scan about 0.2 ms.
-# Such a table compacts the range it deleted from every ``compact_every`` deletions.
+# (keys ordered by the time they are due, deleted once done, the due ones scanned every
+# round) the scans slow down with every key ever deleted. 1,000 tombstones cost a scan
+# about 0.2 ms. Such a table compacts the range of the due keys it deleted once it has
+# deleted QUEUE_COMPACT_EVERY of them, and at least one per COMPACT_BYTES_PER_DELETION of
+# its size: a compaction rewrites the keys still waiting in that range too (sends held
+# until tomorrow, say), and a big queue is compacted less often.
 QUEUE_COMPACT_EVERY = 500
+COMPACT_BYTES_PER_DELETION = 2048
 _DROP_TOMBSTONES = rocksdict.CompactOptions()
 _DROP_TOMBSTONES.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
+
+# A queue-like table's key -> when it is due (epoch ms); raises ValueError for a key
+# that is not queued (a progress record, say).
+DueTime = Callable[[bytes], int]
 
 
 # Faust keeps the changelog offset a partition reflects under this key in the same store.
@@ -46,12 +55,13 @@ def progress_key(topic: str) -> bytes:
 class PartitionStore:
     """Read and write one RocksDB-backed Faust table by partition, bypassing its changelog."""
 
-    def __init__(self, table: Any, compact_every: int = 0) -> None:
+    def __init__(self, table: Any, due: DueTime | None = None) -> None:
         self.table = table
         self.name = str(table.name)
-        self.compact_every = compact_every
-        # partition -> deletions since its last compaction, lowest and highest key deleted
-        self._deleted: dict[int, tuple[int, bytes, bytes]] = {}
+        self.due = due
+        # partition -> due keys deleted since its last compaction: how many, the lowest
+        # and the highest, and the count at which to check its size again
+        self._deleted: dict[int, tuple[int, bytes, bytes, int]] = {}
 
     @property
     def _store(self) -> Any:
@@ -96,19 +106,33 @@ class PartitionStore:
             elif not key.startswith(PROGRESS_KEY):
                 key_index[key] = partition
         store.set_persisted_offset(TP(self.changelog_topic, partition), changelog_offset)
-        if self.compact_every:
-            self._count_deletions(partition, [k for k, v in items.items() if v is None])
+        if self.due is not None:
+            self._note_deletions(partition, [k for k, v in items.items() if v is None])
 
-    def _count_deletions(self, partition: int, keys: list[bytes]) -> None:
-        if not keys:
+    def _note_deletions(self, partition: int, keys: list[bytes]) -> None:
+        """Count the due keys deleted; compact their range once there are enough."""
+        assert self.due is not None
+        now = int(time.time() * 1000)
+        deleted = []
+        for key in keys:
+            try:
+                if self.due(key) <= now:  # not a cancelled wait, which no scan meets yet
+                    deleted.append(key)
+            except ValueError:
+                continue
+        if not deleted:
             return
-        count, low, high = self._deleted.get(partition, (0, min(keys), max(keys)))
-        count, low, high = count + len(keys), min(low, *keys), max(high, *keys)
-        if count < self.compact_every:
-            self._deleted[partition] = (count, low, high)
+        count, low, high, check = self._deleted.get(
+            partition, (0, min(deleted), max(deleted), QUEUE_COMPACT_EVERY)
+        )
+        count, low, high = count + len(deleted), min(low, *deleted), max(high, *deleted)
+        db = self._store._db_for_partition(partition)
+        if count >= check and count * COMPACT_BYTES_PER_DELETION < _size(db):
+            check = count + QUEUE_COMPACT_EVERY  # too big to rewrite yet: ask again later
+        if count < check:
+            self._deleted[partition] = (count, low, high, check)
             return
         self._deleted.pop(partition, None)
-        db = self._store._db_for_partition(partition)
         db.compact_range(low, high, _DROP_TOMBSTONES)
 
     def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
@@ -149,10 +173,10 @@ class PartitionStore:
 
 
 def raw_table(
-    app: Any, name: str, partitions: int, help: str, compact_every: int = 0
+    app: Any, name: str, partitions: int, help: str, due: DueTime | None = None
 ) -> PartitionStore:
     """A RocksDB table of bytes keys and values, partitioned like the events topic;
-    ``compact_every``: a queue-like table's deletions between compactions (0: never)."""
+    ``due``: a queue-like table's key -> when it is due, to compact away its tombstones."""
     table = app.Table(
         name,
         partitions=partitions,
@@ -161,4 +185,10 @@ def raw_table(
         value_type=bytes,
         help=help,
     )
-    return PartitionStore(table, compact_every)
+    return PartitionStore(table, due)
+
+
+def _size(db: Any) -> int:
+    """Bytes in a RocksDB database's files (not its memtable, whose size counts the 1 MB
+    blocks it allocates; a compaction writes it to a file first)."""
+    return sum(int(f["size"]) for f in db.live_files())

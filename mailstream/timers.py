@@ -32,6 +32,13 @@ class TimerKey:
         return cls(due, user_key, kind.decode(), workflow.decode())
 
 
+def timer_due(raw: bytes) -> int:
+    """When the timer of a key is due (mailstream.storage.DueTime)."""
+    if len(raw) < _DUE.size:
+        raise ValueError("not a timer key")
+    return int(_DUE.unpack_from(raw)[0])
+
+
 def due_bound(now: int) -> bytes:
     """Every key of a timer due at or before ``now`` sorts before this."""
     return _DUE.pack(now + 1)

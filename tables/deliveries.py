@@ -5,8 +5,9 @@ the order they may go: transactional first, then by ready time)."""
 from __future__ import annotations
 
 from mailstream.app import app, config
+from mailstream.delivery import queue_ready
 from mailstream.retention import SENT_PREFIX
-from mailstream.storage import QUEUE_COMPACT_EVERY, raw_table
+from mailstream.storage import raw_table
 
 deliveries = raw_table(
     app,
@@ -19,7 +20,7 @@ delivery_queue = raw_table(
     "delivery_queue",
     config.topics.partitions,
     "Waiting sends: rank, ready time and send id (mailstream.delivery.QueueKey) -> command.",
-    compact_every=QUEUE_COMPACT_EVERY,
+    due=queue_ready,
 )
 
 

@@ -4,12 +4,13 @@ mailstream.timers), so the due ones are always at the front of each partition.""
 from __future__ import annotations
 
 from mailstream.app import app, config
-from mailstream.storage import QUEUE_COMPACT_EVERY, raw_table
+from mailstream.storage import raw_table
+from mailstream.timers import timer_due
 
 timers = raw_table(
     app,
     "timers",
     config.topics.partitions,
     "Pending timers: due time, user key, kind and workflow; the value is empty.",
-    compact_every=QUEUE_COMPACT_EVERY,
+    due=timer_due,
 )

@@ -5,7 +5,8 @@ queue (the calls waiting to be made, in ready-time order)."""
 from __future__ import annotations
 
 from mailstream.app import app, config
-from mailstream.storage import QUEUE_COMPACT_EVERY, raw_table
+from mailstream.delivery import queue_ready
+from mailstream.storage import raw_table
 
 webhook_calls = raw_table(
     app,
@@ -18,5 +19,5 @@ webhook_queue = raw_table(
     "webhook_queue",
     config.topics.partitions,
     "Waiting webhook calls: ready time and webhook id (mailstream.delivery.QueueKey) -> command.",
-    compact_every=QUEUE_COMPACT_EVERY,
+    due=queue_ready,
 )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 import rocksdict
 
+from mailstream.delivery import QueueKey, queue_ready
 from mailstream.storage import PartitionStore
+from mailstream.timers import TimerKey, timer_due
 
 
 class FaustStore:
@@ -59,47 +62,74 @@ def tombstones(db: rocksdict.Rdict) -> int:
     return in_memory + sum(f["num_deletions"] for f in db.live_files())
 
 
-def churn(store: PartitionStore, partition: int, start: int, n: int) -> None:
-    """``n`` sends through a queue: each key written, then deleted once done."""
-    for i in range(start, start + n):
-        key = b"q%08d" % i
+PAST = 1_700_000_000_000  # epoch ms: long due
+FUTURE = 4_000_000_000_000
+
+
+def timer(at: int, n: int) -> bytes:
+    return TimerKey(at, b"default\x1fuser-%d" % n, "wait", "welcome").encode()
+
+
+def churn(store: PartitionStore, partition: int, keys: list[bytes]) -> None:
+    """Each key written, then deleted once done, as a queue's are."""
+    for i, key in enumerate(keys):
         store.write(partition, {key: b"command"}, 2 * i)
         store.write(partition, {key: None}, 2 * i + 1)
 
 
 @pytest.mark.parametrize(
-    ("compact_every", "churned", "most_left"),
+    ("due", "cancelled", "left"),
     [
-        (0, 300, None),  # no compaction: every deletion leaves a tombstone
-        (100, 350, 100),  # compacted three times: at most one round's deletions remain
-        (100, 99, 99),  # too few deletions to compact yet
+        (1_050, 0, range(51)),  # compacted twice: at most what came after
+        (499, 0, [499]),  # too few deletions to compact yet
+        # deletions of keys not due yet (cancelled waits) do not count towards one
+        (400, 400, [800]),
     ],
 )
 def test_queue_tombstones_are_bounded(
-    faust_store: FaustStore, compact_every: int, churned: int, most_left: int | None
+    faust_store: FaustStore, due: int, cancelled: int, left: Any
 ) -> None:
-    store = PartitionStore(Table(faust_store), compact_every=compact_every)
-    churn(store, 0, 0, churned)
-    left = tombstones(faust_store._db_for_partition(0))
-    if most_left is None:
-        assert left >= churned
-    else:
-        assert left <= most_left
+    store = PartitionStore(Table(faust_store), due=timer_due)
+    churn(store, 0, [timer(PAST + i, i) for i in range(due)])
+    churn(store, 0, [timer(FUTURE + i, i) for i in range(cancelled)])
+    assert tombstones(faust_store._db_for_partition(0)) in left
+
+
+def test_other_tables_keep_their_tombstones(faust_store: FaustStore) -> None:
+    store = PartitionStore(Table(faust_store))
+    churn(store, 0, [timer(PAST + i, i) for i in range(1_050)])
+    assert tombstones(faust_store._db_for_partition(0)) >= 1_050
 
 
 def test_compaction_keeps_live_keys_and_other_partitions(faust_store: FaustStore) -> None:
-    store = PartitionStore(Table(faust_store), compact_every=50)
-    # waiting sends inside and beyond the range the deletions span
-    waiting = {b"q%08d" % i: b"wait %d" % i for i in (10, 25, 1_000)}
+    store = PartitionStore(Table(faust_store), due=timer_due)
+    # timers still pending, inside and beyond the range the deletions span
+    waiting = {timer(PAST + i, i): b"" for i in (10, 25)} | {timer(FUTURE, 1): b""}
     store.write(0, waiting, 0)
-    store.write(1, {b"q00000001": b"other partition"}, 0)
-    store.write(1, {b"q00000002": b"deleted later"}, 1)
-    store.write(1, {b"q00000002": None}, 2)
-    churn(store, 0, 30, 120)
-    assert store.keys_between(0, b"", b"\xff", 100) == sorted(waiting)
-    assert all(store.get(0, key) == value for key, value in waiting.items())
-    assert store.get(1, b"q00000001") == b"other partition"
+    store.write(1, {timer(PAST, 1): b"other partition"}, 0)
+    store.write(1, {timer(PAST, 2): b""}, 1)
+    store.write(1, {timer(PAST, 2): None}, 2)
+    churn(store, 0, [timer(PAST + i, 1_000 + i) for i in range(600)])
+    assert store.keys_between(0, b"", b"\xff" * 8, 100) == sorted(waiting)
+    assert store.get(1, timer(PAST, 1)) == b"other partition"
     # partition 1 had one deletion: counted apart, not compacted with partition 0's
     assert tombstones(faust_store._db_for_partition(1)) == 1
-    assert tombstones(faust_store._db_for_partition(0)) <= 50
+    assert tombstones(faust_store._db_for_partition(0)) <= 100
     assert faust_store.persisted  # the changelog offset is still recorded
+
+
+def test_a_big_queue_is_compacted_less_often(faust_store: FaustStore) -> None:
+    """Each compaction rewrites the sends still held in its range: with 4 MB of them it
+    waits for 2,500 deletions (2 KB of table for each) instead of 500."""
+    store = PartitionStore(Table(faust_store), due=queue_ready)
+    db = faust_store._db_for_partition(0)
+    rng = random.Random(7)  # commands that do not compress to nothing in the table files
+    held = {QueueKey(3, PAST + n, f"held-{n}").encode(): rng.randbytes(1_000) for n in range(4_000)}
+    store.write(0, held, 0)
+    db.flush()  # held for a while: in a table file
+    sent = [QueueKey(r, PAST + n, f"sent-{r}-{n}").encode() for n in range(600) for r in (0, 5)]
+    churn(store, 0, sent[:1_000])
+    assert tombstones(db) >= 1_000  # not yet
+    churn(store, 0, sent[1_000:] + [QueueKey(0, PAST, f"more-{n}").encode() for n in range(1_400)])
+    assert tombstones(db) < 1_000
+    assert store.keys_between(0, b"", b"\xff", 5_000) == sorted(held)
