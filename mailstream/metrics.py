@@ -75,6 +75,14 @@ TIMER_TICK = Histogram(
 CHANGELOG_RECORDS = Counter(
     "mailstream_changelog_records_total", "State records written to table changelogs.", ["table"]
 )
+QUEUE_COMPACTION_SECONDS = Histogram(
+    "mailstream_queue_compaction_seconds",
+    "Time a queue-like table (delivery_queue, webhook_queue, timers) took to compact"
+    " away the tombstones of the due keys it deleted (mailstream.storage); the worker"
+    " waits for it.",
+    ["table"],
+    buckets=_BATCH_BUCKETS,
+)
 SUPPRESSION_LIST_SIZE = Gauge(
     "mailstream_suppression_list_addresses",
     "Addresses on the global suppression list held by this worker.",

@@ -19,6 +19,8 @@ from typing import Any
 import rocksdict
 from faust.types import TP
 
+from mailstream import metrics
+
 # One per partition: the next events offset that partition's state has not yet applied,
 # optionally followed by a space and a note that must change with it in one record (the
 # users table's ledger: mailstream.ingest.add_to_ledger). The control byte keeps it apart
@@ -133,7 +135,9 @@ class PartitionStore:
             self._deleted[partition] = (count, low, high, check)
             return
         self._deleted.pop(partition, None)
+        started = time.perf_counter()
         db.compact_range(low, high, _DROP_TOMBSTONES)
+        metrics.QUEUE_COMPACTION_SECONDS.labels(self.name).observe(time.perf_counter() - started)
 
     def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` keys of a partition that sort before ``bound``, in order."""
