@@ -12,14 +12,18 @@ internals lives in this module.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import rocksdict
 from faust.types import TP
 
 from mailstream import metrics
+
+logger = logging.getLogger(__name__)
 
 # One per partition: the next events offset that partition's state has not yet applied,
 # optionally followed by a space and a note that must change with it in one record (the
@@ -39,6 +43,10 @@ QUEUE_COMPACT_EVERY = 500
 COMPACT_BYTES_PER_DELETION = 2048
 _DROP_TOMBSTONES = rocksdict.CompactOptions()
 _DROP_TOMBSTONES.set_bottommost_level_compaction(rocksdict.BottommostLevelCompaction.force())
+# Compactions run on a thread of their own, and RocksDB lets go of the GIL meanwhile: one
+# first flushes the memtable, behind whatever RocksDB's background threads are busy with
+# (a big table's own compaction, say), and the event loop must not wait for that.
+_COMPACTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailstream-compact")
 
 # A queue-like table's key -> when it is due (epoch ms); raises ValueError for a key
 # that is not queued (a progress record, say).
@@ -64,6 +72,7 @@ class PartitionStore:
         # partition -> due keys deleted since its last compaction: how many, the lowest
         # and the highest, and the count at which to check its size again
         self._deleted: dict[int, tuple[int, bytes, bytes, int]] = {}
+        self._compacting: dict[int, Future[None]] = {}
 
     @property
     def _store(self) -> Any:
@@ -128,16 +137,32 @@ class PartitionStore:
             partition, (0, min(deleted), max(deleted), QUEUE_COMPACT_EVERY)
         )
         count, low, high = count + len(deleted), min(low, *deleted), max(high, *deleted)
+        running = self._compacting.get(partition)
         db = self._store._db_for_partition(partition)
-        if count >= check and count * COMPACT_BYTES_PER_DELETION < _size(db):
-            check = count + QUEUE_COMPACT_EVERY  # too big to rewrite yet: ask again later
-        if count < check:
+        if count < check or (running is not None and not running.done()):
             self._deleted[partition] = (count, low, high, check)
-            return
-        self._deleted.pop(partition, None)
+        elif count * COMPACT_BYTES_PER_DELETION < _size(db):
+            # too big to rewrite yet: ask again later
+            self._deleted[partition] = (count, low, high, count + QUEUE_COMPACT_EVERY)
+        else:
+            self._deleted.pop(partition, None)
+            self._compacting[partition] = _COMPACTOR.submit(
+                self._compact, db, partition, low, high
+            )
+
+    def _compact(self, db: Any, partition: int, low: bytes, high: bytes) -> None:
         started = time.perf_counter()
-        db.compact_range(low, high, _DROP_TOMBSTONES)
+        try:
+            db.compact_range(low, high, _DROP_TOMBSTONES)
+        except Exception as exc:  # the tombstones stay, and the next compaction tries again
+            logger.warning("compacting %s partition %d failed: %r", self.name, partition, exc)
+            return
         metrics.QUEUE_COMPACTION_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+
+    def compacted(self) -> None:
+        """Wait for the compactions started so far to finish."""
+        for running in list(self._compacting.values()):
+            running.result()
 
     def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` keys of a partition that sort before ``bound``, in order."""
