@@ -78,8 +78,8 @@ CHANGELOG_RECORDS = Counter(
 QUEUE_COMPACTION_SECONDS = Histogram(
     "mailstream_queue_compaction_seconds",
     "Time a queue-like table (delivery_queue, webhook_queue, timers) took to compact"
-    " away the tombstones of the due keys it deleted (mailstream.storage); the worker"
-    " waits for it.",
+    " away the tombstones of the due keys it deleted (mailstream.storage), on a thread"
+    " of its own.",
     ["table"],
     buckets=_BATCH_BUCKETS,
 )
