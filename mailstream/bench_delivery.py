@@ -51,6 +51,19 @@ def busiest_second(times: list[float]) -> int:
     return best
 
 
+def first_and_last_fifth(times: list[float]) -> tuple[float, float]:
+    """Arrivals per second over the first fifth of the (sorted) arrival times and over
+    the last: whether delivery keeps its pace as the sends it has made pile up."""
+    n = len(times) // 5
+    if n < 2:
+        return float("nan"), float("nan")
+
+    def rate(part: list[float]) -> float:
+        return (len(part) - 1) / max(part[-1] - part[0], 1e-6)
+
+    return rate(times[:n]), rate(times[-n:])
+
+
 async def _run(
     broker: EmbeddedBroker, root: Path, name: str, sends: int, rate: float | None
 ) -> dict[str, Any]:
@@ -124,6 +137,7 @@ async def _run(
             if len(later) > 1
             else float("nan"),
             "busiest_second": busiest_second(times),
+            "first_and_last_fifth": first_and_last_fifth(times),
         }
     finally:
         stop_processes([proc])
@@ -145,6 +159,10 @@ async def bench_delivery(sends: int, rate: float, out: Path) -> dict[str, Any]:
             "provider": "postmark API on a local server",
             "sends": sends,
             "sends_per_s_no_limit": round(free["per_s"]),
+            # a queue that slows down as sends pile up shows here
+            "no_limit_first_last_fifth_per_s": " / ".join(
+                f"{r:,.0f}" for r in free["first_and_last_fifth"]
+            ),
             "rate_limit_per_s": rate,
             "sends_per_s_limited": round(limited["per_s"], 1),
             "steady_per_s_limited": round(limited["steady_per_s"], 1),

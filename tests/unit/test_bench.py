@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
+from mailstream.bench_delivery import first_and_last_fifth
 from mailstream.bench_pipeline import concurrent_rate, cpu_ticks, steady_rate
 
 
@@ -121,3 +124,31 @@ def test_cpu_ticks_read_steal_and_the_total(stat: str, ticks: tuple[int, int]) -
 def test_cpu_ticks_refuse_another_line() -> None:
     with pytest.raises(ValueError, match="cpu line"):
         cpu_ticks("intr 12345 0 0\n")
+
+
+def _arrivals(*spans: tuple[int, float]) -> list[float]:
+    """``n`` arrivals at ``per_s`` for each (n, per_s), one span after the other."""
+    times, t = [], 0.0
+    for n, per_s in spans:
+        for _ in range(n):
+            times.append(t)
+            t += 1 / per_s
+    return times
+
+
+@pytest.mark.parametrize(
+    ("times", "first", "last"),
+    [
+        (_arrivals((1_000, 500.0)), 500.0, 500.0),  # a steady pace
+        (_arrivals((500, 1_000.0), (500, 250.0)), 1_000.0, 250.0),  # slowing down
+        (_arrivals((5, 100.0)), None, None),  # too few to tell
+    ],
+)
+def test_delivery_pace_at_the_start_and_at_the_end(
+    times: list[float], first: float | None, last: float | None
+) -> None:
+    got = first_and_last_fifth(times)
+    if first is None:
+        assert all(math.isnan(r) for r in got)
+    else:
+        assert got == (pytest.approx(first), pytest.approx(last))
