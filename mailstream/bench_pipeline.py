@@ -11,10 +11,10 @@ Phases, each on its own topics so one cannot feed another:
 4. scale-out: two workers on twice the events over twice the users (the same mix),
    then one worker again on a third copy of the first events (the ratio is to the mean
    of the two one-worker rates);
-5. latency: the worker of phase 2, fed the same mix at half its rate (the mean of the
-   two one-worker rates) with wall-clock timestamps; the time from an
-   ``order_completed`` event's timestamp to the server receiving its receipt (the order
-   id in the receipt says which event it was);
+5. latency: a new worker, on its own topics and as many new users as phase 2's, fed
+   the same mix at half one worker's rate (the mean of the two one-worker rates) with
+   wall-clock timestamps; the time from an ``order_completed`` event's timestamp to the
+   server receiving its receipt (the order id in the receipt says which event it was);
 6. state: a worker's RSS and data directory after every one of ``--state-users`` users
    has been identified.
 """
@@ -45,8 +45,8 @@ from mailstream.producer import EventProducer
 
 PARTITIONS = 4
 # Seconds of traffic at the latency phase's rate before its receipts count: the worker
-# there has just restarted (recovering the pipeline's data), and its first second shows
-# that rather than the steady state. The warm-up's own p99 and largest are printed too.
+# there has just started, and its first second shows that rather than the steady state.
+# The warm-up's own p99 and largest are printed too.
 LATENCY_WARMUP = 3.0
 ORDER = re.compile(r"Your receipt for order (\w+)")
 
@@ -534,6 +534,7 @@ async def bench_pipeline(
         one = await bench.topics("bench-one")
         two = await bench.topics("bench-two")
         again = await bench.topics("bench-again")
+        paced = await bench.topics("bench-latency")
         state = await bench.topics("bench-state")
         # Two workers get twice the events, so their phase lasts about as long as one
         # worker's (a short phase is at the mercy of a moment's load on the machine), over
@@ -660,8 +661,11 @@ async def bench_pipeline(
             f"{latency_seconds:g}s ...",
             flush=True,
         )
-        worker = bench.start_worker("bench-one", one)  # the same data, recovered
-        await _wait(lambda: _ready(worker), 120, "the worker to be ready again")
+        # New users on a new worker, like the pipeline's at its start: users' records grow
+        # as their events come in (the deduplication window, the decisions kept), so on
+        # the pipeline's users, aged by its events, half its rate is more than half load.
+        worker = bench.start_worker("bench-latency", paced)
+        await _wait(lambda: _ready(worker), 120, "the latency worker to be ready")
         latency_cpu = CpuSpan([bench.procs[-1].pid])
         latency_stolen = StolenSpan()
         rebalances_before = _sum([worker], REBALANCES)
@@ -669,7 +673,7 @@ async def bench_pipeline(
         latency_stolen.start()
         started = time.monotonic()
         result.update(
-            await latency(bench, one["events"], users, load, latency_seconds, LATENCY_WARMUP)
+            await latency(bench, paced["events"], users, load, latency_seconds, LATENCY_WARMUP)
         )
         latency_cpu.stop()
         latency_stolen.stop()

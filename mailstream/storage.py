@@ -146,9 +146,7 @@ class PartitionStore:
             self._deleted[partition] = (count, low, high, count + QUEUE_COMPACT_EVERY)
         else:
             self._deleted.pop(partition, None)
-            self._compacting[partition] = _COMPACTOR.submit(
-                self._compact, db, partition, low, high
-            )
+            self._compacting[partition] = _COMPACTOR.submit(self._compact, db, partition, low, high)
 
     def _compact(self, db: Any, partition: int, low: bytes, high: bytes) -> None:
         started = time.perf_counter()
