@@ -662,8 +662,9 @@ async def bench_pipeline(
             flush=True,
         )
         # New users on a new worker, like the pipeline's at its start: users' records grow
-        # as their events come in (the deduplication window, the decisions kept), so on
-        # the pipeline's users, aged by its events, half its rate is more than half load.
+        # as their events come in (the deduplication window, the decisions kept), and on
+        # the pipeline's users, aged by its events, an event cost a paced worker about 5 %
+        # more CPU: half the pipeline's rate was a little more than half load there.
         worker = bench.start_worker("bench-latency", paced)
         await _wait(lambda: _ready(worker), 120, "the latency worker to be ready")
         latency_cpu = CpuSpan([bench.procs[-1].pid])
