@@ -16,15 +16,28 @@ class SeenIds:
 
     Entries older than the window are dropped when the set is pruned, and the oldest
     are dropped first once ``max_ids`` is exceeded, so memory and disk stay bounded.
+
+    The window is kept as its stored form, two arrays in arrival order (digests, then
+    the seconds), so encoding it is a copy however many ids it holds: a user record is
+    rewritten with every event of that user, and a busy user's window holds thousands.
+    The lookup table is built from the arrays when first asked, not when decoded.
     """
 
-    __slots__ = ("_seen",)
+    __slots__ = ("_digests", "_times", "_index")
 
-    def __init__(self, seen: dict[int, int] | None = None) -> None:
-        self._seen: dict[int, int] = seen if seen is not None else {}
+    def __init__(self, digests: array[int] | None = None, times: array[int] | None = None) -> None:
+        self._digests: array[int] = digests if digests is not None else array("Q")
+        self._times: array[int] = times if times is not None else array("I")
+        # digest -> second first seen; None until a lookup needs it
+        self._index: dict[int, int] | None = None if len(self._digests) else {}
+
+    def _lookup(self) -> dict[int, int]:
+        if self._index is None:
+            self._index = dict(zip(self._digests, self._times, strict=True))
+        return self._index
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return len(self._digests)
 
     def __contains__(self, event_id: str) -> bool:
         return self.has(id_hash(event_id))
@@ -34,34 +47,42 @@ class SeenIds:
 
     def has(self, digest: int) -> bool:
         """Whether an id with this ``id_hash`` is in the window (hash once, ask twice)."""
-        return digest in self._seen
+        return digest in self._lookup()
 
     def remember(self, digest: int, now_s: int) -> None:
-        self._seen.setdefault(digest, now_s)
+        index = self._lookup()
+        if digest not in index:
+            index[digest] = now_s
+            self._digests.append(digest)
+            self._times.append(now_s)
 
     def check_and_add(self, event_id: str, now_s: int) -> bool:
         """True when the id is already in the window; otherwise remember it and return False."""
         digest = id_hash(event_id)
-        if digest in self._seen:
+        if self.has(digest):
             return True
-        self._seen[digest] = now_s
+        self.remember(digest, now_s)
         return False
 
     def prune(self, now_s: int, window_s: float, max_ids: int) -> None:
         """Forget ids first seen more than ``window_s`` ago, then the oldest beyond ``max_ids``."""
-        seen = self._seen
+        times = self._times
         cutoff = now_s - window_s
-        # Insertion order is arrival order, so expired ids sit at the front.
-        while seen:
-            first = next(iter(seen))
-            if seen[first] >= cutoff and len(seen) <= max_ids:
-                break
-            del seen[first]
+        # Arrival order: expired ids sit at the front.
+        drop = max(0, len(times) - max_ids)
+        while drop < len(times) and times[drop] < cutoff:
+            drop += 1
+        if not drop:
+            return
+        if self._index is not None:
+            index = self._index
+            for digest in self._digests[:drop]:
+                del index[digest]
+        del self._digests[:drop]
+        del times[:drop]
 
     def to_bytes(self) -> bytes:
-        digests = array("Q", self._seen.keys())
-        times = array("I", self._seen.values())
-        return digests.tobytes() + times.tobytes()
+        return self._digests.tobytes() + self._times.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> SeenIds:
@@ -70,4 +91,4 @@ class SeenIds:
         digests.frombytes(data[: 8 * n])
         times = array("I")
         times.frombytes(data[8 * n : 12 * n])
-        return cls(dict(zip(digests, times, strict=True)))
+        return cls(digests, times)

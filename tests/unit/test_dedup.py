@@ -177,3 +177,30 @@ def test_memory_stays_bounded_over_days_of_traffic() -> None:
     assert len(seen) >= bound - 2
     assert seen.check_and_add(f"evt-{count - 1}", now) is True
     assert seen.check_and_add("evt-0", now) is False
+
+
+@pytest.mark.parametrize(
+    ("decoded_first", "max_ids"),
+    [
+        pytest.param(False, NO_LIMIT, id="built-here"),
+        pytest.param(True, NO_LIMIT, id="decoded-then-changed"),
+        pytest.param(True, 4, id="decoded-then-capped"),
+    ],
+)
+def test_the_stored_form_follows_every_change(decoded_first: bool, max_ids: int) -> None:
+    seen = SeenIds()
+    for i in range(6):
+        seen.check_and_add(f"evt-{i}", T0 + 1000 * i)
+    if decoded_first:
+        seen = SeenIds.from_bytes(seen.to_bytes())
+
+    seen.check_and_add("evt-new", T0 + 6000)
+    seen.check_and_add("evt-5", T0 + 6000)  # a duplicate changes nothing
+    seen.prune(T0 + 6000, 3.5 * 1000, max_ids)  # cutoff T0 + 2500
+
+    survivors = [(f"evt-{i}", T0 + 1000 * i) for i in (3, 4, 5)] + [("evt-new", T0 + 6000)]
+    expected = SeenIds()
+    for event_id, at in survivors[-max_ids:]:
+        expected.check_and_add(event_id, at)
+    assert seen.to_bytes() == expected.to_bytes()
+    assert SeenIds.from_bytes(seen.to_bytes()).check_and_add("evt-2", T0 + 6000) is False
