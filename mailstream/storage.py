@@ -19,7 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import rocksdict
-from faust.types import TP
+from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from mailstream import metrics
 
@@ -53,8 +53,10 @@ _COMPACTOR = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailstream-co
 DueTime = Callable[[bytes], int]
 
 
-# Faust keeps the changelog offset a partition reflects under this key in the same store.
+# Faust keeps its own records in the same store, under keys with this prefix: the
+# changelog offset a partition reflects under the offset key.
 _FAUST_KEYS = b"__faust\x00"
+_FAUST_OFFSET_KEY: bytes = FaustRocksDBStore.offset_key
 
 
 def progress_key(topic: str) -> bytes:
@@ -99,9 +101,12 @@ class PartitionStore:
     def write(
         self, partition: int, items: Mapping[bytes, bytes | None], changelog_offset: int
     ) -> None:
-        """Write one partition's batch atomically, with the changelog offset it reflects.
+        """Write one partition's batch atomically, with the changelog offset it reflects
+        (where Faust's recovery resumes: Store.persisted_offset reads it).
 
-        A value of None deletes the key (a tombstone in the changelog)."""
+        A value of None deletes the key (a tombstone in the changelog). Faust's key index
+        (which partition holds a key, for its table API) is not kept: nothing reads these
+        tables through that API, and it cost half a microsecond a key."""
         store = self._store
         batch = rocksdict.WriteBatch(raw_mode=True)
         for key, value in items.items():
@@ -109,14 +114,10 @@ class PartitionStore:
                 batch.delete(key)
             else:
                 batch.put(key, value)
+        # In the same batch, not by store.set_persisted_offset: one write instead of two,
+        # and the offset never runs ahead of or behind the records it covers.
+        batch.put(_FAUST_OFFSET_KEY, str(changelog_offset).encode())
         store._db_for_partition(partition).write(batch)
-        key_index = store._key_index
-        for key, value in items.items():
-            if value is None:
-                key_index.pop(key, None)
-            elif not key.startswith(PROGRESS_KEY):
-                key_index[key] = partition
-        store.set_persisted_offset(TP(self.changelog_topic, partition), changelog_offset)
         if self.due is not None:
             self._note_deletions(partition, [k for k, v in items.items() if v is None])
 

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import rocksdict
+from faust.stores.rocksdb import Store as FaustRocksDBStore
+from faust.types import TP
 
 from mailstream.delivery import QueueKey, queue_ready
 from mailstream.storage import PartitionStore
@@ -17,11 +19,11 @@ from mailstream.timers import TimerKey, timer_due
 class FaustStore:
     """What PartitionStore uses of Faust's RocksDB store, over real RocksDB partitions."""
 
+    offset_key = FaustRocksDBStore.offset_key
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self.dbs: dict[int, rocksdict.Rdict] = {}
-        self._key_index: dict[bytes, int] = {}
-        self.persisted: dict[Any, int] = {}
 
     def _db_for_partition(self, partition: int) -> rocksdict.Rdict:
         if partition not in self.dbs:
@@ -29,8 +31,9 @@ class FaustStore:
             self.dbs[partition] = rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True))
         return self.dbs[partition]
 
-    def set_persisted_offset(self, tp: Any, offset: int) -> None:
-        self.persisted[tp] = offset
+    def persisted_offset(self, tp: TP) -> int | None:
+        """Where Faust's recovery of the partition resumes: its own code, on this store."""
+        return FaustRocksDBStore.persisted_offset(self, tp)  # type: ignore[arg-type]
 
     def close(self) -> None:
         for db in self.dbs.values():
@@ -115,12 +118,12 @@ def test_compaction_keeps_live_keys_and_other_partitions(faust_store: FaustStore
     store.write(1, {timer(PAST, 2): b""}, 1)
     store.write(1, {timer(PAST, 2): None}, 2)
     churn(store, 0, [timer(PAST + i, 1_000 + i) for i in range(600)])
-    assert store.keys_between(0, b"", b"\xff" * 8, 100) == sorted(waiting)
+    assert [key for key, _ in store.items(0)] == sorted(waiting)
     assert store.get(1, timer(PAST, 1)) == b"other partition"
     # partition 1 had one deletion: counted apart, not compacted with partition 0's
     assert tombstones(faust_store._db_for_partition(1), store) == 1
     assert tombstones(faust_store._db_for_partition(0), store) < 600
-    assert faust_store.persisted  # the changelog offset is still recorded
+    assert faust_store.persisted_offset(TP("queue-changelog", 0)) == 2 * 599 + 1
 
 
 def test_a_big_queue_is_compacted_less_often(faust_store: FaustStore) -> None:
@@ -137,4 +140,20 @@ def test_a_big_queue_is_compacted_less_often(faust_store: FaustStore) -> None:
     assert tombstones(db, store) >= 1_000  # not yet
     churn(store, 0, sent[1_000:] + [QueueKey(0, PAST, f"more-{n}").encode() for n in range(1_400)])
     assert tombstones(db, store) < 1_000
-    assert store.keys_between(0, b"", b"\xff", 5_000) == sorted(held)
+    assert [key for key, _ in store.items(0)] == sorted(held)
+
+
+def test_each_write_records_the_changelog_offset_where_faust_recovery_reads_it(
+    faust_store: FaustStore,
+) -> None:
+    store = PartitionStore(Table(faust_store))
+    tp = TP("queue-changelog", 3)
+    assert faust_store.persisted_offset(tp) is None
+
+    store.write(3, {b"default\x1fuser-1": b"state"}, 41)
+    store.write(3, {b"default\x1fuser-1": None, b"default\x1fuser-2": b"s"}, 44)
+
+    assert faust_store.persisted_offset(tp) == 44
+    assert faust_store.persisted_offset(TP("queue-changelog", 0)) is None
+    # Faust's record is its own: the table's records do not include it
+    assert list(store.items(3)) == [(b"default\x1fuser-2", b"s")]
