@@ -106,9 +106,9 @@ def _count_for_workflow(command: Any, result: str, event_to_send_s: float | None
     workflow = known_workflow(command.get("workflow"), workflows)
     if workflow is None:
         return
-    metrics.WORKFLOW_SENDS.labels(workflow, result).inc()
+    metrics.labelled(metrics.WORKFLOW_SENDS, workflow, result).inc()
     if event_to_send_s is not None:
-        metrics.WORKFLOW_EVENT_TO_SEND.labels(workflow).observe(event_to_send_s)
+        metrics.labelled(metrics.WORKFLOW_EVENT_TO_SEND, workflow).observe(event_to_send_s)
 
 
 def _observe_path(stage: str, event_ats: Iterable[Any], now: float | None = None) -> None:
@@ -117,7 +117,7 @@ def _observe_path(stage: str, event_ats: Iterable[Any], now: float | None = None
     now = time.time() if now is None else now
     for event_at in event_ats:
         if isinstance(event_at, int):
-            metrics.SEND_PATH.labels(stage).observe(max(0.0, now - event_at / 1000))
+            metrics.labelled(metrics.SEND_PATH, stage).observe(max(0.0, now - event_at / 1000))
 
 
 def _what(queue_key: bytes, partition: int) -> str:
@@ -185,14 +185,16 @@ async def accept_batch(messages: list[RawMessage]) -> None:
             delivery = accept(existing, command, now, tenancy.lane(tenant))
             label = tenancy.label(tenant)
             if delivery is None:
-                metrics.DELIVERIES.labels(command["category"], "deduplicated", label).inc()
+                metrics.labelled(
+                    metrics.DELIVERIES, command["category"], "deduplicated", label
+                ).inc()
                 continue
             assert delivery.queue_key is not None
             batch[slot] = delivery
             # The queued command first: a record without it would make a replay skip it.
             outbox.put(delivery_queue, m.partition, delivery.queue_key, m.value, BEFORE_STATE)
             outbox.put(deliveries, m.partition, record_key, delivery.encode())
-            metrics.DELIVERIES.labels(command["category"], "queued", label).inc()
+            metrics.labelled(metrics.DELIVERIES, command["category"], "queued", label).inc()
             queued_at.append(command.get("event_at"))
         intake.put_progress(outbox, fresh, topic)
     _observe_path("taken", taken_at, now / 1000)
@@ -591,7 +593,9 @@ class Dispatcher(GuardedLoop):
             category = delivery.category
             provider = self.rt.provider_for(delivery.tenant_id).name
             label = tenancy.label(delivery.tenant_id)
-            metrics.PROVIDER_SECONDS.labels(provider).observe(time.perf_counter() - started)
+            metrics.labelled(metrics.PROVIDER_SECONDS, provider).observe(
+                time.perf_counter() - started
+            )
             if isinstance(outcome, Accepted):
                 succeeded(delivery, outcome, now)
                 event_at = command.get("event_at")
@@ -600,7 +604,7 @@ class Dispatcher(GuardedLoop):
                     waited = max(0, now - event_at) / 1000
                     metrics.EVENT_TO_SEND.observe(waited)
                 outbox.put(delivery_queue, p, key, None, AFTER_STATE)
-                metrics.SENDS.labels(provider, category, "sent", label).inc()
+                metrics.labelled(metrics.SENDS, provider, category, "sent", label).inc()
                 _count_for_workflow(command, "sent", waited)
             else:
                 result = failed(delivery, outcome, self.rt.retry, now, random.random())

@@ -152,7 +152,9 @@ async def process(messages: list[RawMessage]) -> None:
         for _, fx in result.reactions:
             for send in fx.sends:
                 if send.event_at is not None:
-                    metrics.SEND_PATH.labels("written").observe(written - send.event_at / 1000)
+                    metrics.labelled(metrics.SEND_PATH, "written").observe(
+                        written - send.event_at / 1000
+                    )
     count(result, len(fresh))
     metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 

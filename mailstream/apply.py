@@ -84,9 +84,11 @@ class EffectsApplier:
         for hook in fx.webhooks:
             self._webhook(outbox, partition, user, hook, now)
         for workflow, what in fx.counts:
-            metrics.WORKFLOW_TRANSITIONS.labels(workflow, what).inc()
+            metrics.labelled(metrics.WORKFLOW_TRANSITIONS, workflow, what).inc()
         for category, decision, reason in fx.decisions:
-            metrics.SEND_DECISIONS.labels(category, decision, reason, self.tenant_label).inc()
+            metrics.labelled(
+                metrics.SEND_DECISIONS, category, decision, reason, self.tenant_label
+            ).inc()
 
     def _send(
         self, outbox: Outbox, partition: int, user: UserState, intent: SendIntent, now: int
@@ -127,11 +129,11 @@ class EffectsApplier:
             )
             outbox.send(self.dlq_topic, user.user_id.encode(), orjson.dumps(doc), headers)
             return
-        metrics.TEMPLATE_RENDERS.labels(intent.workflow, intent.template, "ok", "").inc()
+        metrics.labelled(metrics.TEMPLATE_RENDERS, intent.workflow, intent.template, "ok", "").inc()
         command = send_command(user, intent, rendered, now)
         topic = self.send_topics[intent.category]
         outbox.send(topic, user.user_id.encode(), orjson.dumps(command))
-        metrics.SEND_COMMANDS.labels(intent.category, "emitted").inc()
+        metrics.labelled(metrics.SEND_COMMANDS, intent.category, "emitted").inc()
 
     def _webhook(
         self, outbox: Outbox, partition: int, user: UserState, intent: WebhookIntent, now: int

@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import TypeVar
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+def labelled(metric: M, *labels: str) -> M:
+    """``metric.labels(*labels)``, looked up once per set of labels. labels() checks and
+    converts the values and takes a lock every call, about 0.9 µs; the calls on the way
+    from an event to its send make several of them per event."""
+    return _child(metric, labels)
+
+
+@cache
+def _child(metric: M, labels: tuple[str, ...]) -> M:
+    return metric.labels(*labels)
+
 
 EVENTS_CONSUMED = Counter(
     "mailstream_events_consumed_total", "Event messages consumed from the events topic."

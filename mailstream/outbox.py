@@ -266,4 +266,4 @@ async def _flush(
     for slot, items in merged.items():
         store, partition = slot
         store.write(partition, items, last[slot])
-        metrics.CHANGELOG_RECORDS.labels(store.name).inc(len(items))
+        metrics.labelled(metrics.CHANGELOG_RECORDS, store.name).inc(len(items))
