@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -27,7 +28,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.config import BROKER_URL_PATTERN
 from mailstream.producer import EventProducer
+
+BROKER_URL = re.compile(BROKER_URL_PATTERN)
 
 
 def _samples(web_url: str, *names: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -80,7 +84,26 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait()
 
 
-def clean_up(procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker, root: Path) -> None:
+class ExistingBroker:
+    """A Kafka cluster the bench uses but did not start (``--broker``): there is no
+    process of it to measure, and nothing to stop."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.bootstrap_servers = url.removeprefix("kafka://")
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def clean_up(
+    procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker | ExistingBroker, root: Path
+) -> None:
     """Stop every process the bench started, then the broker; remove its files, unless
     MAILSTREAM_BENCH_KEEP is set (their logs are then left in ``root``)."""
     stop_processes(procs)
@@ -241,6 +264,13 @@ def add_bench_parser(sub: Any) -> None:
         help="pipeline: events per second for the latency phase (default: half one"
         " worker's rate, measured before and after the two workers)",
     )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="pipeline: an existing Kafka cluster (kafka://host:port[,host:port]) instead of"
+        " the embedded broker; the run's topics carry a suffix of their own and are deleted"
+        " at the end, and the broker's CPU is not measured",
+    )
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
     p.add_argument("--wait", type=float, default=3.0, help="timers: the probes' wait, seconds")
@@ -252,6 +282,16 @@ def add_bench_parser(sub: Any) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-{args.scenario}.json")
+    if args.broker is not None:
+        if args.scenario != "pipeline":
+            print("mailstream bench: --broker applies to the pipeline scenario", file=sys.stderr)
+            return 2
+        if not BROKER_URL.match(args.broker):
+            print(
+                f"mailstream bench: --broker {args.broker!r} is not kafka://host:port[,host:port]",
+                file=sys.stderr,
+            )
+            return 2
     if args.scenario == "pipeline":
         from mailstream.bench_pipeline import bench_pipeline
 
@@ -263,6 +303,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 args.latency_seconds,
                 out,
                 latency_rate=args.latency_rate,
+                broker_url=args.broker,
             )
         )
     elif args.scenario == "delivery":

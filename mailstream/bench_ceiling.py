@@ -1,6 +1,7 @@
 """The benchmark's ceiling: a bare Faust agent that only decodes events and counts them.
 
-Run as ``python -m mailstream.bench_ceiling BROKER TOPIC PARTITIONS GROUP DATADIR``.
+Run as ``python -m mailstream.bench_ceiling BROKER TOPIC PARTITIONS GROUP DATADIR KIND``,
+KIND being ``embedded`` (the fetch wait is set as a worker sets it there) or ``existing``.
 Agents started with the same GROUP share the topic's partitions, as workers do. Every
 0.1 s, once events have come, an agent writes ``DATADIR/span.json``: how many it has
 decoded and the times of the first and the last (Faust's worker turns stdout into log
@@ -24,8 +25,9 @@ REPORT_EVERY = 0.1
 
 
 def main() -> None:
-    broker, topic_name, partitions, group, datadir = sys.argv[1:6]
-    set_fetch_max_wait(EMBEDDED_FETCH_WAIT)  # as a worker does on the embedded broker
+    broker, topic_name, partitions, group, datadir, kind = sys.argv[1:7]
+    if kind == "embedded":
+        set_fetch_max_wait(EMBEDDED_FETCH_WAIT)  # as a worker does there
     app = faust.App(
         group,
         broker=f"kafka://{broker}",

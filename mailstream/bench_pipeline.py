@@ -37,8 +37,17 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 import yaml
+from aiokafka.admin import AIOKafkaAdminClient
 
-from mailstream.bench import _quantile, _samples, _total, _wait, clean_up, stop_processes
+from mailstream.bench import (
+    ExistingBroker,
+    _quantile,
+    _samples,
+    _total,
+    _wait,
+    clean_up,
+    stop_processes,
+)
 from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
 from mailstream.loadgen import synthetic_events
 from mailstream.producer import EventProducer
@@ -138,22 +147,58 @@ def _topics(name: str) -> dict[str, str]:
         "sends_marketing": f"{name}.sends.marketing",
         "feedback": f"{name}.feedback",
         "suppression": f"{name}.suppression",
+        "webhooks": f"{name}.webhooks",
     }
 
 
 class Bench:
-    """The broker, the sink and the workers of one run, and where their files go."""
+    """The broker, the sink and the workers of one run, and where their files go.
 
-    def __init__(self, root: Path) -> None:
+    On an existing broker (``broker_url``) every topic, app id and consumer group of the
+    run carries the run's own suffix: the topics of an earlier run, and the changelogs
+    its workers wrote, would otherwise be read as this run's."""
+
+    def __init__(self, root: Path, broker_url: str | None = None) -> None:
         self.root = root
-        self.broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+        self.broker: EmbeddedBroker | ExistingBroker = (
+            ExistingBroker(broker_url)
+            if broker_url
+            else EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+        )
+        self.embedded = broker_url is None
+        self.suffix = "" if self.embedded else f"-{secrets.token_hex(3)}"
         self.sink = Sink()
         self.procs: list[subprocess.Popen[bytes]] = []
 
+    def apart(self, name: str) -> str:
+        """``name`` as this run uses it on the broker."""
+        return name + self.suffix
+
+    def broker_cpu(self) -> CpuSpan:
+        """The broker's CPU time, when the bench started it (else none is measured)."""
+        process = self.broker.process
+        return CpuSpan([process.pid] if process is not None else [])
+
     async def topics(self, name: str) -> dict[str, str]:
-        topics = _topics(name)
+        topics = _topics(self.apart(name))
         await ensure_topics(self.broker.bootstrap_servers, topics.values(), PARTITIONS)
         return topics
+
+    async def delete_topics(self) -> None:
+        """On an existing broker, delete what this run created there: its topics and its
+        workers' changelogs (every name carrying the run's suffix)."""
+        if self.embedded:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
+        try:
+            await admin.start()
+            names = [t for t in await admin.list_topics() if self.suffix in t]
+            if names:
+                await admin.delete_topics(names)
+        except Exception as exc:  # the figures are already written; say what is left
+            print(f"could not delete this run's topics ({self.suffix}): {exc!r}", flush=True)
+        finally:
+            await admin.close()
 
     async def produce(
         self, topic: str, pairs: Iterator[tuple[bytes | None, bytes]], n: int
@@ -168,10 +213,10 @@ class Bench:
         """Start a worker of app ``name``; returns its web URL."""
         port = free_port()
         config = {
-            "app_id": name,
+            "app_id": self.apart(name),
             "broker": {
                 "url": self.broker.url,
-                "embedded": True,
+                "embedded": self.embedded,
                 "session_timeout": "3s",
                 "heartbeat_interval": "500ms",
                 "rebalance_timeout": "3s",
@@ -327,9 +372,15 @@ async def consume_rate(
     raise RuntimeError(f"{what} did not consume {events} events in time")
 
 
-def us_per_event(cpu: CpuSpan, run: Consumption) -> float:
-    """Microseconds of CPU ``cpu`` measured per event counted over the same ``run``."""
-    return 1e6 * cpu.seconds / run.events
+def us_per_event(cpu: CpuSpan, run: Consumption) -> int | None:
+    """Microseconds of CPU ``cpu`` measured per event counted over the same ``run``; None
+    when every event was in by the first reading (too few events to measure this)."""
+    return round(1e6 * cpu.seconds / run.events) if run.events else None
+
+
+def _cores(bench: Bench, cpu: CpuSpan, seconds: float) -> str:
+    """How much of a core the broker took, when the bench started it."""
+    return f"{cpu.seconds / seconds:.2f}" if bench.embedded else "n/a"
 
 
 def concurrent_rate(readings: Sequence[tuple[float, Sequence[float]]], events: int) -> float:
@@ -392,8 +443,10 @@ async def ceiling_rate(
                         bench.broker.bootstrap_servers,
                         topic,
                         str(PARTITIONS),
-                        f"bench-{name}",  # its own group: each run reads from the start
+                        # its own group: each run reads from the start
+                        bench.apart(f"bench-{name}"),
                         str(datadir),
+                        "embedded" if bench.embedded else "existing",
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -525,9 +578,10 @@ async def bench_pipeline(
     latency_seconds: float,
     out: Path,
     latency_rate: float | None = None,
+    broker_url: str | None = None,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    bench = Bench(root)
+    bench = Bench(root, broker_url)
     try:
         bench.broker.start()
         await bench.sink.start()
@@ -560,8 +614,7 @@ async def bench_pipeline(
 
         print("pipeline: one worker with the shipped journeys ...", flush=True)
         worker = bench.start_worker("bench-one", one)
-        assert bench.broker.process is not None
-        broker_cpu = CpuSpan([bench.broker.process.pid])
+        broker_cpu = bench.broker_cpu()
         worker_cpu = CpuSpan([bench.procs[-1].pid])
         one_stolen = StolenSpan()
         one_run = await consume_rate(
@@ -584,7 +637,9 @@ async def bench_pipeline(
         ceiling = (ceiling_before + ceiling_after) / 2
         result: dict[str, Any] = {
             "scenario": "pipeline",
-            "broker": "embedded (tansu), producer batching",
+            "broker": "embedded (tansu), producer batching"
+            if bench.embedded
+            else f"{bench.broker.url} (not started here: its CPU is not measured)",
             "events": events,
             "users": users,
             "ceiling_events_per_s": round(ceiling),
@@ -606,17 +661,19 @@ async def bench_pipeline(
             "flush_share_of_batch": round(_flush_share([s]), 2),
             "worker_rss_mb": round(rss_pipeline),
             # what an event costs in CPU, and how much of the two cores the run took
-            "worker_cpu_us_per_event": round(us_per_event(worker_cpu, one_run)),
-            "broker_cpu_us_per_event": round(us_per_event(broker_cpu, one_run)),
+            "worker_cpu_us_per_event": us_per_event(worker_cpu, one_run),
+            "broker_cpu_us_per_event": us_per_event(broker_cpu, one_run)
+            if bench.embedded
+            else None,
             "cores_busy_worker_broker": f"{worker_cpu.seconds / (t1 - t0):.2f} + "
-            f"{broker_cpu.seconds / (t1 - t0):.2f}",
+            + _cores(bench, broker_cpu, t1 - t0),
             "cpu_stolen_share": round(one_stolen.share, 3),
         }
 
         print(f"scale-out: two workers on {two_events:,} events ...", flush=True)
         urls = [bench.start_worker("bench-two", two, i) for i in range(2)]
         workers_cpu = CpuSpan([proc.pid for proc in bench.procs[-2:]])
-        broker_cpu = CpuSpan([bench.broker.process.pid])
+        broker_cpu = bench.broker_cpu()
         own_cpu = CpuSpan([os.getpid()])  # the provider server and the polling
         two_stolen = StolenSpan()
         two_run = await consume_rate(
@@ -624,12 +681,12 @@ async def bench_pipeline(
         )
         two_rate, t0, t1 = two_run.rate, two_run.start, two_run.end
         result["two_workers_events_per_s"] = round(two_rate)
-        result["two_workers_cpu_us_per_event"] = round(us_per_event(workers_cpu, two_run))
+        result["two_workers_cpu_us_per_event"] = us_per_event(workers_cpu, two_run)
         result["two_workers_flush_share_of_batch"] = round(
             _flush_share([_samples(url) for url in urls]), 2
         )
         result["two_workers_cores_busy_workers_broker"] = (
-            f"{workers_cpu.seconds / (t1 - t0):.2f} + {broker_cpu.seconds / (t1 - t0):.2f}"
+            f"{workers_cpu.seconds / (t1 - t0):.2f} + " + _cores(bench, broker_cpu, t1 - t0)
         )
         # what the two workers could not have: the bench's own process beside them
         result["two_workers_bench_process_cores_busy"] = round(own_cpu.seconds / (t1 - t0), 2)
@@ -648,7 +705,7 @@ async def bench_pipeline(
         result["one_worker_before_after"] = f"{rate:,.0f} / {one_again:,.0f}"
         # what an event cost it each time: the machine's speed drifts with no CPU stolen
         result["one_worker_cpu_us_per_event_before_after"] = (
-            f"{us_per_event(worker_cpu, one_run):.0f} / {us_per_event(again_cpu, again_run):.0f}"
+            f"{us_per_event(worker_cpu, one_run)} / {us_per_event(again_cpu, again_run)}"
         )
         result["one_worker_again_cpu_stolen_share"] = round(again_stolen.share, 3)
         result["two_workers_ratio_to_one"] = round(two_rate / ((rate + one_again) / 2), 3)
@@ -668,20 +725,26 @@ async def bench_pipeline(
         worker = bench.start_worker("bench-latency", paced)
         await _wait(lambda: _ready(worker), 120, "the latency worker to be ready")
         latency_cpu = CpuSpan([bench.procs[-1].pid])
+        latency_broker = bench.broker_cpu()
         latency_stolen = StolenSpan()
         rebalances_before = _sum([worker], REBALANCES)
         latency_cpu.start()
+        latency_broker.start()
         latency_stolen.start()
         started = time.monotonic()
         result.update(
             await latency(bench, paced["events"], users, load, latency_seconds, LATENCY_WARMUP)
         )
         latency_cpu.stop()
+        latency_broker.stop()
         latency_stolen.stop()
         # how much of a core the worker needed at that rate (over the traffic and the
-        # wait for the last receipts)
-        result["latency_worker_cores_busy"] = round(
-            latency_cpu.seconds / (time.monotonic() - started), 2
+        # wait for the last receipts), and the broker beside it: the embedded broker's
+        # cost per fetch grows with the record batches it holds (see the README)
+        elapsed = time.monotonic() - started
+        result["latency_worker_cores_busy"] = round(latency_cpu.seconds / elapsed, 2)
+        result["latency_broker_cores_busy"] = (
+            round(latency_broker.seconds / elapsed, 2) if bench.embedded else None
         )
         result["latency_cpu_stolen_share"] = round(latency_stolen.share, 3)
         # a rebalance pauses the worker for a second or more: one here explains a high p99
@@ -701,3 +764,4 @@ async def bench_pipeline(
     finally:
         await bench.sink.stop()
         clean_up(bench.procs, bench.broker, root)
+        await bench.delete_topics()

@@ -46,8 +46,12 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# one or more host:port, comma-separated, after kafka://
+BROKER_URL_PATTERN = r"^kafka://[^\s/]+(,[^\s/]+)*$"
+
+
 class BrokerConfig(_Section):
-    url: str = Field("kafka://127.0.0.1:9092", pattern=r"^kafka://[^\s/]+(,[^\s/]+)*$")
+    url: str = Field("kafka://127.0.0.1:9092", pattern=BROKER_URL_PATTERN)
     # tansu answers ListOffsets(latest) wrongly for multi-record batches, which makes
     # Faust's table recovery miss the tail of a changelog; on the embedded broker its
     # recovery reads to the end offsets a fetch reports (mailstream.broker).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from mailstream.bench_delivery import first_and_last_fifth
-from mailstream.bench_pipeline import concurrent_rate, cpu_ticks, steady_rate
+from mailstream.bench_pipeline import Bench, _topics, concurrent_rate, cpu_ticks, steady_rate
+from mailstream.cli import main
 
 
 def polled(
@@ -152,3 +154,44 @@ def test_delivery_pace_at_the_start_and_at_the_end(
         assert all(math.isnan(r) for r in got)
     else:
         assert got == (pytest.approx(first), pytest.approx(last))
+
+
+@pytest.mark.parametrize(
+    ("broker_url", "apart"),
+    [
+        (None, False),  # the bench's own broker: names as they are
+        ("kafka://10.0.0.5:9092", True),  # someone else's: every name carries the suffix
+        ("kafka://a:9092,b:9092", True),
+    ],
+)
+def test_a_run_on_an_existing_broker_names_everything_apart(
+    tmp_path: Path, broker_url: str | None, apart: bool
+) -> None:
+    bench = Bench(tmp_path, broker_url)
+    names = [bench.apart("bench-one"), *_topics(bench.apart("bench-one")).values()]
+    assert bench.embedded is not apart
+    if apart:
+        assert bench.suffix and all(bench.suffix in name for name in names)
+        assert bench.broker.url == broker_url
+        assert bench.broker.process is None and bench.broker_cpu().pids == []
+        assert Bench(tmp_path, broker_url).suffix != bench.suffix  # each run its own
+    else:
+        assert bench.apart("bench-one") == "bench-one"
+        assert "bench-one.events" in names
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (["bench", "timers", "--broker", "kafka://h:9092"], "applies to the pipeline"),
+        (["bench", "delivery", "--broker", "kafka://h:9092"], "applies to the pipeline"),
+        (["bench", "--broker", "h:9092"], "is not kafka://host:port"),
+        (["bench", "--broker", "kafka://h:9092/x"], "is not kafka://host:port"),
+    ],
+)
+def test_bench_refuses_a_broker_it_cannot_use(
+    argv: list[str], error: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert main([*argv, "--out", str(tmp_path / "x.json")]) == 2
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

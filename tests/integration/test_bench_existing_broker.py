@@ -1,0 +1,71 @@
+"""``mailstream bench --broker``: the pipeline bench on a broker it did not start, end to
+end at a small size. It must measure every phase there, leave nothing behind on the
+broker, and claim no figure for a broker process it cannot see."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from mailstream.broker import EmbeddedBroker
+
+pytestmark = pytest.mark.timeout(240)
+
+
+async def _topics(broker: EmbeddedBroker) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap_servers)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def test_the_pipeline_bench_runs_on_an_existing_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    before = await _topics(broker)
+    out = tmp_path / "bench.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mailstream",
+            "bench",
+            "--broker",
+            broker.url,
+            "--events",
+            "4000",
+            "--mix-users",
+            "200",
+            "--users",
+            "500",
+            "--latency-seconds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=220,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = orjson.loads(out.read_bytes())
+    assert result["broker"].startswith(broker.url)
+    # every phase measured something
+    assert result["ceiling_events_per_s"] > 0 and result["pipeline_events_per_s"] > 0
+    assert result["two_workers_events_per_s"] > 0
+    assert result["latency_receipts"] > 0 and result["latency_p99_ms"] > 0
+    assert result["state_users"] == 500 and result["state_worker_rss_mb"] > 0
+    # no figure for a broker process the bench did not start
+    assert result["broker_cpu_us_per_event"] is None
+    assert result["latency_broker_cores_busy"] is None
+    assert result["cores_busy_worker_broker"].endswith("+ n/a")
+    # what the run created on the broker (its topics, its workers' changelogs) is gone
+    assert await _topics(broker) - before == set()
