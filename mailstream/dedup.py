@@ -49,20 +49,19 @@ class SeenIds:
         """Whether an id with this ``id_hash`` is in the window (hash once, ask twice)."""
         return digest in self._lookup()
 
-    def remember(self, digest: int, now_s: int) -> None:
+    def remember(self, digest: int, now_s: int) -> bool:
+        """Add an id with this ``id_hash`` unless it is in the window; whether it was new."""
         index = self._lookup()
-        if digest not in index:
-            index[digest] = now_s
-            self._digests.append(digest)
-            self._times.append(now_s)
+        if digest in index:
+            return False
+        index[digest] = now_s
+        self._digests.append(digest)
+        self._times.append(now_s)
+        return True
 
     def check_and_add(self, event_id: str, now_s: int) -> bool:
         """True when the id is already in the window; otherwise remember it and return False."""
-        digest = id_hash(event_id)
-        if self.has(digest):
-            return True
-        self.remember(digest, now_s)
-        return False
+        return not self.remember(id_hash(event_id), now_s)
 
     def prune(self, now_s: int, window_s: float, max_ids: int) -> None:
         """Forget ids first seen more than ``window_s`` ago, then the oldest beyond ``max_ids``."""
