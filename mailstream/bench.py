@@ -265,6 +265,13 @@ def add_bench_parser(sub: Any) -> None:
         " worker's rate, measured before and after the two workers)",
     )
     p.add_argument(
+        "--pairs",
+        type=int,
+        default=2,
+        help="pipeline: scale-out rounds of two workers then one worker again (the ratio is"
+        " of the means, one worker measured on both sides of every two)",
+    )
+    p.add_argument(
         "--broker",
         metavar="URL",
         help="pipeline: an existing Kafka cluster (kafka://host:port[,host:port]) instead of"
@@ -282,6 +289,9 @@ def add_bench_parser(sub: Any) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out or f"bench-{args.scenario}.json")
+    if args.pairs < 1:
+        print(f"mailstream bench: --pairs {args.pairs} is not 1 or more", file=sys.stderr)
+        return 2
     if args.broker is not None:
         if args.scenario != "pipeline":
             print("mailstream bench: --broker applies to the pipeline scenario", file=sys.stderr)
@@ -304,6 +314,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 out,
                 latency_rate=args.latency_rate,
                 broker_url=args.broker,
+                pairs=args.pairs,
             )
         )
     elif args.scenario == "delivery":

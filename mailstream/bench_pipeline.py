@@ -1,18 +1,18 @@
 """``mailstream bench pipeline``: the engine's throughput, latency, scale-out and state
 size, against a bare Faust agent on the same topic, all measured in one run.
 
-Phases, each on its own topics so one cannot feed another:
+Phases, each an app of its own writing to topics of its own, so one cannot feed another:
 1. ceiling: a bare Faust agent (mailstream.bench_ceiling) decodes the pre-produced events;
 2. pipeline: one worker with the shipped journeys consumes the same events and delivers
    every send to a local server speaking Postmark's API, with no rate limit;
 3. two bare agents in one group on the two workers' events, then one again on the first:
    how the ceiling itself scales to two processes (the ratios are to the mean of the
    two one-agent rates);
-4. scale-out: two workers on twice the events over twice the users (the same mix),
-   then one worker again on a third copy of the first events (the ratio is to the mean
-   of the two one-worker rates);
+4. scale-out, ``pairs`` times: two workers on twice the events over twice the users (the
+   same mix), then one worker again on the first events (the ratio is of the mean of
+   the two-worker rates to the mean of all the one-worker rates, phase 2's included);
 5. latency: a new worker, on its own topics and as many new users as phase 2's, fed
-   the same mix at half one worker's rate (the mean of the two one-worker rates) with
+   the same mix at half one worker's rate (the mean of the one-worker rates) with
    wall-clock timestamps; the time from an ``order_completed`` event's timestamp to the
    server receiving its receipt (the order id in the receipt says which event it was);
 6. state: a worker's RSS and data directory after every one of ``--state-users`` users
@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -179,8 +179,12 @@ class Bench:
         process = self.broker.process
         return CpuSpan([process.pid] if process is not None else [])
 
-    async def topics(self, name: str) -> dict[str, str]:
+    async def topics(self, name: str, events_from: str | None = None) -> dict[str, str]:
+        """Topics of their own for the workers of app ``name``; they read the events of
+        ``events_from`` if given (as an app of their own, from its start)."""
         topics = _topics(self.apart(name))
+        if events_from is not None:
+            topics["events"] = events_from
         await ensure_topics(self.broker.bootstrap_servers, topics.values(), PARTITIONS)
         return topics
 
@@ -571,6 +575,85 @@ def _identifies(users: int) -> Iterator[tuple[bytes | None, bytes]]:
         yield user.encode(), orjson.dumps(event)
 
 
+class Phase(NamedTuple):
+    """One scale-out phase: its rate, and what it shows of the machine meanwhile."""
+
+    rate: float
+    us_per_event: int | None  # the workers' CPU per event
+    stolen: float  # the share of the machine's CPU its hypervisor gave elsewhere
+    flush_share: float = 0.0  # two workers: their flushes' share of the batch time
+    cores: str = ""  # two workers: the cores they and the broker kept busy
+    bench_cores: float = 0.0  # two workers: the bench's own process beside them
+
+
+async def two_workers(bench: Bench, name: str, events_topic: str, events: int) -> Phase:
+    """Two workers of a new app on ``events_topic``, until they have consumed ``events``."""
+    topics = await bench.topics(name, events_from=events_topic)
+    urls = [bench.start_worker(name, topics, i) for i in range(2)]
+    workers_cpu = CpuSpan([proc.pid for proc in bench.procs[-2:]])
+    broker_cpu = bench.broker_cpu()
+    own_cpu = CpuSpan([os.getpid()])  # the provider server and the polling
+    stolen = StolenSpan()
+    run = await consume_rate(
+        urls, events, "two workers", [workers_cpu, broker_cpu, own_cpu, stolen]
+    )
+    seconds = run.end - run.start
+    phase = Phase(
+        run.rate,
+        us_per_event(workers_cpu, run),
+        stolen.share,
+        _flush_share([_samples(url) for url in urls]),
+        f"{workers_cpu.seconds / seconds:.2f}+{_cores(bench, broker_cpu, seconds)}",
+        # what the two workers could not have: the bench's own process beside them
+        own_cpu.seconds / seconds,
+    )
+    stop_processes(bench.procs)
+    return phase
+
+
+async def one_worker(bench: Bench, name: str, events_topic: str, events: int) -> Phase:
+    """One worker of a new app on ``events_topic``, until it has consumed ``events``."""
+    url = bench.start_worker(name, await bench.topics(name, events_from=events_topic))
+    cpu = CpuSpan([bench.procs[-1].pid])
+    stolen = StolenSpan()
+    run = await consume_rate([url], events, "one worker again", [cpu, stolen])
+    stop_processes(bench.procs)
+    return Phase(run.rate, us_per_event(cpu, run), stolen.share)
+
+
+def _scale_out(ones: Sequence[Phase], twos: Sequence[Phase]) -> dict[str, Any]:
+    """The scale-out figures of one-worker phases on both sides of each two-worker one
+    (one, two, one, two, one...): each phase's, in order, and the ratio of the means."""
+
+    def each(values: Iterator[Any]) -> str:
+        return " / ".join(str(v) for v in values)
+
+    return {
+        "two_workers_each": each(f"{p.rate:,.0f}" for p in twos),
+        # each two against the mean of the ones on both sides of it
+        "two_workers_ratio_each": each(
+            f"{p.rate / ((ones[n].rate + ones[n + 1].rate) / 2):.3f}" for n, p in enumerate(twos)
+        ),
+        "two_workers_cpu_us_per_event": each(p.us_per_event for p in twos),
+        "two_workers_flush_share_of_batch": each(f"{p.flush_share:.2f}" for p in twos),
+        "two_workers_cores_busy_workers_broker": each(p.cores for p in twos),
+        "two_workers_bench_process_cores_busy": each(f"{p.bench_cores:.2f}" for p in twos),
+        "two_workers_cpu_stolen_share": each(round(p.stolen, 3) for p in twos),
+        "one_worker_before_after": each(f"{p.rate:,.0f}" for p in ones),
+        # what an event cost it each time: the machine's speed drifts with no CPU stolen
+        "one_worker_cpu_us_per_event_before_after": each(p.us_per_event for p in ones),
+        "one_worker_again_cpu_stolen_share": each(round(p.stolen, 3) for p in ones[1:]),
+        "two_workers_ratio_to_one": round(
+            _mean(p.rate for p in twos) / _mean(p.rate for p in ones), 3
+        ),
+    }
+
+
+def _mean(values: Iterable[float]) -> float:
+    items = list(values)
+    return sum(items) / len(items)
+
+
 async def bench_pipeline(
     events: int,
     users: int,
@@ -579,6 +662,7 @@ async def bench_pipeline(
     out: Path,
     latency_rate: float | None = None,
     broker_url: str | None = None,
+    pairs: int = 2,
 ) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
     bench = Bench(root, broker_url)
@@ -587,7 +671,6 @@ async def bench_pipeline(
         await bench.sink.start()
         one = await bench.topics("bench-one")
         two = await bench.topics("bench-two")
-        again = await bench.topics("bench-again")
         paced = await bench.topics("bench-latency")
         state = await bench.topics("bench-state")
         # Two workers get twice the events, so their phase lasts about as long as one
@@ -597,15 +680,11 @@ async def bench_pipeline(
         # 5,000 users hold 7 % identifies against 17 % in the first.
         two_events, two_users = 2 * events, 2 * users
         print(
-            f"producing {events:,} events over {users:,} users (twice), and {two_events:,}"
+            f"producing {events:,} events over {users:,} users, and {two_events:,}"
             f" over {two_users:,} for two workers ...",
             flush=True,
         )
-        for topics, n, u in (
-            (one, events, users),
-            (two, two_events, two_users),
-            (again, events, users),
-        ):
+        for topics, n, u in ((one, events, users), (two, two_events, two_users)):
             source = synthetic_events(random.Random(1), u, duplicates=0.02, malformed=0.005)
             await bench.produce(topics["events"], source, n)
 
@@ -670,49 +749,24 @@ async def bench_pipeline(
             "cpu_stolen_share": round(one_stolen.share, 3),
         }
 
-        print(f"scale-out: two workers on {two_events:,} events ...", flush=True)
-        urls = [bench.start_worker("bench-two", two, i) for i in range(2)]
-        workers_cpu = CpuSpan([proc.pid for proc in bench.procs[-2:]])
-        broker_cpu = bench.broker_cpu()
-        own_cpu = CpuSpan([os.getpid()])  # the provider server and the polling
-        two_stolen = StolenSpan()
-        two_run = await consume_rate(
-            urls, two_events, "two workers", [workers_cpu, broker_cpu, own_cpu, two_stolen]
-        )
-        two_rate, t0, t1 = two_run.rate, two_run.start, two_run.end
-        result["two_workers_events_per_s"] = round(two_rate)
-        result["two_workers_cpu_us_per_event"] = us_per_event(workers_cpu, two_run)
-        result["two_workers_flush_share_of_batch"] = round(
-            _flush_share([_samples(url) for url in urls]), 2
-        )
-        result["two_workers_cores_busy_workers_broker"] = (
-            f"{workers_cpu.seconds / (t1 - t0):.2f} + " + _cores(bench, broker_cpu, t1 - t0)
-        )
-        # what the two workers could not have: the bench's own process beside them
-        result["two_workers_bench_process_cores_busy"] = round(own_cpu.seconds / (t1 - t0), 2)
-        result["two_workers_cpu_stolen_share"] = round(two_stolen.share, 3)
-        stop_processes(bench.procs)
-
-        # One worker again, on a third copy: like the ceiling, one worker is measured on
-        # both sides of the two (the machine's load drifts), and the ratio is to the mean.
-        print("one worker again, after the two ...", flush=True)
-        url = bench.start_worker("bench-again", again)
-        again_cpu = CpuSpan([bench.procs[-1].pid])
-        again_stolen = StolenSpan()
-        again_run = await consume_rate([url], events, "one worker again", [again_cpu, again_stolen])
-        one_again = again_run.rate
-        stop_processes(bench.procs)
-        result["one_worker_before_after"] = f"{rate:,.0f} / {one_again:,.0f}"
-        # what an event cost it each time: the machine's speed drifts with no CPU stolen
-        result["one_worker_cpu_us_per_event_before_after"] = (
-            f"{us_per_event(worker_cpu, one_run)} / {us_per_event(again_cpu, again_run)}"
-        )
-        result["one_worker_again_cpu_stolen_share"] = round(again_stolen.share, 3)
-        result["two_workers_ratio_to_one"] = round(two_rate / ((rate + one_again) / 2), 3)
+        # Two workers, then one worker again, ``pairs`` times: like the ceiling, one worker
+        # is measured on both sides of every two (the machine's load drifts, even within
+        # a run), and the ratio is of the means. Each phase reads the first events (or
+        # the two workers') as an app of its own, into topics of its own.
+        ones = [Phase(rate, us_per_event(worker_cpu, one_run), one_stolen.share)]
+        twos: list[Phase] = []
+        for n in range(pairs):
+            label = f"{n + 1}/{pairs}"
+            print(f"scale-out {label}: two workers on {two_events:,} events ...", flush=True)
+            twos.append(await two_workers(bench, f"bench-two-{n}", two["events"], two_events))
+            print(f"scale-out {label}: one worker again, after the two ...", flush=True)
+            ones.append(await one_worker(bench, f"bench-again-{n}", one["events"], events))
+        result["two_workers_events_per_s"] = round(_mean(p.rate for p in twos))
+        result.update(_scale_out(ones, twos))
 
         # half the worker's rate, as measured on both sides of the two workers: the
         # machine's speed drifts, and half of one fast moment's rate is not half load
-        load = latency_rate or (rate + one_again) / 4
+        load = latency_rate or _mean(p.rate for p in ones) / 2
         print(
             f"latency: the mix at {load:,.0f} events/s for {LATENCY_WARMUP:g}s + "
             f"{latency_seconds:g}s ...",

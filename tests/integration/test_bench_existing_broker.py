@@ -47,6 +47,8 @@ async def test_the_pipeline_bench_runs_on_an_existing_broker(
             "500",
             "--latency-seconds",
             "1",
+            "--pairs",
+            "1",
             "--out",
             str(out),
         ],

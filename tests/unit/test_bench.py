@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from mailstream.bench_delivery import first_and_last_fifth
-from mailstream.bench_pipeline import Bench, _topics, concurrent_rate, cpu_ticks, steady_rate
+from mailstream.bench_pipeline import (
+    Bench,
+    Phase,
+    _scale_out,
+    _topics,
+    concurrent_rate,
+    cpu_ticks,
+    steady_rate,
+)
 from mailstream.cli import main
 
 
@@ -187,11 +195,26 @@ def test_a_run_on_an_existing_broker_names_everything_apart(
         (["bench", "delivery", "--broker", "kafka://h:9092"], "applies to the pipeline"),
         (["bench", "--broker", "h:9092"], "is not kafka://host:port"),
         (["bench", "--broker", "kafka://h:9092/x"], "is not kafka://host:port"),
+        (["bench", "--pairs", "0"], "--pairs 0 is not 1 or more"),
     ],
 )
-def test_bench_refuses_a_broker_it_cannot_use(
+def test_bench_refuses_what_it_cannot_run(
     argv: list[str], error: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     assert main([*argv, "--out", str(tmp_path / "x.json")]) == 2
     assert error in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_scale_out_is_the_ratio_of_the_means_with_each_pair_beside_it() -> None:
+    ones = [Phase(10_000, 90, 0.0), Phase(12_000, 80, 0.01), Phase(11_000, 85, 0.0)]
+    twos = [Phase(19_800, 95, 0.0, 0.4, "1.70+0.17", 0.05), Phase(17_250, 99, 0.0)]
+    figures = _scale_out(ones, twos)
+    # 18,525 against 11,000
+    assert figures["two_workers_ratio_to_one"] == 1.684
+    # each two against the ones on both sides of it: 19,800 / 11,000, 17,250 / 11,500
+    assert figures["two_workers_ratio_each"] == "1.800 / 1.500"
+    assert figures["two_workers_each"] == "19,800 / 17,250"
+    assert figures["one_worker_before_after"] == "10,000 / 12,000 / 11,000"
+    assert figures["one_worker_cpu_us_per_event_before_after"] == "90 / 80 / 85"
+    assert figures["one_worker_again_cpu_stolen_share"] == "0.01 / 0.0"
