@@ -25,6 +25,7 @@ from typing import Any
 
 import orjson
 import yaml
+from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
@@ -101,6 +102,86 @@ class ExistingBroker:
         pass
 
 
+def topic_names(name: str) -> dict[str, str]:
+    """The worker config's ``topics`` for an app of the bench named ``name``."""
+    return {
+        "events": f"{name}.events",
+        "dlq": f"{name}.dlq",
+        "sends_transactional": f"{name}.sends.transactional",
+        "sends_marketing": f"{name}.sends.marketing",
+        "feedback": f"{name}.feedback",
+        "suppression": f"{name}.suppression",
+        "webhooks": f"{name}.webhooks",
+    }
+
+
+class Site:
+    """The broker a run uses, and what it calls things there.
+
+    On an existing broker (``broker_url``) every topic, app id and consumer group of the
+    run carries the run's own suffix: the topics of an earlier run, and the changelogs
+    its workers wrote, would otherwise be read as this run's (and a production cluster's
+    ``mailstream.events`` is nobody's bench)."""
+
+    def __init__(self, root: Path, broker_url: str | None = None) -> None:
+        self.root = root
+        self.broker: EmbeddedBroker | ExistingBroker = (
+            ExistingBroker(broker_url)
+            if broker_url
+            else EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+        )
+        self.embedded = broker_url is None
+        self.suffix = "" if self.embedded else f"-{secrets.token_hex(3)}"
+
+    @property
+    def described(self) -> str:
+        """The broker, as the figures name it."""
+        if self.embedded:
+            return "embedded (tansu), producer batching"
+        return f"{self.broker.url} (not started here: its CPU is not measured)"
+
+    def apart(self, name: str) -> str:
+        """``name`` as this run uses it on the broker."""
+        return name + self.suffix
+
+    def broker_config(self) -> dict[str, Any]:
+        """The worker config's ``broker``: short timeouts, so a phase starts quickly."""
+        return {
+            "url": self.broker.url,
+            "embedded": self.embedded,
+            "session_timeout": "3s",
+            "heartbeat_interval": "500ms",
+            "rebalance_timeout": "3s",
+        }
+
+    async def topics(
+        self, name: str, partitions: int = 4, events_from: str | None = None
+    ) -> dict[str, str]:
+        """Topics of their own for the workers of app ``name``; they read the events of
+        ``events_from`` if given (as an app of their own, from its start)."""
+        topics = topic_names(self.apart(name))
+        if events_from is not None:
+            topics["events"] = events_from
+        await ensure_topics(self.broker.bootstrap_servers, topics.values(), partitions)
+        return topics
+
+    async def delete_topics(self) -> None:
+        """On an existing broker, delete what this run created there: its topics and its
+        workers' changelogs (every name carrying the run's suffix)."""
+        if self.embedded:
+            return
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
+        try:
+            await admin.start()
+            names = [t for t in await admin.list_topics() if self.suffix in t]
+            if names:
+                await admin.delete_topics(names)
+        except Exception as exc:  # the figures are already written; say what is left
+            print(f"could not delete this run's topics ({self.suffix}): {exc!r}", flush=True)
+        finally:
+            await admin.close()
+
+
 def clean_up(
     procs: list[subprocess.Popen[bytes]], broker: EmbeddedBroker | ExistingBroker, root: Path
 ) -> None:
@@ -126,15 +207,17 @@ async def _wait(probe: Any, timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> dict[str, Any]:
+async def bench_timers(
+    pending: int, probes: int, wait_s: float, out: Path, broker_url: str | None = None
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+    site = Site(root, broker_url)
     worker: subprocess.Popen[bytes] | None = None
     port = free_port()
     web_url = f"http://127.0.0.1:{port}"
-    config = {
-        "app_id": "bench",
-        "broker": {"url": "", "session_timeout": "3s", "heartbeat_interval": "500ms"},
+    config: dict[str, Any] = {
+        "app_id": site.apart("bench-timers"),
+        "broker": site.broker_config(),
         "workflows": {
             "hold": {"trigger": {"event": "hold"}, "entry": "always", "steps": [{"wait": "6h"}]},
             "probe": {
@@ -145,14 +228,9 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         },
     }
     try:
-        broker.start()
-        config["broker"]["url"] = broker.url  # type: ignore[index]
+        site.broker.start()
+        config["topics"] = topics = await site.topics("bench-timers")
         (root / "mailstream.yaml").write_text(yaml.safe_dump(config))
-        names = [
-            "mailstream." + n
-            for n in ("events", "dlq", "sends.transactional", "sends.marketing", "feedback")
-        ]
-        await ensure_topics(broker.bootstrap_servers, names, 4)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
         env.update(
             MAILSTREAM_CONFIG=str(root / "mailstream.yaml"),
@@ -176,7 +254,8 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         await _wait(ready, 90, "the worker")
         print(f"loading {pending:,} pending timers ...", flush=True)
         started = time.monotonic()
-        async with EventProducer(broker.bootstrap_servers, linger_ms=5) as producer:
+        producing = EventProducer(site.broker.bootstrap_servers, topics["events"], linger_ms=5)
+        async with producing as producer:
             for i in range(pending):
                 await producer.emit("hold", f"held-{i}")
             await producer.flush()
@@ -209,7 +288,7 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         lag_count = _total(s, "mailstream_timer_lag_seconds_count")
         result = {
             "scenario": "timers",
-            "broker": "embedded (tansu), producer batching",
+            "broker": site.described,
             "pending_timers": pending,
             "load_seconds": round(load_s, 1),
             "probe_timers_fired": int(lag_count),
@@ -225,7 +304,8 @@ async def bench_timers(pending: int, probes: int, wait_s: float, out: Path) -> d
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        clean_up([worker] if worker is not None else [], broker, root)
+        clean_up([worker] if worker is not None else [], site.broker, root)
+        await site.delete_topics()
 
 
 def add_bench_parser(sub: Any) -> None:
@@ -274,9 +354,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument(
         "--broker",
         metavar="URL",
-        help="pipeline: an existing Kafka cluster (kafka://host:port[,host:port]) instead of"
-        " the embedded broker; the run's topics carry a suffix of their own and are deleted"
-        " at the end, and the broker's CPU is not measured",
+        help="an existing Kafka cluster (kafka://host:port[,host:port]) instead of the"
+        " embedded broker; the run's topics, app ids and consumer groups carry a suffix of"
+        " their own and are deleted at the end, and the broker's CPU is not measured",
     )
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
@@ -292,16 +372,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.pairs < 1:
         print(f"mailstream bench: --pairs {args.pairs} is not 1 or more", file=sys.stderr)
         return 2
-    if args.broker is not None:
-        if args.scenario != "pipeline":
-            print("mailstream bench: --broker applies to the pipeline scenario", file=sys.stderr)
-            return 2
-        if not BROKER_URL.match(args.broker):
-            print(
-                f"mailstream bench: --broker {args.broker!r} is not kafka://host:port[,host:port]",
-                file=sys.stderr,
-            )
-            return 2
+    if args.broker is not None and not BROKER_URL.match(args.broker):
+        print(
+            f"mailstream bench: --broker {args.broker!r} is not kafka://host:port[,host:port]",
+            file=sys.stderr,
+        )
+        return 2
     if args.scenario == "pipeline":
         from mailstream.bench_pipeline import bench_pipeline
 
@@ -320,9 +396,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.scenario == "delivery":
         from mailstream.bench_delivery import bench_delivery
 
-        result = asyncio.run(bench_delivery(args.sends, args.rate, out))
+        result = asyncio.run(bench_delivery(args.sends, args.rate, out, args.broker))
     else:
-        result = asyncio.run(bench_timers(args.pending, args.probes, args.wait, out))
+        result = asyncio.run(bench_timers(args.pending, args.probes, args.wait, out, args.broker))
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"  {key:<{width}}  {value}")

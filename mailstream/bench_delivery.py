@@ -20,9 +20,9 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from mailstream.bench import clean_up, stop_processes
+from mailstream.bench import Site, clean_up, stop_processes
 from mailstream.bench_pipeline import Sink
-from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.broker import free_port
 
 
 def _command(i: int) -> dict[str, Any]:
@@ -64,22 +64,12 @@ def first_and_last_fifth(times: list[float]) -> tuple[float, float]:
     return rate(times[:n]), rate(times[-n:])
 
 
-async def _run(
-    broker: EmbeddedBroker, root: Path, name: str, sends: int, rate: float | None
-) -> dict[str, Any]:
+async def _run(site: Site, root: Path, name: str, sends: int, rate: float | None) -> dict[str, Any]:
     """Deliver ``sends`` commands with one worker; the arrival times at the sink."""
     sink = Sink()
     await sink.start()
-    topics = {
-        "events": f"{name}.events",
-        "dlq": f"{name}.dlq",
-        "sends_transactional": f"{name}.sends.transactional",
-        "sends_marketing": f"{name}.sends.marketing",
-        "feedback": f"{name}.feedback",
-        "suppression": f"{name}.suppression",
-    }
-    await ensure_topics(broker.bootstrap_servers, topics.values(), 4)
-    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=20)
+    topics = await site.topics(name)
+    producer = AIOKafkaProducer(bootstrap_servers=site.broker.bootstrap_servers, linger_ms=20)
     await producer.start()
     try:
         for i in range(sends):
@@ -92,8 +82,8 @@ async def _run(
         await producer.stop()
     port = free_port()
     config = {
-        "app_id": name,
-        "broker": {"url": broker.url, "session_timeout": "3s", "heartbeat_interval": "500ms"},
+        "app_id": site.apart(name),
+        "broker": site.broker_config(),
         "topics": topics,
         "delivery": {
             "provider": "postmark",
@@ -144,18 +134,21 @@ async def _run(
         await sink.stop()
 
 
-async def bench_delivery(sends: int, rate: float, out: Path) -> dict[str, Any]:
+async def bench_delivery(
+    sends: int, rate: float, out: Path, broker_url: str | None = None
+) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
+    site = Site(root, broker_url)
     try:
-        broker.start()
+        site.broker.start()
         print(f"no limit: {sends:,} sends to a local provider ...", flush=True)
-        free = await _run(broker, root, "bench-free", sends, None)
+        free = await _run(site, root, "bench-free", sends, None)
         limited_sends = max(int(rate * 20), 100)
         print(f"limited: {limited_sends:,} sends at {rate:g}/s ...", flush=True)
-        limited = await _run(broker, root, "bench-limited", limited_sends, rate)
+        limited = await _run(site, root, "bench-limited", limited_sends, rate)
         result = {
             "scenario": "delivery",
+            "broker": site.described,
             "provider": "postmark API on a local server",
             "sends": sends,
             "sends_per_s_no_limit": round(free["per_s"]),
@@ -174,4 +167,5 @@ async def bench_delivery(sends: int, rate: float, out: Path) -> dict[str, Any]:
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        clean_up([], broker, root)
+        clean_up([], site.broker, root)
+        await site.delete_topics()

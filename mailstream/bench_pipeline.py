@@ -37,10 +37,9 @@ from typing import Any, NamedTuple, Protocol
 
 import orjson
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient
 
 from mailstream.bench import (
-    ExistingBroker,
+    Site,
     _quantile,
     _samples,
     _total,
@@ -48,7 +47,7 @@ from mailstream.bench import (
     clean_up,
     stop_processes,
 )
-from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.broker import free_port
 from mailstream.loadgen import synthetic_events
 from mailstream.producer import EventProducer
 
@@ -139,70 +138,18 @@ def _content_length(head: bytes) -> int | None:
     return None
 
 
-def _topics(name: str) -> dict[str, str]:
-    return {
-        "events": f"{name}.events",
-        "dlq": f"{name}.dlq",
-        "sends_transactional": f"{name}.sends.transactional",
-        "sends_marketing": f"{name}.sends.marketing",
-        "feedback": f"{name}.feedback",
-        "suppression": f"{name}.suppression",
-        "webhooks": f"{name}.webhooks",
-    }
-
-
-class Bench:
-    """The broker, the sink and the workers of one run, and where their files go.
-
-    On an existing broker (``broker_url``) every topic, app id and consumer group of the
-    run carries the run's own suffix: the topics of an earlier run, and the changelogs
-    its workers wrote, would otherwise be read as this run's."""
+class Bench(Site):
+    """The broker, the sink and the workers of one run, and where their files go."""
 
     def __init__(self, root: Path, broker_url: str | None = None) -> None:
-        self.root = root
-        self.broker: EmbeddedBroker | ExistingBroker = (
-            ExistingBroker(broker_url)
-            if broker_url
-            else EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
-        )
-        self.embedded = broker_url is None
-        self.suffix = "" if self.embedded else f"-{secrets.token_hex(3)}"
+        super().__init__(root, broker_url)
         self.sink = Sink()
         self.procs: list[subprocess.Popen[bytes]] = []
-
-    def apart(self, name: str) -> str:
-        """``name`` as this run uses it on the broker."""
-        return name + self.suffix
 
     def broker_cpu(self) -> CpuSpan:
         """The broker's CPU time, when the bench started it (else none is measured)."""
         process = self.broker.process
         return CpuSpan([process.pid] if process is not None else [])
-
-    async def topics(self, name: str, events_from: str | None = None) -> dict[str, str]:
-        """Topics of their own for the workers of app ``name``; they read the events of
-        ``events_from`` if given (as an app of their own, from its start)."""
-        topics = _topics(self.apart(name))
-        if events_from is not None:
-            topics["events"] = events_from
-        await ensure_topics(self.broker.bootstrap_servers, topics.values(), PARTITIONS)
-        return topics
-
-    async def delete_topics(self) -> None:
-        """On an existing broker, delete what this run created there: its topics and its
-        workers' changelogs (every name carrying the run's suffix)."""
-        if self.embedded:
-            return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
-        try:
-            await admin.start()
-            names = [t for t in await admin.list_topics() if self.suffix in t]
-            if names:
-                await admin.delete_topics(names)
-        except Exception as exc:  # the figures are already written; say what is left
-            print(f"could not delete this run's topics ({self.suffix}): {exc!r}", flush=True)
-        finally:
-            await admin.close()
 
     async def produce(
         self, topic: str, pairs: Iterator[tuple[bytes | None, bytes]], n: int
@@ -218,13 +165,7 @@ class Bench:
         port = free_port()
         config = {
             "app_id": self.apart(name),
-            "broker": {
-                "url": self.broker.url,
-                "embedded": self.embedded,
-                "session_timeout": "3s",
-                "heartbeat_interval": "500ms",
-                "rebalance_timeout": "3s",
-            },
+            "broker": self.broker_config(),
             "topics": topics,
             "delivery": {"provider": "postmark", "rate_limit": 1_000_000, "concurrency": 64},
             "providers": {"postmark": {"base_url": self.sink.url}},
@@ -716,9 +657,7 @@ async def bench_pipeline(
         ceiling = (ceiling_before + ceiling_after) / 2
         result: dict[str, Any] = {
             "scenario": "pipeline",
-            "broker": "embedded (tansu), producer batching"
-            if bench.embedded
-            else f"{bench.broker.url} (not started here: its CPU is not measured)",
+            "broker": bench.described,
             "events": events,
             "users": users,
             "ceiling_events_per_s": round(ceiling),

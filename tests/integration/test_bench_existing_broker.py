@@ -1,12 +1,14 @@
-"""``mailstream bench --broker``: the pipeline bench on a broker it did not start, end to
-end at a small size. It must measure every phase there, leave nothing behind on the
-broker, and claim no figure for a broker process it cannot see."""
+"""``mailstream bench --broker``: each scenario on a broker it did not start, end to end
+at a small size. It must measure every phase there, leave nothing behind on the broker
+(nor touch the topics of a mailstream running there), and claim no figure for a broker
+process it cannot see."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,40 +28,36 @@ async def _topics(broker: EmbeddedBroker) -> set[str]:
         await admin.close()
 
 
-async def test_the_pipeline_bench_runs_on_an_existing_broker(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+async def _bench(broker: EmbeddedBroker, tmp_path: Path, *args: str) -> dict[str, Any]:
+    """Run ``mailstream bench ARGS --broker`` (the session's broker); its figures, once
+    the broker's topics are checked to be as they were before the run."""
     before = await _topics(broker)
     out = tmp_path / "bench.json"
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mailstream",
-            "bench",
-            "--broker",
-            broker.url,
-            "--events",
-            "4000",
-            "--mix-users",
-            "200",
-            "--users",
-            "500",
-            "--latency-seconds",
-            "1",
-            "--pairs",
-            "1",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "-m", "mailstream", "bench", *args, "--broker", broker.url]
+        + ["--out", str(out)],
         capture_output=True,
         text=True,
         timeout=220,
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    result = orjson.loads(out.read_bytes())
+    # what the run created on the broker (its topics, its workers' changelogs) is gone
+    assert await _topics(broker) - before == set()
+    result: dict[str, Any] = orjson.loads(out.read_bytes())
     assert result["broker"].startswith(broker.url)
+    return result
+
+
+async def test_the_pipeline_bench_runs_on_an_existing_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    result = await _bench(
+        broker,
+        tmp_path,
+        *("--events", "4000", "--mix-users", "200", "--users", "500"),
+        *("--latency-seconds", "1", "--pairs", "1"),
+    )
     # every phase measured something
     assert result["ceiling_events_per_s"] > 0 and result["pipeline_events_per_s"] > 0
     assert result["two_workers_events_per_s"] > 0
@@ -69,5 +67,21 @@ async def test_the_pipeline_bench_runs_on_an_existing_broker(
     assert result["broker_cpu_us_per_event"] is None
     assert result["latency_broker_cores_busy"] is None
     assert result["cores_busy_worker_broker"].endswith("+ n/a")
-    # what the run created on the broker (its topics, its workers' changelogs) is gone
-    assert await _topics(broker) - before == set()
+
+
+async def test_the_timers_bench_runs_on_an_existing_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    result = await _bench(
+        broker, tmp_path, "timers", "--pending", "300", "--probes", "10", "--wait", "1"
+    )
+    assert result["pending_timers"] == 300
+    assert result["probe_timers_fired"] == 10 and result["lag_mean_ms"] >= 0
+
+
+async def test_the_delivery_bench_runs_on_an_existing_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    result = await _bench(broker, tmp_path, "delivery", "--sends", "300", "--rate", "10")
+    assert result["sends"] == 300 and result["sends_per_s_no_limit"] > 0
+    assert result["sends_per_s_limited"] > 0
