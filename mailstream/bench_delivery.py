@@ -64,8 +64,9 @@ def first_and_last_fifth(times: list[float]) -> tuple[float, float]:
     return rate(times[:n]), rate(times[-n:])
 
 
-async def _run(site: Site, root: Path, name: str, sends: int, rate: float | None) -> dict[str, Any]:
+async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[str, Any]:
     """Deliver ``sends`` commands with one worker; the arrival times at the sink."""
+    root = site.root
     sink = Sink()
     await sink.start()
     topics = await site.topics(name)
@@ -142,10 +143,10 @@ async def bench_delivery(
     try:
         site.broker.start()
         print(f"no limit: {sends:,} sends to a local provider ...", flush=True)
-        free = await _run(site, root, "bench-free", sends, None)
+        free = await _run(site, "bench-free", sends, None)
         limited_sends = max(int(rate * 20), 100)
         print(f"limited: {limited_sends:,} sends at {rate:g}/s ...", flush=True)
-        limited = await _run(site, root, "bench-limited", limited_sends, rate)
+        limited = await _run(site, "bench-limited", limited_sends, rate)
         result = {
             "scenario": "delivery",
             "broker": site.described,
