@@ -107,7 +107,7 @@ class IngestConfig(_Section):
     # Bounds a single user's dedup memory even inside the window.
     dedup_max_ids_per_user: int = Field(20_000, ge=16)
     max_event_bytes: int = Field(65_536, ge=256, le=10_000_000)
-    batch_size: int = Field(500, ge=1, le=100_000)
+    batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within: Seconds = 0.05
     # Read the events topic with mailstream's own batch consumer (from the progress
     # records) instead of Faust's per-message stream: same guarantees, a fraction of

@@ -18,13 +18,14 @@ from typing import Any
 import orjson
 
 from mailstream.broker import EmbeddedBroker, free_port
+from mailstream.config import IngestConfig
 from tests.fakes.http_providers import FakeProviders
 from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
 from tests.integration.test_delivery import start, use_fake
 
 CART = [{"name": "mug", "qty": 2}]
 USERS = 240
-BATCH_SIZE = 500  # ingest.batch_size's default
+BATCH_SIZE = IngestConfig.model_fields["batch_size"].default  # events a replay may repeat
 
 
 def _event(event_type: str, user: str, payload: dict[str, Any]) -> tuple[bytes, bytes]:
