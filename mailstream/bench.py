@@ -165,6 +165,13 @@ class Site:
         await ensure_topics(self.broker.bootstrap_servers, topics.values(), partitions)
         return topics
 
+    async def events_topic(self, name: str, partitions: int = 4) -> str:
+        """Only the events topic of app ``name``: for events that apps of other names
+        read (``topics(..., events_from=...)``)."""
+        topic = topic_names(self.apart(name))["events"]
+        await ensure_topics(self.broker.bootstrap_servers, [topic], partitions)
+        return topic
+
     async def delete_topics(self) -> None:
         """On an existing broker, delete what this run created there: its topics and its
         workers' changelogs (every name carrying the run's suffix)."""

@@ -611,7 +611,7 @@ async def bench_pipeline(
         bench.broker.start()
         await bench.sink.start()
         one = await bench.topics("bench-one")
-        two = await bench.topics("bench-two")
+        two_topic = await bench.events_topic("bench-two")
         paced = await bench.topics("bench-latency")
         state = await bench.topics("bench-state")
         # Two workers get twice the events, so their phase lasts about as long as one
@@ -625,9 +625,9 @@ async def bench_pipeline(
             f" over {two_users:,} for two workers ...",
             flush=True,
         )
-        for topics, n, u in ((one, events, users), (two, two_events, two_users)):
+        for topic, n, u in ((one["events"], events, users), (two_topic, two_events, two_users)):
             source = synthetic_events(random.Random(1), u, duplicates=0.02, malformed=0.005)
-            await bench.produce(topics["events"], source, n)
+            await bench.produce(topic, source, n)
 
         print("ceiling: a bare Faust agent that decodes each event ...", flush=True)
         ceiling_before = await ceiling_rate(bench, one["events"], events, "ceiling-before")
@@ -649,7 +649,7 @@ async def bench_pipeline(
         # Two bare agents in one group, on the two workers' events: how the ceiling itself
         # scales from one process to two on this machine, beside the same broker.
         print(f"ceiling with two agents, on {two_events:,} events ...", flush=True)
-        ceiling_two = await ceiling_rate(bench, two["events"], two_events, "ceiling-two", agents=2)
+        ceiling_two = await ceiling_rate(bench, two_topic, two_events, "ceiling-two", agents=2)
         # Measured on both sides of the pipeline and of the two agents: the machine's load
         # drifts, and the ratios are to the mean.
         print("ceiling again ...", flush=True)
@@ -697,7 +697,7 @@ async def bench_pipeline(
         for n in range(pairs):
             label = f"{n + 1}/{pairs}"
             print(f"scale-out {label}: two workers on {two_events:,} events ...", flush=True)
-            twos.append(await two_workers(bench, f"bench-two-{n}", two["events"], two_events))
+            twos.append(await two_workers(bench, f"bench-two-{n}", two_topic, two_events))
             print(f"scale-out {label}: one worker again, after the two ...", flush=True)
             ones.append(await one_worker(bench, f"bench-again-{n}", one["events"], events))
         result["two_workers_events_per_s"] = round(_mean(p.rate for p in twos))
