@@ -172,6 +172,12 @@ class Site:
         await ensure_topics(self.broker.bootstrap_servers, [topic], partitions)
         return topic
 
+    async def close(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        """End the run: stop ``procs`` and the broker, remove the run's files
+        (``clean_up``), and delete what it created on an existing broker."""
+        clean_up(procs, self.broker, self.root)
+        await self.delete_topics()
+
     async def delete_topics(self) -> None:
         """On an existing broker, delete what this run created there: its topics and its
         workers' changelogs (every name carrying the run's suffix)."""
@@ -311,8 +317,7 @@ async def bench_timers(
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        clean_up([worker] if worker is not None else [], site.broker, root)
-        await site.delete_topics()
+        await site.close([worker] if worker is not None else [])
 
 
 def add_bench_parser(sub: Any) -> None:

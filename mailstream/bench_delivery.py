@@ -20,7 +20,7 @@ import orjson
 import yaml
 from aiokafka import AIOKafkaProducer
 
-from mailstream.bench import Site, clean_up, stop_processes
+from mailstream.bench import Site, stop_processes
 from mailstream.bench_pipeline import Sink
 from mailstream.broker import free_port
 
@@ -168,5 +168,4 @@ async def bench_delivery(
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
     finally:
-        clean_up([], site.broker, root)
-        await site.delete_topics()
+        await site.close([])

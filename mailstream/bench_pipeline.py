@@ -31,8 +31,9 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from statistics import fmean
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -44,7 +45,6 @@ from mailstream.bench import (
     _samples,
     _total,
     _wait,
-    clean_up,
     stop_processes,
 )
 from mailstream.broker import free_port
@@ -585,14 +585,9 @@ def _scale_out(ones: Sequence[Phase], twos: Sequence[Phase]) -> dict[str, Any]:
         "one_worker_cpu_us_per_event_before_after": each(p.us_per_event for p in ones),
         "one_worker_again_cpu_stolen_share": each(round(p.stolen, 3) for p in ones[1:]),
         "two_workers_ratio_to_one": round(
-            _mean(p.rate for p in twos) / _mean(p.rate for p in ones), 3
+            fmean(p.rate for p in twos) / fmean(p.rate for p in ones), 3
         ),
     }
-
-
-def _mean(values: Iterable[float]) -> float:
-    items = list(values)
-    return sum(items) / len(items)
 
 
 async def bench_pipeline(
@@ -700,12 +695,12 @@ async def bench_pipeline(
             twos.append(await two_workers(bench, f"bench-two-{n}", two_topic, two_events))
             print(f"scale-out {label}: one worker again, after the two ...", flush=True)
             ones.append(await one_worker(bench, f"bench-again-{n}", one["events"], events))
-        result["two_workers_events_per_s"] = round(_mean(p.rate for p in twos))
+        result["two_workers_events_per_s"] = round(fmean(p.rate for p in twos))
         result.update(_scale_out(ones, twos))
 
         # half the worker's rate, as measured on both sides of the two workers: the
         # machine's speed drifts, and half of one fast moment's rate is not half load
-        load = latency_rate or _mean(p.rate for p in ones) / 2
+        load = latency_rate or fmean(p.rate for p in ones) / 2
         print(
             f"latency: the mix at {load:,.0f} events/s for {LATENCY_WARMUP:g}s + "
             f"{latency_seconds:g}s ...",
@@ -756,5 +751,4 @@ async def bench_pipeline(
         return result
     finally:
         await bench.sink.stop()
-        clean_up(bench.procs, bench.broker, root)
-        await bench.delete_topics()
+        await bench.close(bench.procs)
