@@ -172,6 +172,32 @@ class Site:
         await ensure_topics(self.broker.bootstrap_servers, [topic], partitions)
         return topic
 
+    def spawn_worker(
+        self, label: str, config: dict[str, Any], port: int, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """Start a worker with ``config`` and web port ``port``; its config file, data
+        directory and log are the run's ``label``.yaml, ``label`` and ``label``.log.
+        ``env`` adds to the environment, of which no ``MAILSTREAM_`` setting is passed on
+        (the bench's workers are configured here, not by whoever ran the bench)."""
+        path = self.root / f"{label}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        worker_env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+        worker_env.update(
+            MAILSTREAM_CONFIG=str(path),
+            MAILSTREAM_WEB_PORT=str(port),
+            MAILSTREAM_DATA_DIR=str(self.root / label),
+            MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
+            MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
+            **env,
+        )
+        with open(self.root / f"{label}.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "mailstream", "worker"],
+                env=worker_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
     async def close(self, procs: list[subprocess.Popen[bytes]]) -> None:
         """End the run: stop ``procs`` and the broker, remove the run's files
         (``clean_up``), and delete what it created on an existing broker."""
@@ -243,22 +269,7 @@ async def bench_timers(
     try:
         site.broker.start()
         config["topics"] = topics = await site.topics("bench-timers")
-        (root / "mailstream.yaml").write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
-        env.update(
-            MAILSTREAM_CONFIG=str(root / "mailstream.yaml"),
-            MAILSTREAM_WEB_PORT=str(port),
-            MAILSTREAM_DATA_DIR=str(root / "data"),
-            MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
-            MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
-        )
-        with open(root / "worker.log", "ab") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "mailstream", "worker"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        worker = site.spawn_worker("worker", config, port)
 
         def ready() -> bool:
             with urllib.request.urlopen(f"{web_url}/health", timeout=2) as resp:

@@ -8,16 +8,12 @@ arrives; a worker delivers pre-produced send commands to it.
 from __future__ import annotations
 
 import asyncio
-import secrets
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
-import yaml
 from aiokafka import AIOKafkaProducer
 
 from mailstream.bench import Site, stop_processes
@@ -93,24 +89,7 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
         },
         "providers": {"postmark": {"base_url": sink.url}},
     }
-    path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {
-        "MAILSTREAM_CONFIG": str(path),
-        "MAILSTREAM_WEB_PORT": str(port),
-        "MAILSTREAM_DATA_DIR": str(root / name),
-        "MAILSTREAM_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(24),
-        "MAILSTREAM_ADMIN_TOKEN": secrets.token_urlsafe(18),
-        "POSTMARK_SERVER_TOKEN": "bench",
-        "PATH": "/usr/bin:/bin",
-    }
-    with open(root / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailstream", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = site.spawn_worker(name, config, port, POSTMARK_SERVER_TOKEN="bench")
     try:
         deadline = time.monotonic() + 600
         while len(sink.arrivals) < sends and time.monotonic() < deadline:

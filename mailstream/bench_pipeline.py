@@ -37,7 +37,6 @@ from statistics import fmean
 from typing import Any, NamedTuple, Protocol
 
 import orjson
-import yaml
 
 from mailstream.bench import (
     Site,
@@ -170,26 +169,9 @@ class Bench(Site):
             "delivery": {"provider": "postmark", "rate_limit": 1_000_000, "concurrency": 64},
             "providers": {"postmark": {"base_url": self.sink.url}},
         }
-        path = self.root / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
-        env.update(
-            MAILSTREAM_CONFIG=str(path),
-            MAILSTREAM_WEB_PORT=str(port),
-            MAILSTREAM_DATA_DIR=str(self.root / f"{name}-{index}"),
-            MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
-            MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
-            POSTMARK_SERVER_TOKEN="bench",
+        self.procs.append(
+            self.spawn_worker(f"{name}-{index}", config, port, POSTMARK_SERVER_TOKEN="bench")
         )
-        with open(self.root / f"{name}-{index}.log", "ab") as log:
-            self.procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "mailstream", "worker"],
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
         return f"http://127.0.0.1:{port}"
 
 
