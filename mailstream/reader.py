@@ -63,6 +63,9 @@ class DirectReader:
         # and after the last one offered (since the partition was assigned)
         self._applied: dict[tuple[str, int], int] = {}
         self._offered_next: dict[tuple[str, int], int] = {}
+        # messages a fetch brought that had been taken already (offered, or applied):
+        # kept near zero by moving the consumer past what is offered
+        self.fetched_again = 0
 
     def invalidate(self) -> None:
         """The assignment changed (or is about to): re-read positions before the next batch.
@@ -110,10 +113,12 @@ class DirectReader:
     def offer(self, messages: Iterable[RawMessage]) -> None:
         """Messages this worker has just written to the reader's topics, acknowledged by
         the broker: those that follow on from what this reader has applied in a partition
-        it owns are applied without waiting for a fetch to bring them. The fetch brings
-        them later and they are skipped then; the others are fetched as usual."""
+        it owns are applied without waiting for a fetch to bring them, and the consumer
+        moves past them, so that no fetch brings them again (one already under way may:
+        those are skipped). The others are fetched as usual."""
         if self._assigned_epoch != self.epoch:
             return
+        moved: dict[tuple[str, int], int] = {}
         for m in sorted(messages, key=_position):
             tp = (m.topic, m.partition)
             # Only right after what this reader has applied or been offered, whichever is
@@ -121,8 +126,13 @@ class DirectReader:
             # must not pass it.
             if m.offset == max(self._offered_next.get(tp, -1), self._applied.get(tp, -1)):
                 self._offered.append(m)
-                self._offered_next[tp] = m.offset + 1
+                self._offered_next[tp] = moved[tp] = m.offset + 1
                 self._offers.set()
+        if moved and self._consumer is not None:
+            # Fetching them again would cost the broker and this worker a second read of
+            # every command the worker writes (the send topics' records are the largest).
+            for (topic, partition), offset in moved.items():
+                self._consumer.seek(TopicPartition(topic, partition), offset)
 
     async def _drop_fetch(self) -> None:
         if self._fetch is not None:
@@ -152,11 +162,18 @@ class DirectReader:
             # steadily there are offers at every turn, and a partition that only the
             # fetch serves (its offers do not follow on) would wait for a quiet moment.
             batch, self._fetch = self._fetch.result(), None
-            messages.extend(
-                RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
-                for records in batch.values()
-                for m in records
-            )
+            for tp, records in batch.items():
+                if not records:
+                    continue
+                taken = max(
+                    self._offered_next.get((tp.topic, tp.partition), -1),
+                    self._applied.get((tp.topic, tp.partition), -1),
+                )
+                if records[0].offset < taken:  # records come in offset order
+                    self.fetched_again += sum(1 for m in records if m.offset < taken)
+                messages.extend(
+                    RawMessage(m.topic, m.partition, m.offset, m.key, m.value) for m in records
+                )
         return _in_order(messages)
 
     async def run(
