@@ -110,6 +110,11 @@ class DirectReader:
             logger.info("reading %s partitions %s directly", ", ".join(self.topics), list(owned))
         self._assigned = owned
 
+    def _taken(self, tp: tuple[str, int]) -> int:
+        """The offset after what this reader has applied or been offered in ``tp``,
+        whichever is further (-1: neither, since the partition was assigned)."""
+        return max(self._offered_next.get(tp, -1), self._applied.get(tp, -1))
+
     def offer(self, messages: Iterable[RawMessage]) -> None:
         """Messages this worker has just written to the reader's topics, acknowledged by
         the broker: those that follow on from what this reader has applied in a partition
@@ -124,7 +129,7 @@ class DirectReader:
             # Only right after what this reader has applied or been offered, whichever is
             # further: a message before it may not be read yet, and the progress record
             # must not pass it.
-            if m.offset == max(self._offered_next.get(tp, -1), self._applied.get(tp, -1)):
+            if m.offset == self._taken(tp):
                 self._offered.append(m)
                 self._offered_next[tp] = moved[tp] = m.offset + 1
                 self._offers.set()
@@ -165,10 +170,7 @@ class DirectReader:
             for tp, records in batch.items():
                 if not records:
                     continue
-                taken = max(
-                    self._offered_next.get((tp.topic, tp.partition), -1),
-                    self._applied.get((tp.topic, tp.partition), -1),
-                )
+                taken = self._taken((tp.topic, tp.partition))
                 if records[0].offset < taken:  # records come in offset order
                     self.fetched_again += sum(1 for m in records if m.offset < taken)
                 messages.extend(
