@@ -17,6 +17,7 @@ from mailstream import metrics
 from mailstream.app import app, config
 from mailstream.feedback import BOUNCE, COMPLAINT, UNSUBSCRIBE, Feedback
 from mailstream.pages import render_page
+from mailstream.request_body import read_body
 from mailstream.runtime import unsubscribe_tokens, webhook_handlers
 from mailstream.suppression import Suppression, normalise_address
 from mailstream.webhooks import MAX_BODY, WebhookRejected, WebhookRequest
@@ -71,12 +72,10 @@ class Webhooks(View):
         if handler is None:
             metrics.WEBHOOKS.labels("unknown", "not_configured").inc()
             return _problem(self, 404, "not_configured", f"no webhook configured for {provider!r}")
-        length = http.content_length
-        if length is not None and length > MAX_BODY:
-            metrics.WEBHOOKS.labels(provider, "too_large").inc()
-            return _problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
-        body = await http.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
+        declared = http.content_length
+        too_large = declared is not None and declared > MAX_BODY
+        body = None if too_large else await read_body(http.content, MAX_BODY)
+        if body is None:
             metrics.WEBHOOKS.labels(provider, "too_large").inc()
             return _problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
         webhook = WebhookRequest(dict(http.headers), body, http.content_type)
