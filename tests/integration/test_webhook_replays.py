@@ -4,6 +4,7 @@ without an id sent again within max_age."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -143,3 +144,44 @@ async def test_sendgrid_events_without_an_id_count_once_however_often_they_come(
         return "hard_bounce" in await suppressions(worker, "bob")
 
     await wait_for(suppressed, 20, "three soft bounces to suppress")
+
+
+async def test_one_signature_sent_to_two_workers_at_once_is_applied_once(
+    deployment: Deployment,
+) -> None:
+    _, env = configure(deployment)
+    workers = [deployment.worker(name) for name in ("a", "b")]
+    for worker in workers:
+        worker.env.update(env)
+        worker.start()
+    await deployment.wait_ready(workers)
+    now = time.time()
+    bodies = [
+        mailgun_signed_body(
+            MAILGUN_KEY,
+            {
+                "id": f"mg-{user}",
+                "event": "complained",
+                "timestamp": now,
+                "recipient": f"{user}@example.com",
+                "user-variables": {"user_id": user, "tenant_id": "default"},
+            },
+            now,
+            "s" * 50,  # the one signature block, with two bodies
+        )
+        for user in ("carol", "dave")
+    ]
+    statuses = await asyncio.gather(
+        *(post(w, "/webhooks/mailgun", body, JSON) for w, body in zip(workers, bodies, strict=True))
+    )
+    assert statuses == [200, 200]
+
+    async def both_judged() -> bool:
+        dropped = sum([await replays(w, "mailgun") for w in workers])
+        applied = [user for user in ("carol", "dave") if await suppressions(workers[0], user)]
+        return dropped + len(applied) >= 2
+
+    await wait_for(both_judged, 20, "both requests to be judged")
+    applied = [user for user in ("carol", "dave") if await suppressions(workers[0], user)]
+    assert len(applied) == 1, f"one signature suppressed {applied}"
+    assert sum([await replays(w, "mailgun") for w in workers]) == 1
