@@ -134,6 +134,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         delivery_runtime()  # a missing secret or API key fails here, before Faust starts
         import agents.delivery  # noqa: F401
     import agents.feedback  # noqa: F401
+    import agents.replay_guard  # noqa: F401
 
     if config.webhooks_out:
         from mailstream.webhook_step.settings import build_endpoints

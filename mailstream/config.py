@@ -89,6 +89,8 @@ class TopicsConfig(_Section):
     suppression: str = Field("mailstream.suppression", min_length=1)
     # webhook step commands, keyed by user id (see docs/webhook-step.md)
     webhooks: str = Field("mailstream.webhooks", min_length=1)
+    # verified provider webhooks on their way to the replay guard, keyed by replay key
+    feedback_claims: str = Field("mailstream.feedback.claims", min_length=1)
 
     def all_names(self) -> list[str]:
         return [
@@ -99,6 +101,7 @@ class TopicsConfig(_Section):
             self.feedback,
             self.suppression,
             self.webhooks,
+            self.feedback_claims,
         ]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from mailstream.suppression import Suppression
+from mailstream.suppression import Suppression, normalise_address
 from mailstream.users import UserState
 
 BOUNCE = "bounce"
@@ -47,10 +47,36 @@ class Feedback:
 
     @classmethod
     def decode(cls, raw: bytes) -> Feedback:
-        doc: dict[str, Any] = orjson.loads(raw)
+        return cls.from_json(orjson.loads(raw))
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Feedback:
+        if not isinstance(doc, dict):
+            raise ValueError("feedback must be a JSON object")
         if doc.get("kind") not in KINDS:
             raise ValueError(f"unknown feedback kind {doc.get('kind')!r}")
         return cls(**doc)
+
+
+# Feedback naming only an address: these kinds go to the global list by address instead.
+BY_ADDRESS = {COMPLAINT: "complaint", UNSUBSCRIBE: "unsubscribe"}
+
+
+def destination(
+    fb: Feedback, feedback_topic: str, suppression_topic: str
+) -> tuple[str, bytes, bytes] | None:
+    """Where a feedback event is sent, as (topic, key, value): the feedback topic keyed by
+    the user, so the user's own worker applies it; failing a user, the global suppression
+    list keyed by address, for what suppresses; None when it has nowhere to go."""
+    key = fb.key()
+    if key is not None:
+        return feedback_topic, key, fb.encode()
+    address = normalise_address(fb.email or "")
+    reason = "hard_bounce" if fb.kind == BOUNCE and fb.bounce == "hard" else BY_ADDRESS.get(fb.kind)
+    if address is None or reason is None:
+        return None
+    entry = Suppression(reason, f"webhook:{fb.provider}", fb.at)
+    return suppression_topic, address.encode(), entry.encode()
 
 
 @dataclass(frozen=True, slots=True)

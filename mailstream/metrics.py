@@ -161,8 +161,14 @@ SUPPRESSED = Counter(
 WEBHOOKS = Counter(
     "mailstream_webhooks_total",
     "Provider webhook requests by provider and result: accepted, or why refused"
-    " (missing_signature, bad_signature, stale, replayed, unauthorized, not_json, bad_shape,"
+    " (missing_signature, bad_signature, stale, unauthorized, not_json, bad_shape,"
     " too_large, not_configured).",
+    ["provider", "result"],
+)
+WEBHOOK_CLAIMS = Counter(
+    "mailstream_webhook_claims_total",
+    "Signed provider webhooks (a Mailgun request, a SendGrid event) at the replay guard, by"
+    " provider and result: applied, or replayed (its key let through before: dropped).",
     ["provider", "result"],
 )
 FEEDBACK = Counter(

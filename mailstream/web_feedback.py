@@ -1,8 +1,10 @@
 """HTTP views that take feedback in: provider webhooks and one-click unsubscribe links.
 
-Both only verify and normalise, then hand the feedback to the feedback topic (keyed by
-user id, so the user's own worker applies it) and answer once the broker has it. A bad
-request gets a 4xx and changes nothing.
+Both only verify and normalise, then hand the feedback on and answer once the broker has
+it: to the feedback topic (keyed by user id, so the user's own worker applies it), or,
+for a signed provider webhook, first to the replay guard (agents/replay_guard.py), which
+lets each replay key through once. A bad request gets a 4xx and changes nothing; a
+replay gets a 200 (so a provider's retry stops) and changes nothing.
 """
 
 from __future__ import annotations
@@ -15,48 +17,41 @@ from faust.web import Request, Response, View
 
 from mailstream import metrics
 from mailstream.app import app, config
-from mailstream.feedback import BOUNCE, COMPLAINT, UNSUBSCRIBE, Feedback
+from mailstream.feedback import UNSUBSCRIBE, Feedback, destination
 from mailstream.pages import render_page
+from mailstream.request_body import read_body
 from mailstream.runtime import unsubscribe_tokens, webhook_handlers
-from mailstream.suppression import Suppression, normalise_address
-from mailstream.webhooks import MAX_BODY, WebhookRejected, WebhookRequest
+from mailstream.webhooks import MAX_BODY, Claim, WebhookRejected, WebhookRequest
 
 logger = logging.getLogger(__name__)
 
 handlers = webhook_handlers()
 tokens = unsubscribe_tokens()
-# Feedback naming only an address: these kinds go to the global list by address instead.
-BY_ADDRESS = {COMPLAINT: "complaint", UNSUBSCRIBE: "unsubscribe"}
 
 
 def _problem(web: View, status: int, reason: str, detail: str) -> Response:
     return web.json({"error": reason, "detail": detail}, status=status)
 
 
-async def _publish(feedback: list[Feedback]) -> None:
-    """Hand each event on, and wait until the broker has them all."""
+async def _publish(claims: list[Claim]) -> None:
+    """Hand each claim on, and wait until the broker has them all: a guarded one to the
+    replay guard (keyed by its replay key, so every claim of a key meets in one place),
+    the others' feedback straight to where it applies."""
     pending = []
-    for fb in feedback:
-        key = fb.key()
-        if key is not None:
-            pending.append(
-                await app.producer.send(config.topics.feedback, key, fb.encode(), None, None, None)
-            )
+    for claim in claims:
+        if claim.key is not None:
+            message = (config.topics.feedback_claims, claim.key.encode(), claim.encode())
+            pending.append(await app.producer.send(*message, None, None, None))
             continue
-        address = normalise_address(fb.email or "")
-        reason = (
-            "hard_bounce" if fb.kind == BOUNCE and fb.bounce == "hard" else BY_ADDRESS.get(fb.kind)
-        )
-        if address is None or reason is None:
-            metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
-            continue
-        entry = Suppression(reason, f"webhook:{fb.provider}", fb.at)
-        pending.append(
-            await app.producer.send(
-                config.topics.suppression, address.encode(), entry.encode(), None, None, None
-            )
-        )
-        metrics.FEEDBACK.labels(fb.kind, "suppressed_by_address").inc()
+        for fb in claim.feedback:
+            found = destination(fb, config.topics.feedback, config.topics.suppression)
+            if found is None:
+                metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
+                continue
+            topic, key, value = found
+            pending.append(await app.producer.send(topic, key, value, None, None, None))
+            if topic == config.topics.suppression:
+                metrics.FEEDBACK.labels(fb.kind, "suppressed_by_address").inc()
     for future in pending:
         await future
 
@@ -71,23 +66,21 @@ class Webhooks(View):
         if handler is None:
             metrics.WEBHOOKS.labels("unknown", "not_configured").inc()
             return _problem(self, 404, "not_configured", f"no webhook configured for {provider!r}")
-        length = http.content_length
-        if length is not None and length > MAX_BODY:
-            metrics.WEBHOOKS.labels(provider, "too_large").inc()
-            return _problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
-        body = await http.content.read(MAX_BODY + 1)
-        if len(body) > MAX_BODY:
+        declared = http.content_length
+        too_large = declared is not None and declared > MAX_BODY
+        body = None if too_large else await read_body(http.content, MAX_BODY)
+        if body is None:
             metrics.WEBHOOKS.labels(provider, "too_large").inc()
             return _problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
         webhook = WebhookRequest(dict(http.headers), body, http.content_type)
         try:
-            feedback = handler.handle(webhook, time.time())
+            claims = handler.handle(webhook, time.time())
         except WebhookRejected as rejected:
             metrics.WEBHOOKS.labels(provider, rejected.reason).inc()
             return _problem(self, rejected.status, rejected.reason, rejected.detail)
-        await _publish(feedback)
+        await _publish(claims)
         metrics.WEBHOOKS.labels(provider, "accepted").inc()
-        return self.json({"accepted": len(feedback)})
+        return self.json({"accepted": sum(len(claim.feedback) for claim in claims)})
 
 
 def _page(web: View, state: str, status: int = 200) -> Response:
@@ -128,6 +121,6 @@ class OneClickUnsubscribe(View):
             send_id=found.send_id,
             event_id=f"unsubscribe:{found.send_id}",
         )
-        await _publish([fb])
+        await _publish([Claim((fb,))])
         metrics.UNSUBSCRIBES.labels("done").inc()
         return _page(self, "done")

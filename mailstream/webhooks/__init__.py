@@ -1,4 +1,5 @@
-"""Provider webhooks, verified and normalised: a request and the time in, Feedback out.
+"""Provider webhooks, verified and normalised: a request and the time in, Feedback out,
+as Claims the replay guard lets through once (mailstream.webhooks.replay).
 
 Pure: no I/O, no clock. The web layer enforces MAX_BODY (413), calls ``handle`` and answers
 a WebhookRejected with its status. SendGrid's handler needs ``cryptography``; it is
@@ -15,13 +16,13 @@ from pydantic import BaseModel
 from mailstream.exceptions import ConfigError
 from mailstream.webhooks.base import (
     MAX_BODY,
-    ReplayGuard,
     WebhookHandler,
     WebhookRejected,
     WebhookRequest,
 )
 from mailstream.webhooks.mailgun import MailgunWebhook
 from mailstream.webhooks.postmark import PostmarkWebhook
+from mailstream.webhooks.replay import Claim, feedback_of
 from mailstream.webhooks.settings import (
     MailgunWebhookSettings,
     PostmarkWebhookSettings,
@@ -33,17 +34,18 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_BODY",
+    "Claim",
     "MailgunWebhook",
     "MailgunWebhookSettings",
     "PostmarkWebhook",
     "PostmarkWebhookSettings",
-    "ReplayGuard",
     "SendGridWebhook",
     "SendGridWebhookSettings",
     "WebhookHandler",
     "WebhookRejected",
     "WebhookRequest",
     "build_webhooks",
+    "feedback_of",
 ]
 
 _SETTINGS: dict[str, type[BaseModel]] = {

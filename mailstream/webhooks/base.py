@@ -1,10 +1,9 @@
-"""What every provider webhook shares: the request, the refusal, replay memory, and the
-small readers that turn a provider's JSON into Feedback fields or a 400 naming the field."""
+"""What every provider webhook shares: the request, the refusal, and the small readers
+that turn a provider's JSON into Feedback fields or a 400 naming the field."""
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ from typing import Any, Protocol
 import orjson
 
 from mailstream.exceptions import ConfigError
-from mailstream.feedback import Feedback
+from mailstream.webhooks.replay import Claim
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +23,7 @@ REASON_LIMIT = 500
 
 class WebhookRejected(Exception):
     """A webhook request refused: ``status`` to answer, ``reason`` a short metric label
-    (bad_signature, missing_signature, stale, replayed, not_json, bad_shape, too_large,
+    (bad_signature, missing_signature, stale, not_json, bad_shape, too_large,
     unauthorized), ``detail`` what was wrong, for the response body and the log."""
 
     def __init__(self, status: int, reason: str, detail: str) -> None:
@@ -77,50 +76,12 @@ class WebhookRequest:
 
 
 class WebhookHandler(Protocol):
-    """Verifies one provider's webhook request, then parses it into feedback."""
+    """Verifies one provider's webhook request, then parses it into feedback, as claims:
+    each with the replay key it may be applied under once (mailstream.webhooks.replay)."""
 
     name: str
 
-    def handle(self, request: WebhookRequest, now: float) -> list[Feedback]: ...
-
-
-class ReplayGuard:
-    """Tokens seen in the last ``window_s`` seconds, at most ``max_tokens`` of them.
-
-    Bounded both ways so a flood of valid requests cannot grow it without limit: past
-    ``max_tokens`` the oldest are forgotten first (a replay of one of those would then
-    pass, which only a flood larger than the bound makes possible).
-    """
-
-    def __init__(self, window_s: float, max_tokens: int = 100_000) -> None:
-        if window_s <= 0:
-            raise ValueError("window_s must be positive")
-        if max_tokens < 1:
-            raise ValueError("max_tokens must be at least 1")
-        self.window_s = window_s
-        self.max_tokens = max_tokens
-        self._seen: OrderedDict[str, float] = OrderedDict()  # token -> when, oldest first
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def __repr__(self) -> str:
-        return f"ReplayGuard(window_s={self.window_s:g}, tokens={len(self._seen)})"
-
-    def seen(self, token: str, now: float) -> bool:
-        """True if ``token`` was seen within the window (a replay); records it otherwise."""
-        horizon = now - self.window_s
-        while self._seen:
-            oldest, when = next(iter(self._seen.items()))
-            if when > horizon:
-                break
-            del self._seen[oldest]
-        if token in self._seen:
-            return True
-        self._seen[token] = now
-        while len(self._seen) > self.max_tokens:
-            self._seen.popitem(last=False)
-        return False
+    def handle(self, request: WebhookRequest, now: float) -> list[Claim]: ...
 
 
 def read_secret(env: Mapping[str, str], variable: str, config_key: str, what: str) -> str:

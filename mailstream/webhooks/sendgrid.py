@@ -42,6 +42,7 @@ from mailstream.webhooks.base import (
     read_secret,
     trim_reason,
 )
+from mailstream.webhooks.replay import Claim, event_digest, sendgrid_key
 from mailstream.webhooks.settings import SendGridWebhookSettings
 
 __all__ = ["SendGridWebhook", "load_public_key", "parse_events", "verify_signature"]
@@ -166,7 +167,9 @@ def parse_events(doc: Any) -> list[Feedback]:
                 bounce=bounce,
                 reason=words,
                 url=maybe_str(event, "url") if kind == CLICK else None,
-                event_id=maybe_str(event, "sg_event_id"),
+                # Without SendGrid's id, the event's digest tells a repeat of it (a
+                # replay, a retry) from a new one: identical events are one event.
+                event_id=maybe_str(event, "sg_event_id") or f"sha256:{event_digest(event)}",
             )
         )
     return found
@@ -200,7 +203,12 @@ class SendGridWebhook:
             f"max_age={self.settings.max_age:g})"
         )
 
-    def handle(self, request: WebhookRequest, now: float) -> list[Feedback]:
+    def handle(self, request: WebhookRequest, now: float) -> list[Claim]:
         timestamp = verify_signature(self._public_key, request.headers, request.body)
         fresh(timestamp, now, self.settings.max_age)
-        return parse_events(parse_json(request.body, request.content_type))
+        feedback = parse_events(parse_json(request.body, request.content_type))
+        # The whole body is signed, so a replay repeats these very events: each is
+        # applied once, under its own key.
+        until = round((timestamp + self.settings.max_age) * 1000) + 1
+        received = round(now * 1000)
+        return [Claim((fb,), sendgrid_key(fb.event_id or ""), until, received) for fb in feedback]

@@ -170,6 +170,7 @@ class Deployment:
             "feedback",
             "suppression",
             "webhooks",
+            "feedback_claims",
         )
         return {n: f"{self.app_id}.{n}" for n in names} | {"partitions": PARTITIONS}  # type: ignore[dict-item]
 

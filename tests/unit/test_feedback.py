@@ -16,7 +16,9 @@ from mailstream.feedback import (
     Feedback,
     FeedbackSettings,
     apply_feedback,
+    destination,
 )
+from mailstream.suppression import Suppression
 from mailstream.users import UserState
 
 T = 1_800_000_000_000
@@ -106,3 +108,32 @@ def test_the_delivery_record_notes_each_report_once_latest_first() -> None:
         note_feedback(delivery, T + 100 + i, "click")
     assert len(delivery.feedback) == 10
     assert Delivery.decode(delivery.encode()) == delivery
+
+
+@pytest.mark.parametrize(
+    ("fb", "expected"),
+    [
+        # a user: to the feedback topic, keyed by user, for the user's worker
+        (Feedback(kind=OPEN, provider="sendgrid", at=T, user_id="u-1"), ("feedback", b"u-1")),
+        # only an address: what suppresses goes to the global list by address
+        (
+            Feedback(kind=BOUNCE, provider="mailgun", at=T, email="A@Example.com", bounce="hard"),
+            ("suppression", b"a@example.com"),
+        ),
+        (
+            Feedback(kind=COMPLAINT, provider="mailgun", at=T, email="a@example.com"),
+            ("suppression", b"a@example.com"),
+        ),
+        # ... and the rest has nowhere to go
+        (Feedback(kind=BOUNCE, provider="x", at=T, email="a@example.com", bounce="soft"), None),
+        (Feedback(kind=OPEN, provider="x", at=T, email="a@example.com"), None),
+        (Feedback(kind=COMPLAINT, provider="x", at=T, email="not an address"), None),
+    ],
+)
+def test_destination(fb: Feedback, expected: tuple[str, bytes] | None) -> None:
+    found = destination(fb, "feedback", "suppression")
+    assert (found[:2] if found else None) == expected
+    if found and found[0] == "feedback":
+        assert Feedback.decode(found[2]) == fb
+    if found and found[0] == "suppression":
+        assert Suppression.decode(found[2]).source == f"webhook:{fb.provider}"
