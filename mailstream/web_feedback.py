@@ -17,6 +17,7 @@ from mailstream import metrics
 from mailstream.app import app, config
 from mailstream.feedback import BOUNCE, COMPLAINT, UNSUBSCRIBE, Feedback
 from mailstream.pages import render_page
+from mailstream.partitioning import keyed_partition
 from mailstream.runtime import unsubscribe_tokens, webhook_handlers
 from mailstream.suppression import Suppression, normalise_address
 from mailstream.webhooks import MAX_BODY, WebhookRejected, WebhookRequest
@@ -39,9 +40,9 @@ async def _publish(feedback: list[Feedback]) -> None:
     for fb in feedback:
         key = fb.key()
         if key is not None:
-            pending.append(
-                await app.producer.send(config.topics.feedback, key, fb.encode(), None, None, None)
-            )
+            topic = config.topics.feedback
+            partition = await keyed_partition(app.producer, topic, key)  # the user's
+            pending.append(await app.producer.send(topic, key, fb.encode(), partition, None, None))
             continue
         address = normalise_address(fb.email or "")
         reason = (
@@ -53,7 +54,12 @@ async def _publish(feedback: list[Feedback]) -> None:
         entry = Suppression(reason, f"webhook:{fb.provider}", fb.at)
         pending.append(
             await app.producer.send(
-                config.topics.suppression, address.encode(), entry.encode(), None, None, None
+                config.topics.suppression,
+                address.encode(),
+                entry.encode(),
+                await keyed_partition(app.producer, config.topics.suppression, address.encode()),
+                None,
+                None,
             )
         )
         metrics.FEEDBACK.labels(fb.kind, "suppressed_by_address").inc()
