@@ -113,7 +113,8 @@ def local_stats() -> dict[str, Any]:
 def ledger(partitions: list[int]) -> dict[str, Any]:
     """Durable accounting of this worker's partitions: every event each has consumed,
     by outcome, since the partition's first event (kept in the users table, so it
-    survives restarts and moves with the partition)."""
+    survives restarts and moves with the partition). ``events`` is what was consumed,
+    rerouted copies included: those are consumed again in their user's partition."""
     outcomes: dict[str, int] = {}
     for p in partitions:
         raw = users.progress_note(p)
