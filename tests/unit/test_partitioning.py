@@ -26,6 +26,7 @@ from mailstream.ingest import (
 )
 from mailstream.outbox import Outbox, flush
 from mailstream.partitioning import keyed_partition, partition_for
+from mailstream.producer import EventProducer
 from mailstream.users import UserState
 
 NOW_MS = 1_700_000_000_000
@@ -230,22 +231,30 @@ class MetadataProducer:
         return acked()
 
 
-async def test_a_flush_sends_keyed_messages_to_their_keys_partition_or_the_one_named() -> None:
+async def test_a_flush_sends_each_keyed_message_to_its_keys_partition() -> None:
     producer = MetadataProducer({"sends": 4, "dlq": 3})
     box = Outbox()
     keys = [f"user-{n}".encode() for n in range(20)]
     for key in keys:
         box.send("sends", key, b"command")
     box.send("dlq", b"user-1", b"letter")
-    box.send("sends", b"user-1", b"moved", None, 2)
     box.send("dlq", None, b"keyless")
     await flush(producer, box)
 
     expected = [("sends", k, partition_for(k, 4)) for k in keys]
-    expected += [("dlq", b"user-1", partition_for(b"user-1", 3)), ("sends", b"user-1", 2)]
-    expected += [("dlq", None, None)]
+    expected += [("dlq", b"user-1", partition_for(b"user-1", 3)), ("dlq", None, None)]
     assert producer.sent == expected
     assert producer.asked == ["sends", "dlq"], "each topic's partitions asked once a flush"
+
+
+async def test_a_flush_sends_a_message_to_the_partition_it_names() -> None:
+    producer = MetadataProducer({"events": 4})
+    box = Outbox()
+    moved = b"user-1"
+    other = next(p for p in range(4) if p != partition_for(moved, 4))
+    box.send("events", moved, b"copy", [("trace", b"t")], other)
+    await flush(producer, box)
+    assert producer.sent == [("events", moved, other)]
 
 
 async def test_keyed_partition_asks_the_producer_under_fausts() -> None:
@@ -258,3 +267,28 @@ async def test_keyed_partition_asks_the_producer_under_fausts() -> None:
     assert await keyed_partition(FaustLike(), "events", b"u1") == partition_for(b"u1", 8)
     assert await keyed_partition(FaustLike(), "events", None) is None
     assert await keyed_partition(object(), "events", b"u1") is None
+
+
+async def test_event_producer_names_the_users_partition_whatever_its_partitioner(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[bytes | None, int | None]] = []
+
+    class Client:
+        """An aiokafka producer told to put everything in partition 0."""
+
+        def __init__(self, **options: Any) -> None:
+            assert options["partitioner"](b"any", [0, 1, 2, 3], []) == 0
+
+        async def partitions_for(self, topic: str) -> set[int]:
+            return set(range(PARTITIONS))
+
+        async def send(self, topic: str, value: bytes, *, key: Any, partition: Any = None) -> None:
+            sent.append((key, partition if partition is not None else 0))
+
+    monkeypatch.setattr("mailstream.producer.AIOKafkaProducer", Client)
+    producer = EventProducer("127.0.0.1:1", partitioner=lambda key, every, available: 0)
+    users = split_users(3)
+    for user in users:
+        await producer.identify(user, {"email": f"{user}@example.com"})
+    assert sent == [(u.encode(), partition_for(u.encode(), PARTITIONS)) for u in users]
