@@ -14,6 +14,7 @@ import aiohttp
 import orjson
 from confluent_kafka import Producer
 
+from mailstream.feedback import UNSUBSCRIBE, Feedback
 from mailstream.partitioning import partition_for
 from mailstream.unsubscribe import Unsubscribe, UnsubscribeTokens
 from tests.integration.harness import (
@@ -47,9 +48,9 @@ def split_user() -> str:
     raise AssertionError("no user id found whose partitions differ")
 
 
-def produce(servers: str, topic: str, user: str, event_type: str, payload: Any) -> int:
-    """One event through confluent-kafka's Producer as configured by default; returns the
-    partition it landed in."""
+def produce_raw(servers: str, topic: str, key: bytes, value: bytes) -> int:
+    """One message through confluent-kafka's Producer as configured by default; returns
+    the partition it landed in."""
     landed: list[int] = []
 
     def delivered(err: Any, msg: Any) -> None:
@@ -57,6 +58,13 @@ def produce(servers: str, topic: str, user: str, event_type: str, payload: Any) 
         landed.append(msg.partition())
 
     producer = Producer({"bootstrap.servers": servers})
+    producer.produce(topic, value, key=key, on_delivery=delivered)
+    assert producer.flush(10) == 0, "confluent-kafka did not deliver the message"
+    return landed[0]
+
+
+def produce(servers: str, topic: str, user: str, event_type: str, payload: Any) -> int:
+    """One event through confluent-kafka; returns the partition it landed in."""
     event = {
         "event_id": uuid.uuid4().hex,
         "event_type": event_type,
@@ -64,9 +72,7 @@ def produce(servers: str, topic: str, user: str, event_type: str, payload: Any) 
         "timestamp": int(time.time() * 1000),
         "payload": payload,
     }
-    producer.produce(topic, orjson.dumps(event), key=user.encode(), on_delivery=delivered)
-    assert producer.flush(10) == 0, "confluent-kafka did not deliver the event"
-    return landed[0]
+    return produce_raw(servers, topic, user.encode(), orjson.dumps(event))
 
 
 async def user_page(worker: Worker, user: str) -> dict[str, Any]:
@@ -146,3 +152,45 @@ async def test_an_unsubscribe_holds_for_a_user_whose_events_come_from_confluent_
     assert status == 200
     assert stats["ledger"]["rerouted"] == 2 and stats["ledger"]["processed"] == 2
     assert stats["totals"]["rerouted"] == 2
+
+
+async def test_feedback_written_outside_its_users_partition_is_applied_in_it(
+    deployment: Deployment,
+) -> None:
+    deployment.overrides["workflows"] = FLOWS
+    worker = deployment.worker("a").start()
+    await deployment.wait_ready([worker])
+    user = split_user()
+    async with deployment.producer() as p:  # murmur2: the user's partition
+        await p.identify(user, {"email": f"{user}@example.com", "consent": {"marketing": True}})
+        await p.flush()
+
+    async def identified() -> bool:
+        return "email" in (await user_page(worker, user)).get("traits", {})
+
+    await wait_for(identified, 15, "the identify to be applied")
+    # An unsubscribe written by a tool with confluent-kafka's default partitioner.
+    fb = Feedback(UNSUBSCRIBE, "one-click", int(time.time() * 1000), user_id=user, event_id="u1")
+    servers = deployment.broker.bootstrap_servers
+    feedback_topic = deployment.topics["feedback"]
+    landed = await asyncio.to_thread(
+        produce_raw, servers, feedback_topic, user.encode(), fb.encode()
+    )
+    assert landed != partition_for(user.encode(), PARTITIONS)
+
+    async def unsubscribe_applied() -> bool:
+        m = await worker.metrics()
+        return metric_sum(m, "mailstream_feedback_total", result="unsubscribe") == 1
+
+    await wait_for(unsubscribe_applied, 15, "the unsubscribe to be applied")
+    async with deployment.producer() as p:
+        await p.emit("signup", user)
+        await p.flush()
+    transactional = await read_json(deployment, deployment.topics["sends_transactional"], 1, 15)
+    assert [c["template"] for c in transactional] == ["welcome"]
+    marketing = await read_json(deployment, deployment.topics["sends_marketing"], 1, 3)
+    assert marketing == [], "no marketing send command after the unsubscribe"
+    page = await user_page(worker, user)
+    assert set(page["suppressions"]) == {"unsubscribe"} and "email" in page["traits"]
+    m = await worker.metrics()
+    assert metric_sum(m, "mailstream_feedback_total", result="rerouted") == 1
