@@ -10,11 +10,15 @@ aiokafka compute it. Ingest moves an event that arrives elsewhere (mailstream.in
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from aiokafka.partitioner import murmur2
 
 
+# murmur2 is pure Python, 2 to 6 µs a key (ingest checks every event's); a user's events
+# come in runs, and a hit costs 0.06 µs. 4,096 keys hold about a megabyte.
+@lru_cache(maxsize=4096)
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition of ``key`` among ``partitions``: Java's
     ``toPositive(murmur2(key)) % partitions``, as aiokafka's DefaultPartitioner."""
