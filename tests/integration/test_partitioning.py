@@ -150,7 +150,9 @@ async def test_an_unsubscribe_holds_for_a_user_whose_events_come_from_confluent_
     assert consumed == 4, "each event consumed where it landed and again where it was moved"
     status, stats = await worker.get("/api/local/stats")
     assert status == 200
-    assert stats["ledger"]["rerouted"] == 2 and stats["ledger"]["processed"] == 2
+    ledger = stats["ledger"]
+    assert ledger["rerouted"] == 2 and ledger["processed"] == 2
+    assert ledger["events"] == 2, "each produced event once, in its final outcome"
     assert stats["totals"]["rerouted"] == 2
 
 
