@@ -13,8 +13,9 @@ from mailstream.apply import dead_letter_message
 from mailstream.backfill import QUIET_SECONDS, Intake
 from mailstream.delivery import Delivery, delivery_key, note_feedback
 from mailstream.feedback import Feedback, FeedbackSettings, apply_feedback
-from mailstream.ingest import RawMessage
+from mailstream.ingest import NOT_READ, RawMessage
 from mailstream.outbox import STATE_LOCK, Outbox, flush
+from mailstream.partitioning import partition_for
 from mailstream.users import UserState, user_key
 from tables.deliveries import deliveries
 from tables.users import users
@@ -40,6 +41,13 @@ async def apply_batch(messages: list[RawMessage]) -> None:
     outbox = Outbox()
     states: dict[tuple[int, bytes], UserState] = {}
     for m in fresh:
+        home = None if m.key is None else partition_for(m.key, config.topics.partitions)
+        if home is not None and home != m.partition:
+            # Written by something that partitions otherwise: applied here it would start
+            # a second record for the user. Copied to the user's partition first.
+            outbox.send(TOPIC, m.key, m.value or b"", list(m.headers), home)
+            metrics.FEEDBACK.labels(NOT_READ, "rerouted").inc()
+            continue
         try:
             fb = Feedback.decode(m.value or b"")
         except (ValueError, TypeError) as exc:

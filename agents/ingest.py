@@ -26,6 +26,7 @@ from mailstream.engine import Effects
 from mailstream.events import Event
 from mailstream.ingest import (
     DEAD_LETTERED,
+    REROUTED,
     BatchResult,
     IngestSettings,
     RawMessage,
@@ -55,6 +56,7 @@ settings = IngestSettings(
     sampling={kind: rule.rule() for kind, rule in config.sampling.items()},
     throttling={kind: rule.rule() for kind, rule in config.throttling.items()},
     tenancy=tenancy,
+    partitions=config.topics.partitions,
 )
 # The tenants' events-per-second quotas: this worker's share, by the partitions it owns.
 event_rates = EventRates(tenancy)
@@ -92,6 +94,11 @@ def load_user(partition: int, key: bytes) -> UserState | None:
 def to_outbox(result: BatchResult, fresh: list[RawMessage], now: int) -> Outbox:
     """Everything the batch decided, with each partition's progress record last."""
     outbox = Outbox()
+    # Messages go out in the first stage, acknowledged before any progress record: a
+    # crash before the progress record copies again, and the copy is deduplicated.
+    for moved in result.reroutes:
+        m = moved.message
+        outbox.send(m.topic, m.key, m.value or b"", list(m.headers), moved.partition)
     for slot, state in result.changed.items():
         raw = state.encode()
         outbox.put(users, slot[0], slot[1], raw)
@@ -116,6 +123,8 @@ def count(result: BatchResult, consumed: int) -> None:
         if outcome == DEAD_LETTERED:
             metrics.DEAD_LETTERS.labels(label).inc(n)
             metrics.EVENT_OUTCOMES.labels(outcome, "invalid", tenant).inc(n)
+        elif outcome == REROUTED:  # moved unread: its type is counted where it lands
+            metrics.EVENT_OUTCOMES.labels(outcome, label, tenant).inc(n)
         else:
             metrics.EVENT_OUTCOMES.labels(outcome, metrics.event_type_label(label), tenant).inc(n)
     for tenant, n in result.tenant_throttled.items():

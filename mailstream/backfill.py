@@ -12,7 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mailstream import metrics
-from mailstream.ingest import RawMessage, plan_offsets
+from mailstream.ingest import RawMessage, headers_of, plan_offsets
 from mailstream.outbox import Outbox
 from mailstream.storage import PartitionStore, progress_key
 
@@ -65,7 +65,11 @@ class Backfill:
             for m in batch.get(tp, ()):
                 position = m.offset + 1
                 if m.offset >= start and (end is None or m.offset < end):
-                    found.append(RawMessage(m.topic, m.partition, m.offset, m.key, m.value))
+                    found.append(
+                        RawMessage(
+                            m.topic, m.partition, m.offset, m.key, m.value, headers_of(m.headers)
+                        )
+                    )
             if not batch:
                 if end is None:
                     return found
@@ -174,7 +178,7 @@ async def consume_in_batches(
     seen, for ``sweep_quiet_partitions``."""
     async for batch in stream.noack_take(size, within=within):
         messages = [
-            RawMessage(m.topic, m.partition, m.offset, m.key, m.value)
+            RawMessage(m.topic, m.partition, m.offset, m.key, m.value, headers_of(m.headers))
             for m in (event.message for event in batch)
         ]
         seen_at = time.monotonic()

@@ -24,6 +24,7 @@ from mailstream.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS
 from mailstream.broker import topic_partitions
 from mailstream.dlq import describe
 from mailstream.health_view import local_figures, workflow_health
+from mailstream.ingest import REROUTED
 from mailstream.pages import render_page
 from mailstream.ratelimit import warmup_cap
 from mailstream.runtime import tenancy
@@ -113,13 +114,16 @@ def local_stats() -> dict[str, Any]:
 def ledger(partitions: list[int]) -> dict[str, Any]:
     """Durable accounting of this worker's partitions: every event each has consumed,
     by outcome, since the partition's first event (kept in the users table, so it
-    survives restarts and moves with the partition)."""
+    survives restarts and moves with the partition). ``events`` counts the final
+    outcomes: each produced event once, in its user's partition, whichever partition it
+    was first ``rerouted`` from."""
     outcomes: dict[str, int] = {}
     for p in partitions:
         raw = users.progress_note(p)
         for outcome, n in (orjson.loads(raw) if raw else {}).items():
             outcomes[outcome] = outcomes.get(outcome, 0) + n
-    return {"partitions": len(partitions), "events": sum(outcomes.values()), **outcomes}
+    final = sum(n for outcome, n in outcomes.items() if outcome != REROUTED)
+    return {"partitions": len(partitions), "events": final, **outcomes}
 
 
 def _tenants(samples: Any, day: str) -> dict[str, dict[str, float]]:

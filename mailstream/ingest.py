@@ -10,6 +10,7 @@ import orjson
 
 from mailstream.dedup import id_hash
 from mailstream.events import Event, Invalid, decode_event
+from mailstream.partitioning import partition_for
 from mailstream.tenants import OTHER_LABEL, EventRates, Tenancy
 from mailstream.users import UserState, apply_event, user_key
 from mailstream.windows import SamplingRule, ThrottleRule, sample, throttle
@@ -19,7 +20,14 @@ DEDUPLICATED = "deduplicated"
 SAMPLED_OUT = "sampled_out"
 THROTTLED = "throttled"
 DEAD_LETTERED = "dead_lettered"
-OUTCOMES = (PROCESSED, DEDUPLICATED, SAMPLED_OUT, THROTTLED, DEAD_LETTERED)
+# Arrived in a partition other than its key's: copied there, decided there. Not final:
+# the copy ends in one of the outcomes above.
+REROUTED = "rerouted"
+OUTCOMES = (PROCESSED, DEDUPLICATED, SAMPLED_OUT, THROTTLED, DEAD_LETTERED, REROUTED)
+# The event type and tenant label of a rerouted event: it is moved unread.
+NOT_READ = "(not read)"
+
+Headers = tuple[tuple[str, bytes], ...]
 
 
 @dataclass(slots=True, frozen=True)
@@ -31,6 +39,24 @@ class RawMessage:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: Headers = ()
+
+
+def headers_of(raw: Any) -> Headers:
+    """A consumed record's headers as (name, bytes) pairs, from a client's sequence of
+    pairs or mapping (or None)."""
+    if not raw:
+        return ()
+    items = raw.items() if isinstance(raw, Mapping) else raw
+    return tuple((str(name), bytes(value or b"")) for name, value in items)
+
+
+@dataclass(slots=True, frozen=True)
+class Reroute:
+    """A message to copy, as it came, to ``partition`` of its topic: its key's."""
+
+    message: RawMessage
+    partition: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,6 +76,9 @@ class IngestSettings:
     throttling: Mapping[str, ThrottleRule] = field(default_factory=dict)
     # None: every tenant is allowed, with no quota
     tenancy: Tenancy | None = None
+    # the events topic's partitions, to re-route a message that is not in its key's
+    # partition (partition_for); None: take every message where it is
+    partitions: int | None = None
 
 
 @dataclass(slots=True)
@@ -58,6 +87,8 @@ class BatchResult:
 
     changed: dict[tuple[int, bytes], UserState] = field(default_factory=dict)
     dead_letters: list[DeadLetter] = field(default_factory=list)
+    # messages to copy to their key's partition, in order
+    reroutes: list[Reroute] = field(default_factory=list)
     # (outcome, event_type or reason code, tenant label) -> count
     counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
@@ -168,6 +199,9 @@ def ingest_batch(
 ) -> BatchResult:
     """Decide every message of a batch in order; each ends in exactly one outcome.
 
+    A keyed message in a partition other than its key's (``settings.partitions``) is
+    ``rerouted``: read no further, to be copied to that partition and decided there.
+
     A user touched several times in the batch is loaded once and written once.
     ``react`` (the workflow engine) sees each processed event right after it is folded
     into the user's state, so it sees the state as of that event. ``rates`` holds the
@@ -181,6 +215,14 @@ def ingest_batch(
     loaded: dict[tuple[int, bytes], UserState] = {}  # read once, whether or not it changes
     now_s = now_ms // 1000
     for msg in messages:
+        # First, before anything is read: a user's state lives in the partition of the
+        # key, whichever partitioner the producer used.
+        if settings.partitions is not None and msg.key is not None:
+            home = partition_for(msg.key, settings.partitions)
+            if home != msg.partition:
+                result.reroutes.append(Reroute(msg, home))
+                result.count(REROUTED, NOT_READ, msg.partition, NOT_READ)
+                continue
         decoded = decode_event(
             msg.value, max_bytes=settings.max_event_bytes, default_tenant=settings.default_tenant
         )

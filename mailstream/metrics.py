@@ -28,8 +28,10 @@ EVENTS_CONSUMED = Counter(
 )
 EVENT_OUTCOMES = Counter(
     "mailstream_events_total",
-    "Consumed events by final outcome, event type (invalid events have type 'invalid') and"
-    " tenant (configured tenants and the default; '(other)' for the rest).",
+    "Consumed events by outcome, event type (invalid events have type 'invalid') and"
+    " tenant (configured tenants and the default; '(other)' for the rest). rerouted (type"
+    " and tenant '(not read)'): found outside its user's partition and copied there, where"
+    " it ends in one of the final outcomes.",
     ["outcome", "event_type", "tenant"],
 )
 DEAD_LETTERS = Counter(
@@ -175,7 +177,8 @@ FEEDBACK = Counter(
     "mailstream_feedback_total",
     "Feedback events by kind and what they did: hard_bounce, complaint, unsubscribe"
     " (suppressions), soft_bounce, delivered, open, click, no_change, duplicate, no_user,"
-    " suppressed_by_address.",
+    " suppressed_by_address; rerouted (kind '(not read)'): found outside its user's"
+    " partition and copied there, where it is counted again.",
     ["kind", "result"],
 )
 UNSUBSCRIBES = Counter(

@@ -8,9 +8,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mailstream import metrics
+from mailstream.partitioning import partition_count, partition_for
 from mailstream.storage import PartitionStore
 
 Headers = list[tuple[str, bytes]]
+# topic, key, value, headers, partition (None: the key's, from partition_for)
+Message = tuple[str, bytes | None, bytes, Headers | None, int | None]
 
 
 class Consumed(Protocol):
@@ -41,7 +44,7 @@ class Outbox:
     writes: dict[int, dict[tuple[PartitionStore, int], dict[bytes, bytes | None]]] = field(
         default_factory=lambda: {stage: {} for stage in STAGES}
     )
-    messages: list[tuple[str, bytes | None, bytes, Headers | None]] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
 
     def put(
         self,
@@ -130,10 +133,16 @@ class Outbox:
             self.put(store, partition, key, value)
 
     def send(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers | None = None,
+        partition: int | None = None,
     ) -> None:
-        """A message to a topic; sent with the first stage, before any state."""
-        self.messages.append((topic, key, value, headers))
+        """A message to a topic; sent with the first stage, before any state. Without
+        ``partition``, a keyed message goes to its key's partition (partition_for)."""
+        self.messages.append((topic, key, value, headers, partition))
 
     def __bool__(self) -> bool:
         return bool(self.messages or any(self.writes.values()))
@@ -171,7 +180,7 @@ async def flush(producer: Any, outbox: Outbox, staged: Callable[[int], None] | N
 async def _send_stage(
     producer: Any,
     items: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]],
-    messages: list[tuple[str, bytes | None, bytes, Headers | None]],
+    messages: list[Message],
 ) -> dict[tuple[PartitionStore, int], int]:
     """Send one stage's changelog records (and messages) and wait for the broker's
     acknowledgement. Returns the highest changelog offset acknowledged per slot."""
@@ -185,8 +194,15 @@ async def _send_stage(
             for key, value in records.items():
                 pending.append((slot, 1, await _send_record(producer, slot, key, value)))
     futures = [future for _, _, future in pending]
-    for topic, msg_key, value, headers in messages:
-        futures.append(await producer.send(topic, msg_key, value, None, None, headers))
+    counts: dict[str, int | None] = {}  # topic -> its partitions, asked once a flush
+    for topic, msg_key, value, headers, partition in messages:
+        if partition is None and msg_key is not None:
+            # Never the client's default partitioner: the engine's, whatever that is.
+            if topic not in counts:
+                counts[topic] = await partition_count(producer, topic)
+            count = counts[topic]
+            partition = None if count is None else partition_for(msg_key, count)
+        futures.append(await producer.send(topic, msg_key, value, partition, None, headers))
     last: dict[tuple[PartitionStore, int], int] = {}
     if not futures:
         return last
@@ -199,11 +215,9 @@ async def _send_stage(
     return last
 
 
-def _hand_off(
-    messages: list[tuple[str, bytes | None, bytes, Headers | None]], acked: list[Any]
-) -> None:
+def _hand_off(messages: list[Message], acked: list[Any]) -> None:
     written: dict[str, list[Written]] = {}
-    for (topic, key, value, _), md in zip(messages, acked, strict=True):
+    for (topic, key, value, _, _), md in zip(messages, acked, strict=True):
         if topic in HANDOFF:
             written.setdefault(topic, []).append((topic, md.partition, md.offset, key, value))
     for topic, items in written.items():

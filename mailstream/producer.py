@@ -10,10 +10,13 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from mailstream.config import Config
+from mailstream.partitioning import keyed_partition
 
 
 class EventProducer:
-    """Send events to ``mailstream.events``, keyed by user id.
+    """Send events to ``mailstream.events``, keyed by user id, each to its user's
+    partition as the engine reckons it (mailstream.partitioning), whatever partitioner
+    ``producer_options`` name.
 
     Fills in ``event_id`` (a UUID) and ``timestamp`` (now, epoch ms) when absent::
 
@@ -84,7 +87,8 @@ class EventProducer:
 
     async def send_raw(self, key: bytes | None, value: bytes, *, wait: bool = False) -> None:
         """Send bytes as they are (for tools and tests that need malformed events)."""
-        future = await self._producer.send(self.topic, value, key=key)
+        partition = await keyed_partition(self._producer, self.topic, key)
+        future = await self._producer.send(self.topic, value, key=key, partition=partition)
         if wait:
             await future
 

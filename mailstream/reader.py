@@ -27,7 +27,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mailstream.ingest import RawMessage
+from mailstream.ingest import RawMessage, headers_of
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,10 @@ class DirectReader:
                 if records[0].offset < taken:  # records come in offset order
                     self.fetched_again += sum(1 for m in records if m.offset < taken)
                 messages.extend(
-                    RawMessage(m.topic, m.partition, m.offset, m.key, m.value) for m in records
+                    RawMessage(
+                        m.topic, m.partition, m.offset, m.key, m.value, headers_of(m.headers)
+                    )
+                    for m in records
                 )
         return _in_order(messages)
 

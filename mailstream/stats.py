@@ -20,6 +20,8 @@ FIGURES: dict[str, tuple[str, dict[str, str]]] = {
     "sampled_out": ("mailstream_events_total", {"outcome": "sampled_out"}),
     "throttled": ("mailstream_events_total", {"outcome": "throttled"}),
     "dead_lettered": ("mailstream_dead_letters_total", {}),
+    # copied to their user's partition; each copy is consumed and counted again there
+    "rerouted": ("mailstream_events_total", {"outcome": "rerouted"}),
     "suppressed": ("mailstream_send_decisions_total", {"reason": "suppressed"}),
     "globally_suppressed": (
         "mailstream_send_decisions_total",

@@ -24,6 +24,7 @@ from mailstream.broker import COMPACTED, ensure_topics, topic_partitions
 from mailstream.config import Config
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.metrics import SUPPRESSION_LIST_SIZE
+from mailstream.partitioning import keyed_partition
 from mailstream.suppression import Suppression, normalise_address
 
 logger = logging.getLogger(__name__)
@@ -387,7 +388,13 @@ async def publish(config: Config, changes: list[tuple[str, Suppression | None]])
     except Exception as exc:
         raise BrokerError(f"cannot reach the broker at {config.bootstrap_servers}: {exc}") from exc
     try:
-        pending = [await producer.send(topic, value, key=key) for key, value in keyed]
+        # Every entry for an address in one partition, or compaction keeps stale ones.
+        pending = [
+            await producer.send(
+                topic, value, key=key, partition=await keyed_partition(producer, topic, key)
+            )
+            for key, value in keyed
+        ]
         await asyncio.gather(*pending)
     finally:
         await producer.stop()

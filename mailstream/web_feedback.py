@@ -19,6 +19,7 @@ from mailstream import metrics
 from mailstream.app import app, config
 from mailstream.feedback import UNSUBSCRIBE, Feedback, destination
 from mailstream.pages import render_page
+from mailstream.partitioning import keyed_partition
 from mailstream.request_body import read_body
 from mailstream.runtime import unsubscribe_tokens, webhook_handlers
 from mailstream.webhooks import MAX_BODY, Claim, WebhookRejected, WebhookRequest
@@ -40,8 +41,9 @@ async def _publish(claims: list[Claim]) -> None:
     pending = []
     for claim in claims:
         if claim.key is not None:
-            message = (config.topics.feedback_claims, claim.key.encode(), claim.encode())
-            pending.append(await app.producer.send(*message, None, None, None))
+            topic, key = config.topics.feedback_claims, claim.key.encode()
+            partition = await keyed_partition(app.producer, topic, key)
+            pending.append(await app.producer.send(topic, key, claim.encode(), partition, None, None))
             continue
         for fb in claim.feedback:
             found = destination(fb, config.topics.feedback, config.topics.suppression)
@@ -49,7 +51,8 @@ async def _publish(claims: list[Claim]) -> None:
                 metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
                 continue
             topic, key, value = found
-            pending.append(await app.producer.send(topic, key, value, None, None, None))
+            partition = await keyed_partition(app.producer, topic, key)  # the user's
+            pending.append(await app.producer.send(topic, key, value, partition, None, None))
             if topic == config.topics.suppression:
                 metrics.FEEDBACK.labels(fb.kind, "suppressed_by_address").inc()
     for future in pending:
