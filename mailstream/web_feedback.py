@@ -43,7 +43,8 @@ async def _publish(claims: list[Claim]) -> None:
         if claim.key is not None:
             topic, key = config.topics.feedback_claims, claim.key.encode()
             partition = await keyed_partition(app.producer, topic, key)
-            pending.append(await app.producer.send(topic, key, claim.encode(), partition, None, None))
+            sent = await app.producer.send(topic, key, claim.encode(), partition, None, None)
+            pending.append(sent)
             continue
         for fb in claim.feedback:
             found = destination(fb, config.topics.feedback, config.topics.suppression)
