@@ -506,14 +506,16 @@ def applier_run(body: dict[str, Any], traits: dict[str, Any]) -> Any:
 
 
 def test_the_applier_emits_the_command_keyed_by_user() -> None:
-    [(topic, key, value, headers)] = applier_run({"e": "{{ user.email }}"}, {"email": "a@x.test"})
+    [(topic, key, value, headers, _partition)] = applier_run(
+        {"e": "{{ user.email }}"}, {"email": "a@x.test"}
+    )
     assert (topic, key, headers) == ("hooks", b"u1", None)
     command = orjson.loads(value)
     assert command["body"] == {"e": "a@x.test"} and command["created_at"] == 99
 
 
 def test_a_body_that_does_not_render_is_dead_lettered_with_its_key() -> None:
-    [(topic, key, value, headers)] = applier_run({"e": "{{ user.email }}"}, {})
+    [(topic, key, value, headers, _partition)] = applier_run({"e": "{{ user.email }}"}, {})
     assert (topic, key) == ("dlq", b"u1")
     found = dict(headers or [])
     assert found["mailstream.reason_code"] == b"webhook_body_error"
