@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 
 from mailstream.dedup import id_hash
-from mailstream.events import Event, Invalid, decode_event
+from mailstream.events import DEFAULT_LIMITS, IDENTIFY, Event, Invalid, Limits, decode_event
 from mailstream.tenants import OTHER_LABEL, EventRates, Tenancy
-from mailstream.users import UserState, apply_event, user_key
+from mailstream.users import UserState, apply_event, identify_problem, user_key
 from mailstream.windows import SamplingRule, ThrottleRule, sample, throttle
 
 PROCESSED = "processed"
@@ -50,6 +50,7 @@ class IngestSettings:
     throttling: Mapping[str, ThrottleRule] = field(default_factory=dict)
     # None: every tenant is allowed, with no quota
     tenancy: Tenancy | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(slots=True)
@@ -182,7 +183,10 @@ def ingest_batch(
     now_s = now_ms // 1000
     for msg in messages:
         decoded = decode_event(
-            msg.value, max_bytes=settings.max_event_bytes, default_tenant=settings.default_tenant
+            msg.value,
+            max_bytes=settings.max_event_bytes,
+            default_tenant=settings.default_tenant,
+            limits=settings.limits,
         )
         if isinstance(decoded, Invalid):
             result.dead_letters.append(DeadLetter(msg, decoded.code, decoded.reason))
@@ -217,6 +221,12 @@ def ingest_batch(
         if state.seen.has(digest):
             result.count(DEDUPLICATED, decoded.event_type, msg.partition, label)
             continue
+        if decoded.event_type == IDENTIFY:
+            too_large = identify_problem(state, decoded.payload, settings.limits)
+            if too_large is not None:  # the state stays as it was
+                result.dead_letters.append(DeadLetter(msg, too_large.code, too_large.reason))
+                result.count(DEAD_LETTERED, too_large.code, msg.partition, label)
+                continue
         dropped = admit(state, decoded, now_ms, settings)
         if dropped is not None:
             # Nothing is written for it: not the state, not even the dedup window.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import orjson
 
 from mailstream.dedup import SeenIds
-from mailstream.events import CONSENT_FLAGS, Event, normalise_email
+from mailstream.events import CONSENT_FLAGS, Event, Invalid, Limits, normalise_email
 from mailstream.suppression import Suppression
 
 _HEADER = struct.Struct("<BI")
@@ -185,6 +186,29 @@ def merge_traits(state: UserState, traits: dict[str, Any]) -> None:
             state.traits[name] = value
 
 
+def identify_problem(state: UserState, traits: dict[str, Any], limits: Limits) -> Invalid | None:
+    """Why applying an identify's ``traits`` would make the user's record too large (too
+    many traits, or too many bytes: every later event rewrites the whole record); None
+    when it fits. ``state`` is left as it is either way."""
+    trial = dataclasses.replace(state, traits=dict(state.traits), consent=dict(state.consent))
+    merge_traits(trial, traits)
+    if len(trial.traits) > limits.max_traits:
+        return Invalid(
+            "user_too_large",
+            f"payload would give user {state.user_id[:80]!r} {len(trial.traits)} traits,"
+            f" over the limit of {limits.max_traits} (ingest.limits.max_traits)",
+        )
+    size = len(trial.encode())
+    if size > limits.max_user_record_bytes:
+        return Invalid(
+            "user_too_large",
+            f"payload would make the record of user {state.user_id[:80]!r} {size} bytes,"
+            f" over the limit of {limits.max_user_record_bytes}"
+            " (ingest.limits.max_user_record_bytes)",
+        )
+    return None
+
+
 def apply_event(state: UserState, event: Event) -> None:
     """Fold one new (already deduplicated) event into the user's state."""
     if state.first_seen is None or event.timestamp < state.first_seen:
@@ -197,4 +221,12 @@ def apply_event(state: UserState, event: Event) -> None:
     state.events[event.event_type] = state.events.get(event.event_type, 0) + 1
 
 
-__all__ = ["CONSENT_FLAGS", "UserState", "apply_event", "merge_traits", "split_key", "user_key"]
+__all__ = [
+    "CONSENT_FLAGS",
+    "UserState",
+    "apply_event",
+    "identify_problem",
+    "merge_traits",
+    "split_key",
+    "user_key",
+]
