@@ -121,6 +121,21 @@ def _too_big(what: str, path: str, size: int, limit: int, key: str) -> Invalid:
     )
 
 
+def within_limits(raw: bytes, limits: Limits) -> bool:
+    """True when the bytes of an event are too few to break any of ``limits``, which
+    then need no walk: most events. Each count bounds what it stands for from above (a
+    brace inside a string only counts one more)."""
+    if len(raw) > limits.max_string_chars:
+        return False
+    keys = raw.count(b":")
+    return (
+        raw.count(b"{") + raw.count(b"[") <= limits.max_depth  # the event object is one
+        and keys <= limits.max_keys
+        and keys <= limits.max_total_keys
+        and raw.count(b",") < limits.max_list_items
+    )
+
+
 def check_limits(parts: dict[str, dict[str, Any]], limits: Limits) -> Invalid | None:
     """The first value of ``parts`` (name -> object, e.g. payload and metadata) that is
     nested too deep, has too many keys, or holds a string or array too long; None when
@@ -310,9 +325,10 @@ def decode_event(
     metadata = _object_field(doc, "metadata")
     if isinstance(metadata, Invalid):
         return metadata
-    problem = check_limits({"payload": payload, "metadata": metadata}, limits)
-    if problem is not None:
-        return problem
+    if not within_limits(raw, limits):
+        problem = check_limits({"payload": payload, "metadata": metadata}, limits)
+        if problem is not None:
+            return problem
     tenant = doc.get("tenant_id")
     if tenant is None:
         tenant = default_tenant

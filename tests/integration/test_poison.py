@@ -73,6 +73,7 @@ async def produce(deployment: Deployment, messages: list[tuple[bytes, bytes]]) -
 
 async def ledger_of(worker: Worker, total: int, timeout: float) -> dict[str, Any]:
     async def accounted() -> dict[str, Any] | None:
+        assert worker.alive(), f"worker {worker.name} exited:\n{worker.log_tail()}"
         status, stats = await worker.get("/api/local/stats")
         assert status == 200, stats
         return stats["ledger"] if stats["ledger"]["events"] >= total else None

@@ -14,7 +14,15 @@ import pytest
 
 from mailstream.apply import PRODUCER_MAX_REQUEST_BYTES, dead_letter_message, fit_dead_letter
 from mailstream.config import parse_config
-from mailstream.events import DEFAULT_LIMITS, Event, Invalid, Limits, decode_event
+from mailstream.events import (
+    DEFAULT_LIMITS,
+    Event,
+    Invalid,
+    Limits,
+    check_limits,
+    decode_event,
+    within_limits,
+)
 from mailstream.exceptions import ConfigError
 from mailstream.ingest import DEAD_LETTERED, PROCESSED, IngestSettings, RawMessage, ingest_batch
 from mailstream.loadgen import synthetic_events
@@ -290,3 +298,28 @@ def test_a_bad_limit_fails_at_start_naming_the_key() -> None:
         parse_config({"ingest": {"limits": {"max_depth": 500}}}, "mailstream.yaml", env={})
 
     assert "ingest.limits.max_depth" in str(info.value)
+
+
+def random_value(rng: random.Random, depth: int) -> Any:
+    roll = rng.random()
+    if depth > 6 or roll < 0.4:
+        return rng.choice([1, "ab", "a{[:,", None, True, "x" * rng.randint(0, 12)])
+    if roll < 0.7:
+        return [random_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return {f"k{i}": random_value(rng, depth + 1) for i in range(rng.randint(0, 4))}
+
+
+def test_the_quick_byte_count_never_passes_an_event_the_walk_refuses() -> None:
+    rng = random.Random(5)
+    limits = Limits(
+        max_depth=5, max_keys=12, max_total_keys=16, max_string_chars=4096, max_list_items=6
+    )
+    refused = quick = 0
+    for _ in range(3000):
+        payload = {f"p{i}": random_value(rng, 2) for i in range(rng.randint(0, 3))}
+        walked = check_limits({"payload": payload, "metadata": {}}, limits)
+        refused += walked is not None
+        if within_limits(raw(payload), limits):
+            quick += 1
+            assert walked is None, payload
+    assert refused > 100 and quick > 100, (refused, quick)
