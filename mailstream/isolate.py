@@ -34,10 +34,17 @@ GiveUp = Callable[[T, Exception], Awaitable[None]]
 
 def transient(exc: BaseException) -> bool:
     """Whether ``exc`` comes from the surroundings rather than from the input: trying
-    the same input again later may well succeed."""
-    if isinstance(exc, KafkaError):
-        return bool(exc.retriable) or isinstance(exc, KafkaConnectionError | KafkaTimeoutError)
-    return isinstance(exc, TimeoutError | ConnectionError | OSError | asyncio.CancelledError)
+    the same input again later may well succeed. Faust wraps the producer's errors
+    (ProducerSendError), so the errors it was raised from count too."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KafkaError):
+            if seen.retriable or isinstance(seen, KafkaConnectionError | KafkaTimeoutError):
+                return True
+        elif isinstance(seen, TimeoutError | ConnectionError | OSError | asyncio.CancelledError):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def describe(exc: BaseException, limit: int = 500) -> str:

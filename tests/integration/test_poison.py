@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,10 @@ def huge(user: str, size: int) -> tuple[bytes, bytes]:
     return key, value
 
 
+async def _at_least(probe: Callable[[], Awaitable[float]], n: float) -> bool:
+    return await probe() >= n
+
+
 async def produce(deployment: Deployment, messages: list[tuple[bytes, bytes]]) -> None:
     async with deployment.producer() as producer:
         for key, value in messages:
@@ -78,7 +83,10 @@ async def ledger_of(worker: Worker, total: int, timeout: float) -> dict[str, Any
         assert status == 200, stats
         return stats["ledger"] if stats["ledger"]["events"] >= total else None
 
-    return await wait_for(accounted, timeout, f"{total} events in the ledger")
+    # wait_for hands back a connection error as its last answer: the worker is gone
+    ledger = await wait_for(accounted, timeout, f"{total} events in the ledger")
+    assert isinstance(ledger, dict), f"{ledger!r}; worker log:\n{worker.log_tail()}"
+    return ledger
 
 
 async def test_poison_events_are_dead_lettered_and_the_worker_goes_on(
@@ -184,10 +192,10 @@ automation.Automation.on_timer = on_timer
 """
 
 
-def with_injected_failures(worker: Worker, root: Path) -> Worker:
+def with_injected_failures(worker: Worker, root: Path, code: str = SITECUSTOMIZE) -> Worker:
     site = root / "inject"
     site.mkdir(exist_ok=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    (site / "sitecustomize.py").write_text(code)
     path = worker.env.get("PYTHONPATH")
     worker.env["PYTHONPATH"] = str(site) + (f":{path}" if path else "")
     return worker
@@ -257,3 +265,68 @@ async def test_an_engine_exception_costs_one_event_or_timer_not_the_batch(
     log = worker.log_path.read_text(errors="replace")
     assert "Traceback" not in log
     assert log.count("dead-lettered (engine_error)") == 2
+
+
+# The send command of one user's receipt grows past what the producer may send (as a
+# receipt for 21,000 items once did): the flush fails, not the decision.
+OVERSIZED_SEND = """
+import mailstream.sends as sends
+
+_send_command = sends.send_command
+
+
+def send_command(user, intent, rendered, now):
+    command = _send_command(user, intent, rendered, now)
+    if user.user_id == "fat":
+        command["html"] = "x" * 1_500_000
+    return command
+
+
+sends.send_command = send_command
+"""
+
+
+async def test_a_send_command_too_large_to_flush_costs_its_event_not_the_batch(
+    deployment: Deployment,
+) -> None:
+    deployment.overrides["workflows"] = FLOWS
+    worker = deployment.worker("a")
+    worker = with_injected_failures(worker, deployment.root, OVERSIZED_SEND).start()
+    await deployment.wait_ready([worker])
+    users = [f"user-{i}" for i in range(10)]
+    messages = [event("identify", u, {"email": f"{u}@example.com"}) for u in [*users, "fat"]]
+    for u in users[:5]:
+        messages.append(event("order_completed", u, {"order_id": f"O-{u}", "total": 5}))
+    messages.append(event("order_completed", "fat", {"order_id": "F", "total": 5}))
+    for u in users[5:]:
+        messages.append(event("order_completed", u, {"order_id": f"O-{u}", "total": 5}))
+    await produce(deployment, messages)
+
+    ledger = await ledger_of(worker, len(messages), timeout=30)
+    assert ledger == {
+        "partitions": 4,
+        "events": len(messages),
+        "processed": len(messages) - 1,
+        "dead_lettered": 1,
+    }
+    [letter] = await deployment.read_topic(deployment.topics["dlq"], 1, timeout=10)
+    assert letter.key == b"fat"
+    headers = dict(letter.headers)
+    assert headers["mailstream.reason_code"] == b"engine_error"
+    assert headers["mailstream.reason"].startswith(b"processing the event failed: ")
+    assert b"MessageSizeTooLargeError" in headers["mailstream.reason"]
+
+    # Every other receipt is sent once. A failed flush may have written some commands
+    # already; their send ids make the second copies duplicates.
+    async def queued() -> float:
+        m = await worker.metrics()
+        return metric_sum(m, "mailstream_deliveries_total", result="queued")
+
+    await wait_for(lambda: _at_least(queued, 10), 15, "10 receipts queued")
+    assert await queued() == 10
+    commands = await read_json(deployment, deployment.topics["sends_transactional"], 10, 5)
+    assert sorted({c["user_id"] for c in commands}) == users
+    assert len({c["send_id"] for c in commands}) == 10
+    status, fat = await worker.get("/api/users/fat")
+    assert status == 200 and fat["events"] == {}  # the order was not applied
+    assert worker.alive()

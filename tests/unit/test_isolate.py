@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, RequestTimedOutError
+from faust.exceptions import ProducerSendError
 
 from mailstream.isolate import Unsettled, describe, isolate, transient
 from mailstream.outbox import STATE, Outbox
@@ -112,6 +113,22 @@ def test_which_errors_are_transient() -> None:
     assert not transient(MessageSizeTooLargeError())
     assert not transient(TypeError("Recursion limit reached"))
     assert not transient(ValueError("a record of 5000000 bytes does not fit a batch"))
+
+
+def wrapped(cause: Exception) -> Exception:
+    """An error as Faust's producer raises it: ProducerSendError from the client's."""
+    try:
+        try:
+            raise cause
+        except Exception as exc:
+            raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+    except ProducerSendError as outer:
+        return outer
+
+
+def test_an_error_wrapped_by_faust_is_judged_by_its_cause() -> None:
+    assert transient(wrapped(KafkaConnectionError("no broker")))
+    assert not transient(wrapped(MessageSizeTooLargeError()))
 
 
 def test_describe_is_one_short_line() -> None:
