@@ -119,7 +119,8 @@ class IngestLimits(_Section):
     max_list_items: int = Field(1_000, ge=1, le=1_000_000)
     # traits a user may have; an identify that would exceed it is dead-lettered
     max_traits: int = Field(200, ge=5, le=100_000)
-    # bytes of a user record once an identify is applied; over it: dead-lettered
+    # bytes of a user record (less its dedup memory) once an identify is applied; an
+    # identify that would go over it and adds traits or bytes is dead-lettered
     max_user_record_bytes: int = Field(131_072, ge=4096, le=900_000)
 
     def limits(self) -> Limits:

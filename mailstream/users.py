@@ -186,20 +186,29 @@ def merge_traits(state: UserState, traits: dict[str, Any]) -> None:
             state.traits[name] = value
 
 
+def record_size(state: UserState) -> int:
+    """The bytes of a user's record, less its dedup memory (bounded on its own by
+    ``ingest.dedup_max_ids_per_user``)."""
+    return len(state.encode()) - len(state.seen.to_bytes())
+
+
 def identify_problem(state: UserState, traits: dict[str, Any], limits: Limits) -> Invalid | None:
     """Why applying an identify's ``traits`` would make the user's record too large (too
     many traits, or too many bytes: every later event rewrites the whole record); None
-    when it fits. ``state`` is left as it is either way."""
+    when it fits. An identify that adds nothing (a consent withdrawn, a trait changed
+    for a shorter one, one removed) always fits, so a record grown large by other means
+    never refuses it. ``state`` is left as it is either way."""
     trial = dataclasses.replace(state, traits=dict(state.traits), consent=dict(state.consent))
     merge_traits(trial, traits)
-    if len(trial.traits) > limits.max_traits:
+    count = len(trial.traits)
+    if count > limits.max_traits and count > len(state.traits):
         return Invalid(
             "user_too_large",
-            f"payload would give user {state.user_id[:80]!r} {len(trial.traits)} traits,"
+            f"payload would give user {state.user_id[:80]!r} {count} traits,"
             f" over the limit of {limits.max_traits} (ingest.limits.max_traits)",
         )
-    size = len(trial.encode())
-    if size > limits.max_user_record_bytes:
+    size = record_size(trial)
+    if size > limits.max_user_record_bytes and _adds_to(trial, state):
         return Invalid(
             "user_too_large",
             f"payload would make the record of user {state.user_id[:80]!r} {size} bytes,"
@@ -207,6 +216,13 @@ def identify_problem(state: UserState, traits: dict[str, Any], limits: Limits) -
             " (ingest.limits.max_user_record_bytes)",
         )
     return None
+
+
+def _adds_to(trial: UserState, state: UserState) -> bool:
+    """Whether ``trial``'s traits or consent flags take more room than ``state``'s."""
+    return len(trial.consent) > len(state.consent) or len(orjson.dumps(trial.traits)) > len(
+        orjson.dumps(state.traits)
+    )
 
 
 def apply_event(state: UserState, event: Event) -> None:

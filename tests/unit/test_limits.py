@@ -323,3 +323,33 @@ def test_the_quick_byte_count_never_passes_an_event_the_walk_refuses() -> None:
             quick += 1
             assert walked is None, payload
     assert refused > 100 and quick > 100, (refused, quick)
+
+
+def test_the_dedup_memory_does_not_count_against_the_record_size() -> None:
+    state = UserState("default", "busy")
+    for i in range(15_000):  # a busy day: 15,000 event ids remembered, about 180 KB
+        state.seen.remember(i, 1_700_000_000 + i)
+    assert len(state.encode()) > DEFAULT_LIMITS.max_user_record_bytes
+
+    assert identify_problem(state, {"email": "busy@example.com"}, DEFAULT_LIMITS) is None
+
+
+def test_an_identify_that_adds_nothing_fits_a_record_already_over_the_limit() -> None:
+    # Grown large by a workflow's context, say, or under a higher limit before.
+    state = UserState(
+        "default",
+        "ada",
+        traits={f"t{i}": i for i in range(250)} | {"bio": "x" * 200_000},
+        consent={"marketing": True},
+    )
+    limits = DEFAULT_LIMITS
+
+    assert identify_problem(state, {"consent": {"marketing": False}}, limits) is None
+    assert identify_problem(state, {"bio": "shorter", "t1": None}, limits) is None
+    assert identify_problem(state, {"t2": 3}, limits) is None
+    grows = identify_problem(state, {"bio": "x" * 200_001}, limits)
+    assert grows is not None and "max_user_record_bytes" in grows.reason
+    more = identify_problem(state, {"new": 1}, limits)
+    assert more is not None and "max_traits" in more.reason
+    flag = identify_problem(state, {"consent": {"newsletter": True}}, limits)
+    assert flag is not None and "max_user_record_bytes" in flag.reason
