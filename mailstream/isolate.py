@@ -74,14 +74,35 @@ async def isolate(
         if len(items) == 1:
             await give_up(items[0], exc)
             return 1
+        # One line for the batch; each input given up is for the caller to report.
         logger.warning(
-            "a batch of %d failed (%s): trying it in halves to find the input at fault",
+            "a batch of %d failed (%s): trying it in parts to find the input at fault",
             len(items),
             describe(exc, 200),
         )
-    middle = len(items) // 2
-    failed = await isolate(items[:middle], attempt, give_up, is_transient)
-    return failed + await isolate(items[middle:], attempt, give_up, is_transient)
+    return await _halves(items, attempt, give_up, is_transient)
+
+
+async def _halves(
+    items: Sequence[T],
+    attempt: Attempt[T],
+    give_up: GiveUp[T],
+    is_transient: Callable[[BaseException], bool],
+) -> int:
+    """Each half of ``items`` tried on its own, and split again while it fails."""
+    failed = 0
+    for half in (items[: len(items) // 2], items[len(items) // 2 :]):
+        try:
+            await attempt(half)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            if len(half) == 1:
+                await give_up(half[0], exc)
+                failed += 1
+            else:
+                failed += await _halves(half, attempt, give_up, is_transient)
+    return failed
 
 
 class Unsettled:

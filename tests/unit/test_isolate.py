@@ -168,3 +168,18 @@ def test_unsettled_writes_back_what_the_store_holds_for_every_key_a_failed_flush
         (store, 1): {b"progress": b"41"},
     }
     assert restore.messages == []
+
+
+async def test_a_failing_batch_is_logged_once_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runner = Runner({3, 700})
+
+    with caplog.at_level("DEBUG", logger="mailstream.isolate"):
+        await isolate(list(range(1000)), runner.attempt, runner.give_up)
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "a batch of 1000 failed (Poisoned: item 3 is poison):"
+        " trying it in parts to find the input at fault"
+    ]
+    assert caplog.records[0].exc_info is None
