@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from faust.types import TP
@@ -28,11 +28,13 @@ from mailstream.ingest import (
     DEAD_LETTERED,
     REROUTED,
     BatchResult,
+    DeadLetter,
     IngestSettings,
     RawMessage,
     add_to_ledger,
     ingest_batch,
 )
+from mailstream.isolate import ENGINE_ERROR, Unsettled, describe, isolate
 from mailstream.outbox import STATE_LOCK, Outbox, flush
 from mailstream.reader import DirectReader
 from mailstream.runtime import applier_for, automation_for, suppression_list, tenancy
@@ -57,6 +59,7 @@ settings = IngestSettings(
     throttling={kind: rule.rule() for kind, rule in config.throttling.items()},
     tenancy=tenancy,
     partitions=config.topics.partitions,
+    limits=config.ingest.limits.limits(),
 )
 # The tenants' events-per-second quotas: this worker's share, by the partitions it owns.
 event_rates = EventRates(tenancy)
@@ -132,19 +135,38 @@ def count(result: BatchResult, consumed: int) -> None:
 
 
 async def process(messages: list[RawMessage]) -> None:
-    """Decide a batch and make its effects durable. Call with STATE_LOCK held."""
+    """Decide a batch and make its effects durable. Call with STATE_LOCK held.
+
+    Events that make deciding or flushing fail are found by splitting the batch
+    (mailstream.isolate) and dead-lettered; the others are applied as usual."""
     # No send is decided before the global suppression list has been read once.
     await suppression_list.ready.wait()
     started = time.perf_counter()
     fresh = await intake.fresh(messages, config.topics.events)
     now = int(time.time() * 1000)
+    if event_rates.buckets:
+        owned = len(users.active_partitions())
+        event_rates.resize(owned, config.topics.partitions, now / 1000)
+    unsettled = Unsettled()
+
+    async def attempt(part: Sequence[RawMessage]) -> None:
+        await apply(list(part), now, unsettled)
+
+    async def give_up(message: RawMessage, exc: Exception) -> None:
+        await reject(message, exc, now)
+
+    await isolate(fresh, attempt, give_up)
+    if unsettled:
+        await flush(app.producer, unsettled.as_stored())
+    metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+async def apply(fresh: list[RawMessage], now: int, unsettled: Unsettled) -> None:
+    """Decide ``fresh`` and flush what it decided; count it once that is durable."""
 
     def react(state: UserState, event: Event) -> Effects:
         return automation_for(state.tenant_id).on_event(state, event, now)
 
-    if event_rates.buckets:
-        owned = len(users.active_partitions())
-        event_rates.resize(owned, config.topics.partitions, now / 1000)
     result = BatchResult()
     load = batch_loader()
     for start in range(0, len(fresh), TURN_EVENTS):
@@ -155,7 +177,11 @@ async def process(messages: list[RawMessage]) -> None:
     if fresh:
         outbox = to_outbox(result, fresh, now)
         flushing = time.perf_counter()
-        await flush(app.producer, outbox)
+        try:
+            await flush(app.producer, outbox)
+        except Exception:
+            unsettled.add(outbox)  # some of it may have reached the broker
+            raise
         metrics.INGEST_FLUSH_SECONDS.observe(time.perf_counter() - flushing)
         written = time.time()
         for _, fx in result.reactions:
@@ -165,7 +191,24 @@ async def process(messages: list[RawMessage]) -> None:
                         written - send.event_at / 1000
                     )
     count(result, len(fresh))
-    metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+
+async def reject(message: RawMessage, exc: Exception, now: int) -> None:
+    """An event the worker fails on by itself: dead-lettered with the error, counted."""
+    reason = f"processing the event failed: {describe(exc)}"
+    logger.warning(
+        "event %s[%d]@%d dead-lettered (%s): %s",
+        message.topic,
+        message.partition,
+        message.offset,
+        ENGINE_ERROR,
+        describe(exc),
+    )
+    result = BatchResult()
+    result.dead_letters.append(DeadLetter(message, ENGINE_ERROR, reason))
+    result.count(DEAD_LETTERED, ENGINE_ERROR, message.partition)
+    await flush(app.producer, to_outbox(result, [message], now))
+    count(result, 1)
 
 
 @app.agent(events_topic, name="mailstream.ingest")

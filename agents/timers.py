@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+
+import orjson
 
 from mailstream import metrics
-from mailstream.app import app, settled
+from mailstream.app import app, config, settled
+from mailstream.apply import dead_letter_headers
 from mailstream.health import known_workflow, timer_workflow
+from mailstream.isolate import ENGINE_ERROR, Unsettled, describe, isolate
 from mailstream.outbox import AFTER_STATE, STATE_LOCK, Outbox, flush
 from mailstream.runtime import applier_for, automation_for, suppression_list
 from mailstream.timers import TimerKey, due_bound
-from mailstream.users import UserState
+from mailstream.users import UserState, split_key
 from tables.timers import timers
 from tables.users import users
 
@@ -22,10 +27,35 @@ MAX_PER_TICK = 2000  # per partition; the rest wait for the next tick
 
 
 async def fire_partition(partition: int, now: int) -> int:
-    """Run the timers of one partition that are due at ``now``; return how many."""
+    """Run the timers of one partition that are due at ``now``; return how many.
+
+    A timer the engine fails on by itself is found by splitting (mailstream.isolate),
+    dead-lettered with the error and deleted; the others fire as usual."""
     keys = timers.keys_before(partition, due_bound(now), MAX_PER_TICK)
     if not keys:
         return 0
+    unsettled = Unsettled()
+
+    async def attempt(part: Sequence[bytes]) -> None:
+        outbox = fire(partition, part, now)
+        try:
+            await flush(app.producer, outbox)
+        except Exception:
+            unsettled.add(outbox)  # some of it may have reached the broker
+            raise
+        metrics.TIMERS_FIRED.inc(len(part))
+
+    async def give_up(raw: bytes, exc: Exception) -> None:
+        await reject(partition, raw, exc)
+
+    await isolate(keys, attempt, give_up)
+    if unsettled:
+        await flush(app.producer, unsettled.as_stored())
+    return len(keys)
+
+
+def fire(partition: int, keys: Sequence[bytes], now: int) -> Outbox:
+    """What firing ``keys`` (timer keys of ``partition``) decides, in an outbox."""
     outbox = Outbox()
     touched: dict[bytes, UserState] = {}
     for raw in keys:
@@ -49,9 +79,35 @@ async def fire_partition(partition: int, now: int) -> int:
         applier_for(state.tenant_id).apply(outbox, partition, timer.user_key, state, fx, now)
     for key, state in touched.items():
         outbox.put(users, partition, key, state.encode())
+    return outbox
+
+
+async def reject(partition: int, raw: bytes, exc: Exception) -> None:
+    """A timer the worker fails on by itself: deleted, and dead-lettered with the error
+    so that it can be looked into."""
+    timer = TimerKey.decode(raw)
+    tenant, user = split_key(timer.user_key)
+    reason = f"firing the timer failed: {describe(exc)}"
+    logger.warning(
+        "timer %s of workflow %r for user %r dead-lettered (%s): %s",
+        timer.kind,
+        timer.workflow,
+        user[:80],
+        ENGINE_ERROR,
+        describe(exc),
+    )
+    doc = {
+        "tenant_id": tenant,
+        "user_id": user,
+        "timer": {"kind": timer.kind, "workflow": timer.workflow, "due": timer.due},
+    }
+    outbox = Outbox()
+    outbox.put(timers, partition, raw, None, AFTER_STATE)
+    headers = dead_letter_headers(ENGINE_ERROR, reason, f"timer:{timer.workflow}", partition, -1)
+    outbox.send(config.topics.dlq, user.encode(), orjson.dumps(doc), headers)
     await flush(app.producer, outbox)
-    metrics.TIMERS_FIRED.inc(len(keys))
-    return len(keys)
+    metrics.TIMERS_FIRED.inc()
+    metrics.DEAD_LETTERS.labels(ENGINE_ERROR).inc()
 
 
 @app.timer(interval=TICK_SECONDS)

@@ -3,6 +3,7 @@ sends the policy let through), dead letters for sends that cannot be rendered.""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import orjson
@@ -24,11 +25,25 @@ from mailstream.webhook_step.spec import WebhookIntent
 logger = logging.getLogger(__name__)
 
 
+# The largest message the worker's producer sends: Faust's producer_max_request_size,
+# which mailstream leaves at its default (the ingest agent passes the app's own).
+PRODUCER_MAX_REQUEST_BYTES = 1_000_000
+# What a dead letter leaves for the record batch around it and the headers the producer
+# adds, under the producer's max request size.
+DEAD_LETTER_MARGIN = 1024
+# A reason is a sentence; an exception's message may be anything.
+MAX_REASON_BYTES = 2048
+
+
 def dead_letter_headers(
     code: str, reason: str, topic: str, partition: int, offset: int
 ) -> list[tuple[str, bytes]]:
+    reason_bytes = reason.encode()
+    if len(reason_bytes) > MAX_REASON_BYTES:
+        cut = reason_bytes[: MAX_REASON_BYTES - 3].decode(errors="ignore")
+        reason_bytes = cut.encode() + b"..."
     return [
-        ("mailstream.reason", reason.encode()),
+        ("mailstream.reason", reason_bytes),
         ("mailstream.reason_code", code.encode()),
         ("mailstream.source.topic", topic.encode()),
         ("mailstream.source.partition", str(partition).encode()),
@@ -36,13 +51,47 @@ def dead_letter_headers(
     ]
 
 
+def fit_dead_letter(
+    key: bytes | None, value: bytes, headers: list[tuple[str, bytes]], max_bytes: int
+) -> tuple[bytes | None, bytes, list[tuple[str, bytes]]]:
+    """A dead letter the producer can send: as it is when key, value and headers fit in
+    ``max_bytes`` (less a margin), else with the value (and a key over 1 KiB) cut to fit
+    and headers giving the original value's size and SHA-256, so it can be found at its
+    source and recognised."""
+
+    def size(k: bytes | None, v: bytes, hs: list[tuple[str, bytes]]) -> int:
+        return len(k or b"") + len(v) + sum(len(n) + len(h) for n, h in hs)
+
+    budget = max_bytes - DEAD_LETTER_MARGIN
+    if size(key, value, headers) <= budget:
+        return key, value, headers
+    headers = [
+        *headers,
+        ("mailstream.truncated", b"true"),
+        ("mailstream.original_size", str(len(value)).encode()),
+        ("mailstream.original_sha256", hashlib.sha256(value).hexdigest().encode()),
+    ]
+    if key is not None and len(key) > 1024:
+        headers.append(("mailstream.original_key_size", str(len(key)).encode()))
+        key = key[:1024]
+    room = max(0, budget - size(key, b"", headers))
+    return key, value[:room], headers
+
+
 def dead_letter_message(
-    outbox: Outbox, dlq_topic: str, message: RawMessage, code: str, reason: str
+    outbox: Outbox,
+    dlq_topic: str,
+    message: RawMessage,
+    code: str,
+    reason: str,
+    max_bytes: int = PRODUCER_MAX_REQUEST_BYTES,
 ) -> None:
     """A consumed message that cannot be processed: to the dead-letter topic as it came,
-    with the reason and where it came from."""
+    with the reason and where it came from; cut to fit ``max_bytes`` (the producer's
+    max request size) when it would not."""
     headers = dead_letter_headers(code, reason, message.topic, message.partition, message.offset)
-    outbox.send(dlq_topic, message.key, message.value or b"", headers)
+    key, value, headers = fit_dead_letter(message.key, message.value or b"", headers, max_bytes)
+    outbox.send(dlq_topic, key, value, headers)
 
 
 class EffectsApplier:

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from mailstream.durations import parse_duration
+from mailstream.events import Limits
 from mailstream.exceptions import ConfigError
 from mailstream.policy import PolicySettings
 from mailstream.providers.outbox import OutboxSettings
@@ -105,6 +106,30 @@ class TopicsConfig(_Section):
         ]
 
 
+class IngestLimits(_Section):
+    """What an event may carry (mailstream.events.Limits); an event over one is
+    dead-lettered with the field and the limit."""
+
+    # nesting of objects and arrays in payload and metadata, the object itself being 1
+    max_depth: int = Field(16, ge=1, le=64)
+    # keys in any one object of payload or metadata
+    max_keys: int = Field(256, ge=1, le=100_000)
+    # keys in payload and metadata together
+    max_total_keys: int = Field(2048, ge=1, le=1_000_000)
+    # characters of any string value or key in payload or metadata
+    max_string_chars: int = Field(16_384, ge=16, le=10_000_000)
+    # items of any one array in payload or metadata
+    max_list_items: int = Field(1_000, ge=1, le=1_000_000)
+    # traits a user may have; an identify that would exceed it is dead-lettered
+    max_traits: int = Field(200, ge=5, le=100_000)
+    # bytes of a user record (less its dedup memory) once an identify is applied; an
+    # identify that would go over it and adds traits or bytes is dead-lettered
+    max_user_record_bytes: int = Field(131_072, ge=4096, le=900_000)
+
+    def limits(self) -> Limits:
+        return Limits(**self.model_dump())
+
+
 class IngestConfig(_Section):
     dedup_window: Seconds = 86400.0
     # Bounds a single user's dedup memory even inside the window.
@@ -123,6 +148,8 @@ class IngestConfig(_Section):
     # events of a tenant not under `tenants:`: dead_letter (reason unknown_tenant) or
     # allow (default settings); unset: dead_letter once `tenants:` names any, else allow
     unknown_tenants: Literal["dead_letter", "allow"] | None = None
+    # how large an event's payload and metadata, and a user record, may grow
+    limits: IngestLimits = IngestLimits()
 
 
 EventType = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]

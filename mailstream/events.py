@@ -24,6 +24,29 @@ CONSENT_FLAGS = ("marketing", "transactional")
 
 _EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_.:-]+")
 _TENANT_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# C0 controls (NUL, TAB, LF, 0x1F ...) and DEL: an id is copied into headers and logs.
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(slots=True, frozen=True)
+class Limits:
+    """How large the payload and metadata of an event may be (``ingest.limits``).
+
+    They keep what an event brings into a user record (traits, a workflow's context)
+    small enough to store and to encode: orjson gives up at 254 levels of nesting.
+    """
+
+    max_depth: int = 16  # nesting of objects and arrays, the payload itself being 1
+    max_keys: int = 256  # in any one object
+    max_total_keys: int = 2048  # in the payload and metadata together
+    max_string_chars: int = 16_384  # any string value or key
+    max_list_items: int = 1_000  # in any one array
+    # user records (checked on identify: mailstream.users.identify_problem)
+    max_traits: int = 200
+    max_user_record_bytes: int = 131_072
+
+
+DEFAULT_LIMITS = Limits()
 
 
 def valid_tenant(tenant: str) -> bool:
@@ -70,6 +93,99 @@ def _string_field(doc: dict[str, Any], name: str, max_len: int) -> str | Invalid
             "too_long", f"{name} is {len(value)} characters, over the limit of {max_len}"
         )
     return value
+
+
+def _control_problem(name: str, value: str) -> Invalid | None:
+    found = _CONTROL_RE.search(value)
+    if found is None:
+        return None
+    return Invalid(
+        "control_character",
+        f"{name} holds the control character {found.group()!r} at position {found.start()}:"
+        " ids may not contain C0 control characters (NUL, TAB, newlines ...) or DEL",
+    )
+
+
+def _path(parent: str, step: str | int) -> str:
+    if isinstance(step, int):
+        return f"{parent}[{step}]"
+    if len(parent) > 200:  # a path 300 levels deep says no more past its start
+        return parent if parent.endswith("...") else parent + "..."
+    return f"{parent}.{step}"
+
+
+def _too_big(what: str, path: str, size: int, limit: int, key: str) -> Invalid:
+    return Invalid(
+        "over_limit",
+        f"{path} {what} {size}, over the limit of {limit} (ingest.limits.{key})",
+    )
+
+
+def within_limits(raw: bytes, limits: Limits) -> bool:
+    """True when the bytes of an event are too few to break any of ``limits``, which
+    then need no walk: most events. Each count bounds what it stands for from above (a
+    brace inside a string only counts one more)."""
+    if len(raw) > limits.max_string_chars:
+        return False
+    keys = raw.count(b":")
+    return (
+        raw.count(b"{") + raw.count(b"[") <= limits.max_depth  # the event object is one
+        and keys <= limits.max_keys
+        and keys <= limits.max_total_keys
+        and raw.count(b",") < limits.max_list_items
+    )
+
+
+def check_limits(parts: dict[str, dict[str, Any]], limits: Limits) -> Invalid | None:
+    """The first value of ``parts`` (name -> object, e.g. payload and metadata) that is
+    nested too deep, has too many keys, or holds a string or array too long; None when
+    all fit. Iterative, so no input can exhaust the interpreter's stack."""
+    total_keys = 0
+    # (value, depth, path) still to look at; a 300-deep input stops at max_depth
+    todo: list[tuple[Any, int, str]] = [(value, 1, name) for name, value in parts.items()]
+    while todo:
+        value, depth, path = todo.pop()
+        if isinstance(value, str):
+            if len(value) > limits.max_string_chars:
+                return _too_big(
+                    "is a string of", path, len(value), limits.max_string_chars, "max_string_chars"
+                )
+            continue
+        if depth > limits.max_depth and isinstance(value, dict | list):
+            return Invalid(
+                "over_limit",
+                f"{path} is nested {depth} levels deep, over the limit of {limits.max_depth}"
+                " (ingest.limits.max_depth)",
+            )
+        if isinstance(value, dict):
+            items: Any = value.items()
+            size = len(value)
+            if size > limits.max_keys:
+                return _too_big("has", path, size, limits.max_keys, "max_keys")
+            total_keys += size
+            if total_keys > limits.max_total_keys:
+                return Invalid(
+                    "over_limit",
+                    f"payload and metadata have more than {limits.max_total_keys} keys in all"
+                    f" (ingest.limits.max_total_keys), counted up to {path}",
+                )
+        elif isinstance(value, list):
+            items = enumerate(value)
+            size = len(value)
+            if size > limits.max_list_items:
+                return _too_big(
+                    "is an array of", path, size, limits.max_list_items, "max_list_items"
+                )
+        else:
+            continue
+        for step, child in items:
+            if isinstance(step, str) and len(step) > limits.max_string_chars:
+                return _too_big(
+                    "has a key of", path, len(step), limits.max_string_chars, "max_string_chars"
+                )
+            if isinstance(child, dict | list | str):
+                todo.append((child, depth + 1, _path(path, step)))
+    return None
 
 
 def _timestamp(doc: dict[str, Any]) -> int | Invalid:
@@ -158,7 +274,13 @@ def check_traits(traits: dict[str, Any]) -> Invalid | None:
     return None
 
 
-def decode_event(raw: bytes | None, *, max_bytes: int, default_tenant: str) -> Event | Invalid:
+def decode_event(
+    raw: bytes | None,
+    *,
+    max_bytes: int,
+    default_tenant: str,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Event | Invalid:
     """Turn the bytes of one Kafka message into an Event, or an Invalid with the reason."""
     if raw is None:
         return Invalid("not_json", "message has no value (a tombstone), expected a JSON event")
@@ -177,6 +299,9 @@ def decode_event(raw: bytes | None, *, max_bytes: int, default_tenant: str) -> E
     event_id = _string_field(doc, "event_id", MAX_EVENT_ID)
     if isinstance(event_id, Invalid):
         return event_id
+    problem = _control_problem("event_id", event_id)
+    if problem is not None:
+        return problem
     event_type = _string_field(doc, "event_type", MAX_EVENT_TYPE)
     if isinstance(event_type, Invalid):
         return event_type
@@ -188,6 +313,9 @@ def decode_event(raw: bytes | None, *, max_bytes: int, default_tenant: str) -> E
     user_id = _string_field(doc, "user_id", MAX_USER_ID)
     if isinstance(user_id, Invalid):
         return user_id
+    problem = _control_problem("user_id", user_id)
+    if problem is not None:
+        return problem
     timestamp = _timestamp(doc)
     if isinstance(timestamp, Invalid):
         return timestamp
@@ -197,10 +325,15 @@ def decode_event(raw: bytes | None, *, max_bytes: int, default_tenant: str) -> E
     metadata = _object_field(doc, "metadata")
     if isinstance(metadata, Invalid):
         return metadata
+    if not within_limits(raw, limits):
+        problem = check_limits({"payload": payload, "metadata": metadata}, limits)
+        if problem is not None:
+            return problem
     tenant = doc.get("tenant_id")
     if tenant is None:
         tenant = default_tenant
     elif not isinstance(tenant, str) or not valid_tenant(tenant):
+        # control characters included: the pattern allows none
         return Invalid(
             "bad_tenant", "tenant_id must be 1 to 64 letters, digits or _ . - when present"
         )

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 
 from mailstream.dedup import id_hash
-from mailstream.events import Event, Invalid, decode_event
+from mailstream.events import DEFAULT_LIMITS, IDENTIFY, Event, Invalid, Limits, decode_event
 from mailstream.partitioning import partition_for
 from mailstream.tenants import OTHER_LABEL, EventRates, Tenancy
-from mailstream.users import UserState, apply_event, user_key
+from mailstream.users import UserState, apply_event, identify_problem, user_key
 from mailstream.windows import SamplingRule, ThrottleRule, sample, throttle
 
 PROCESSED = "processed"
@@ -79,6 +79,7 @@ class IngestSettings:
     # the events topic's partitions, to re-route a message that is not in its key's
     # partition (partition_for); None: take every message where it is
     partitions: int | None = None
+    limits: Limits = DEFAULT_LIMITS
 
 
 @dataclass(slots=True)
@@ -224,7 +225,10 @@ def ingest_batch(
                 result.count(REROUTED, NOT_READ, msg.partition, NOT_READ)
                 continue
         decoded = decode_event(
-            msg.value, max_bytes=settings.max_event_bytes, default_tenant=settings.default_tenant
+            msg.value,
+            max_bytes=settings.max_event_bytes,
+            default_tenant=settings.default_tenant,
+            limits=settings.limits,
         )
         if isinstance(decoded, Invalid):
             result.dead_letters.append(DeadLetter(msg, decoded.code, decoded.reason))
@@ -259,6 +263,12 @@ def ingest_batch(
         if state.seen.has(digest):
             result.count(DEDUPLICATED, decoded.event_type, msg.partition, label)
             continue
+        if decoded.event_type == IDENTIFY:
+            too_large = identify_problem(state, decoded.payload, settings.limits)
+            if too_large is not None:  # the state stays as it was
+                result.dead_letters.append(DeadLetter(msg, too_large.code, too_large.reason))
+                result.count(DEAD_LETTERED, too_large.code, msg.partition, label)
+                continue
         dropped = admit(state, decoded, now_ms, settings)
         if dropped is not None:
             # Nothing is written for it: not the state, not even the dedup window.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import orjson
 
 from mailstream.dedup import SeenIds
-from mailstream.events import CONSENT_FLAGS, Event, normalise_email
+from mailstream.events import CONSENT_FLAGS, Event, Invalid, Limits, normalise_email
 from mailstream.suppression import Suppression
 
 _HEADER = struct.Struct("<BI")
@@ -185,6 +186,45 @@ def merge_traits(state: UserState, traits: dict[str, Any]) -> None:
             state.traits[name] = value
 
 
+def record_size(state: UserState) -> int:
+    """The bytes of a user's record, less its dedup memory (bounded on its own by
+    ``ingest.dedup_max_ids_per_user``)."""
+    return len(state.encode()) - len(state.seen.to_bytes())
+
+
+def identify_problem(state: UserState, traits: dict[str, Any], limits: Limits) -> Invalid | None:
+    """Why applying an identify's ``traits`` would make the user's record too large (too
+    many traits, or too many bytes: every later event rewrites the whole record); None
+    when it fits. An identify that adds nothing (a consent withdrawn, a trait changed
+    for a shorter one, one removed) always fits, so a record grown large by other means
+    never refuses it. ``state`` is left as it is either way."""
+    trial = dataclasses.replace(state, traits=dict(state.traits), consent=dict(state.consent))
+    merge_traits(trial, traits)
+    count = len(trial.traits)
+    if count > limits.max_traits and count > len(state.traits):
+        return Invalid(
+            "user_too_large",
+            f"payload would give user {state.user_id[:80]!r} {count} traits,"
+            f" over the limit of {limits.max_traits} (ingest.limits.max_traits)",
+        )
+    size = record_size(trial)
+    if size > limits.max_user_record_bytes and _adds_to(trial, state):
+        return Invalid(
+            "user_too_large",
+            f"payload would make the record of user {state.user_id[:80]!r} {size} bytes,"
+            f" over the limit of {limits.max_user_record_bytes}"
+            " (ingest.limits.max_user_record_bytes)",
+        )
+    return None
+
+
+def _adds_to(trial: UserState, state: UserState) -> bool:
+    """Whether ``trial``'s traits or consent flags take more room than ``state``'s."""
+    return len(trial.consent) > len(state.consent) or len(orjson.dumps(trial.traits)) > len(
+        orjson.dumps(state.traits)
+    )
+
+
 def apply_event(state: UserState, event: Event) -> None:
     """Fold one new (already deduplicated) event into the user's state."""
     if state.first_seen is None or event.timestamp < state.first_seen:
@@ -197,4 +237,12 @@ def apply_event(state: UserState, event: Event) -> None:
     state.events[event.event_type] = state.events.get(event.event_type, 0) + 1
 
 
-__all__ = ["CONSENT_FLAGS", "UserState", "apply_event", "merge_traits", "split_key", "user_key"]
+__all__ = [
+    "CONSENT_FLAGS",
+    "UserState",
+    "apply_event",
+    "identify_problem",
+    "merge_traits",
+    "split_key",
+    "user_key",
+]
