@@ -252,7 +252,7 @@ def test_a_one_megabyte_event_is_dead_lettered_cut_to_fit_with_its_size_and_hash
 
     dead_letter_message(outbox, "dlq", message, "too_large", "event is 1000000 bytes")
 
-    [(topic, key, sent, headers)] = outbox.messages
+    [(topic, key, sent, headers, _partition)] = outbox.messages
     assert headers is not None
     size = len(key or b"") + len(sent) + sum(len(n) + len(v) for n, v in headers)
     assert size <= PRODUCER_MAX_REQUEST_BYTES - 512
@@ -271,7 +271,7 @@ def test_a_huge_key_and_reason_are_cut_too() -> None:
 
     dead_letter_message(outbox, "dlq", message, "engine_error", "r" * 100_000)
 
-    [(_, key, value, headers)] = outbox.messages
+    [(_, key, value, headers, _partition)] = outbox.messages
     assert headers is not None
     assert key == b"k" * 1024
     h = dict(headers)
