@@ -121,7 +121,10 @@ async def ask(url: URL, path_qs: str) -> tuple[int, bytes]:
     async with app.http_client.get(target, headers=headers) as resp:
         body = await resp.read()
         if not cluster.answer_ok(nonce, resp.status, body, resp.headers.get(RESPONSE_HEADER)):
-            raise UnsignedAnswer(f"HTTP {resp.status} without the cluster's signature")
+            raise UnsignedAnswer(
+                f"HTTP {resp.status} without the cluster's signature: not a worker of this"
+                " deployment, or its cluster secret differs (cluster.secret_env)"
+            )
         return resp.status, body
 
 
