@@ -40,6 +40,8 @@ from mailstream.delivery import (
     postponed,
     rank_bounds,
     succeeded,
+    suppressed_since,
+    withheld,
 )
 from mailstream.dispatch_loop import GuardedLoop, Suspect, dead_letter_queued
 from mailstream.events import valid_tenant
@@ -58,7 +60,14 @@ from mailstream.outbox import (
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
 from mailstream.reader import DirectReader
-from mailstream.runtime import automation_for, delivery_runtime, tenancy
+from mailstream.runtime import (
+    automation_for,
+    cluster,
+    delivery_runtime,
+    suppression_list,
+    tenancy,
+)
+from mailstream.sends import verified_send_command
 from mailstream.suppression import Suppression
 from mailstream.tenants import over_daily_quota
 from mailstream.users import UserState, user_key
@@ -164,7 +173,21 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     for topic in SEND_TOPICS:
         fresh = await intake.fresh(messages, topic)
         for m in fresh:
-            command = _decode_command(m.value)
+            # Only what a worker of this deployment wrote: anyone else with access to
+            # the broker could otherwise have any text mailed to any address.
+            signed = verified_send_command(cluster, m.key, m.value)
+            if isinstance(signed, str):
+                dead_letter_message(outbox, config.topics.dlq, m, "untrusted_command", signed)
+                metrics.DEAD_LETTERS.labels("untrusted_command").inc()
+                logger.warning(
+                    "send command on %s[%d] at offset %d dead-lettered: %s",
+                    m.topic,
+                    m.partition,
+                    m.offset,
+                    signed,
+                )
+                continue
+            command = _decode_command(signed)
             if isinstance(command, str):
                 dead_letter_message(outbox, config.topics.dlq, m, "bad_send_command", command)
                 metrics.DEAD_LETTERS.labels("bad_send_command").inc()
@@ -513,10 +536,24 @@ class Dispatcher(GuardedLoop):
         raw = outbox.get(delivery_queue, p, key)
         if raw is None:
             return SKIP
+        command = orjson.loads(raw)
+        try:
+            listed = suppression_list.get(command["to"])
+        except RuntimeError:  # the list is not open (yet): the send waits for it
+            return SKIP
+        own = self._own_suppressions(p, delivery)
+        why = suppressed_since(delivery.category, own, listed)
+        if why is not None:
+            withheld(delivery, why, now)
+            outbox.put(delivery_queue, p, key, None, AFTER_STATE)
+            outbox.put(deliveries, p, qk.record_key, delivery.encode())
+            metrics.DELIVERIES.labels(delivery.category, "suppressed", label).inc()
+            _count_for_workflow(command, "suppressed")
+            logger.info("send %s not sent: %s", qk.send_id, why)
+            return SKIP
         if hold_until is not None:
             self._hold(p, key, qk, delivery, raw, hold_until, now, outbox)
             return SKIP
-        command = orjson.loads(raw)
         admission = self.rt.fair.admit(lane, recipient_domain(command["to"]), mono, day, sent_today)
         if admission.verdict == DOMAIN_WAIT:
             return SKIP
@@ -529,6 +566,13 @@ class Dispatcher(GuardedLoop):
         attempt(delivery, now)
         outbox.put(deliveries, p, qk.record_key, delivery.encode())
         return p, key, delivery, raw, command
+
+    @staticmethod
+    def _own_suppressions(p: int, delivery: Delivery) -> list[Suppression]:
+        """The recipient's own suppressions, from their user record: sends are keyed by
+        user id, so the record is in the same partition of the users table."""
+        stored = users.get(p, user_key(delivery.tenant_id, delivery.user_id))
+        return list(UserState.decode(stored).suppressions.values()) if stored else []
 
     def _hold(
         self,

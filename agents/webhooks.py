@@ -37,6 +37,7 @@ from mailstream.dispatch_loop import GuardedLoop, Suspect, dead_letter_queued
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
 from mailstream.providers.base import Accepted, SendFailure
+from mailstream.runtime import cluster
 from mailstream.users import UserState, user_key
 from mailstream.webhook_step.breaker import PROBE, STATE_VALUES, Breaker
 from mailstream.webhook_step.calls import (
@@ -48,7 +49,7 @@ from mailstream.webhook_step.calls import (
     ready_bounds,
 )
 from mailstream.webhook_step.client import CallResult, WebhookClient
-from mailstream.webhook_step.commands import decode_command, pick
+from mailstream.webhook_step.commands import decode_command, pick, verified_command
 from mailstream.webhook_step.settings import Endpoint, build_endpoints
 from tables.users import users
 from tables.webhook_calls import webhook_calls, webhook_queue
@@ -90,7 +91,22 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     fresh = await intake.fresh(messages, TOPIC)
     batch: dict[tuple[int, str], Delivery] = {}
     for m in fresh:
-        command = decode_command(m.value)
+        # Only what a worker of this deployment wrote: the endpoint's signature would
+        # otherwise vouch for anything anyone with access to the broker put here.
+        signed = verified_command(cluster, m.key, m.value)
+        if isinstance(signed, str):
+            dead_letter_message(outbox, config.topics.dlq, m, "untrusted_command", signed)
+            metrics.DEAD_LETTERS.labels("untrusted_command").inc()
+            metrics.WEBHOOK_COMMANDS.labels("unknown", "untrusted").inc()
+            logger.warning(
+                "webhook command on %s[%d] at offset %d dead-lettered: %s",
+                m.topic,
+                m.partition,
+                m.offset,
+                signed,
+            )
+            continue
+        command = decode_command(signed)
         if isinstance(command, str):
             dead_letter_message(outbox, config.topics.dlq, m, "bad_webhook_command", command)
             metrics.DEAD_LETTERS.labels("bad_webhook_command").inc()

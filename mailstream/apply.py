@@ -9,17 +9,18 @@ import logging
 import orjson
 
 from mailstream import metrics
+from mailstream.cluster_auth import ClusterKey
 from mailstream.engine import Effects, SendIntent
-from mailstream.health import render_failure
+from mailstream.health import TOO_LARGE, TOO_LARGE_PREFIX, render_failure
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox
-from mailstream.sends import send_command, template_user
+from mailstream.sends import encode_send_command, send_command, template_user
 from mailstream.storage import PartitionStore
 from mailstream.templates import TemplateError, Templates
 from mailstream.timers import TimerKey
 from mailstream.users import UserState
 from mailstream.webhook_step.body import BodyError
-from mailstream.webhook_step.commands import webhook_command
+from mailstream.webhook_step.commands import encode_command, webhook_command
 from mailstream.webhook_step.spec import WebhookIntent
 
 logger = logging.getLogger(__name__)
@@ -105,8 +106,13 @@ class EffectsApplier:
         dlq_topic: str,
         webhook_topic: str | None = None,
         tenant_label: str = "default",
+        *,
+        cluster: ClusterKey,
+        max_message_bytes: int,
     ) -> None:
         self.tenant_label = tenant_label  # for the metrics: bounded by the config
+        self.cluster = cluster  # signs every command written (mailstream.cluster_auth)
+        self.max_message_bytes = max_message_bytes  # delivery.max_message_bytes
         self.templates = templates
         self.timers = timers
         self.send_topics = send_topics  # category -> topic
@@ -152,37 +158,58 @@ class EffectsApplier:
                 if isinstance(user.traits.get("locale"), str)
                 else None,
             )
-        except TemplateError as exc:
-            metrics.SEND_COMMANDS.labels(intent.category, "template_error").inc()
-            reason, variable = render_failure(exc)
-            metrics.TEMPLATE_RENDERS.labels(
-                intent.workflow, intent.template, reason, metrics.variable_label(variable)
-            ).inc()
-            metrics.DEAD_LETTERS.labels("template_error").inc()
-            doc = {
-                "send_id": intent.send_id,
-                "tenant_id": user.tenant_id,
-                "user_id": user.user_id,
-                "workflow": intent.workflow,
-                "step": intent.step,
-                "template": intent.template,
-                "error": {
-                    "template": exc.template,
-                    "file": exc.file,
-                    "line": exc.line,
-                    "reason": exc.reason,
-                },
-            }
-            headers = dead_letter_headers(
-                "template_error", str(exc), f"workflow:{intent.workflow}", partition, -1
+            key, value = encode_send_command(
+                self.cluster, send_command(user, intent, rendered, now)
             )
-            outbox.send(self.dlq_topic, user.user_id.encode(), orjson.dumps(doc), headers)
+            if len(value) > self.max_message_bytes:
+                # No provider takes it and the producer could not write it: a render
+                # failure, which the workflow's health shows, not a stuck partition.
+                raise TemplateError(
+                    intent.template,
+                    None,
+                    f"{TOO_LARGE_PREFIX} {len(value)} bytes, over delivery.max_message_bytes"
+                    f" ({self.max_message_bytes}); not sent",
+                )
+        except TemplateError as exc:
+            self._render_failed(outbox, partition, user, intent, exc)
             return
         metrics.labelled(metrics.TEMPLATE_RENDERS, intent.workflow, intent.template, "ok", "").inc()
-        command = send_command(user, intent, rendered, now)
-        topic = self.send_topics[intent.category]
-        outbox.send(topic, user.user_id.encode(), orjson.dumps(command))
+        outbox.send(self.send_topics[intent.category], key, value)
         metrics.labelled(metrics.SEND_COMMANDS, intent.category, "emitted").inc()
+
+    def _render_failed(
+        self,
+        outbox: Outbox,
+        partition: int,
+        user: UserState,
+        intent: SendIntent,
+        exc: TemplateError,
+    ) -> None:
+        """A send that cannot be rendered (or renders too large): dead-lettered with the
+        reason, counted for its workflow's health; the worker goes on."""
+        metrics.SEND_COMMANDS.labels(intent.category, "template_error").inc()
+        reason, variable = render_failure(exc)
+        metrics.TEMPLATE_RENDERS.labels(
+            intent.workflow, intent.template, reason, metrics.variable_label(variable)
+        ).inc()
+        code = "message_too_large" if reason == TOO_LARGE else "template_error"
+        metrics.DEAD_LETTERS.labels(code).inc()
+        doc = {
+            "send_id": intent.send_id,
+            "tenant_id": user.tenant_id,
+            "user_id": user.user_id,
+            "workflow": intent.workflow,
+            "step": intent.step,
+            "template": intent.template,
+            "error": {
+                "template": exc.template,
+                "file": exc.file,
+                "line": exc.line,
+                "reason": exc.reason,
+            },
+        }
+        headers = dead_letter_headers(code, str(exc), f"workflow:{intent.workflow}", partition, -1)
+        outbox.send(self.dlq_topic, user.user_id.encode(), orjson.dumps(doc), headers)
 
     def _webhook(
         self, outbox: Outbox, partition: int, user: UserState, intent: WebhookIntent, now: int
@@ -211,6 +238,6 @@ class EffectsApplier:
             )
             outbox.send(self.dlq_topic, user.user_id.encode(), orjson.dumps(doc), headers)
             return
-        command = webhook_command(user, intent, body, now)
-        outbox.send(self.webhook_topic, user.user_id.encode(), orjson.dumps(command))
+        key, value = encode_command(self.cluster, webhook_command(user, intent, body, now))
+        outbox.send(self.webhook_topic, key, value)
         metrics.WEBHOOK_COMMANDS.labels(endpoint, "emitted").inc()

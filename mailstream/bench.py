@@ -132,6 +132,8 @@ class Site:
         )
         self.embedded = broker_url is None
         self.suffix = "" if self.embedded else f"-{secrets.token_hex(3)}"
+        # the run's workers share it, and what the bench writes to their topics is signed with it
+        self.cluster_secret = secrets.token_urlsafe(32)
 
     @property
     def described(self) -> str:
@@ -188,6 +190,7 @@ class Site:
             MAILSTREAM_DATA_DIR=str(self.root / label),
             MAILSTREAM_UNSUBSCRIBE_SECRET=secrets.token_urlsafe(24),
             MAILSTREAM_ADMIN_TOKEN=secrets.token_urlsafe(18),
+            MAILSTREAM_CLUSTER_SECRET=self.cluster_secret,
             **env,
         )
         with open(self.root / f"{label}.log", "ab") as log:

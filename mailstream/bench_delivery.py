@@ -19,6 +19,8 @@ from aiokafka import AIOKafkaProducer
 from mailstream.bench import Site, stop_processes
 from mailstream.bench_pipeline import Sink
 from mailstream.broker import free_port
+from mailstream.cluster_auth import ClusterKey
+from mailstream.sends import encode_send_command
 
 
 def _command(i: int) -> dict[str, Any]:
@@ -68,12 +70,12 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
     topics = await site.topics(name)
     producer = AIOKafkaProducer(bootstrap_servers=site.broker.bootstrap_servers, linger_ms=20)
     await producer.start()
+    cluster = ClusterKey(site.cluster_secret)  # the workers obey signed commands only
     try:
         for i in range(sends):
             c = _command(i)
-            await producer.send(
-                topics[f"sends_{c['category']}"], orjson.dumps(c), key=c["user_id"].encode()
-            )
+            key, value = encode_send_command(cluster, c)
+            await producer.send(topics[f"sends_{c['category']}"], value, key=key)
         await producer.flush()
     finally:
         await producer.stop()

@@ -13,6 +13,7 @@ import time
 
 import orjson
 
+from mailstream.cluster_auth import cluster_key
 from mailstream.config import CONFIG_ENV, Config, load_config
 from mailstream.exceptions import MailstreamError
 from mailstream.signals import stop_on_signals
@@ -118,6 +119,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     problems = template_problems(config)
     if problems:
         raise MailstreamError("\n".join(problems))
+    cluster_key(config.cluster.secret_env, os.environ)  # a missing secret fails here, first
     from faust import Worker
 
     from mailstream.broker import create_topics

@@ -315,6 +315,9 @@ class DeliveryConfig(_Section):
     unsubscribe_secret_env: str = Field(
         "MAILSTREAM_UNSUBSCRIBE_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"
     )
+    # a rendered send command over this many bytes is not sent but dead-lettered as a
+    # render failure; below the producer's 1,000,000-byte request limit, with room to spare
+    max_message_bytes: int = Field(900_000, ge=16_384, le=960_000)
 
 
 class FeedbackConfig(_Section):
@@ -341,6 +344,16 @@ class WebConfig(_Section):
     metrics_token_env: str = Field("MAILSTREAM_METRICS_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # how often each worker counts the enrollments waiting at each step, for the funnel
     funnel_every: Annotated[Seconds, Field(ge=5)] = 60.0
+
+
+class ClusterConfig(_Section):
+    """How the workers of one deployment trust each other (see docs/security.md)."""
+
+    # the NAME of the variable holding the cluster secret (32 characters or more, the
+    # same on every worker): it signs internal commands and forwarded requests
+    secret_env: str = Field("MAILSTREAM_CLUSTER_SECRET", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # how old a forwarded request's signature may be (the workers' clocks must agree)
+    request_max_age: Annotated[Seconds, Field(gt=0, le=600)] = 30.0
 
 
 class RetentionConfig(_Section):
@@ -405,6 +418,7 @@ class Config(_Section):
     topics: TopicsConfig = TopicsConfig()
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
+    cluster: ClusterConfig = ClusterConfig()
     # event type -> how many of its events to keep (never identify)
     sampling: Annotated[dict[EventType, SamplingConfig], AfterValidator(_not_identify)] = {}
     # event type -> at most `limit` per user per `per`

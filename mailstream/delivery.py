@@ -3,6 +3,7 @@
 queued -> attempting -> sent
                      -> queued again (retryable failure, after a backoff)
                      -> failed (permanent failure, or retries used up)
+queued, its user or address suppressed since it was written -> dropped (never sent)
 attempting, found after a crash -> queued again (transactional: never lost)
                                 -> unknown (marketing: never sent twice)
 any, when the dispatcher keeps failing on it -> dead_lettered (never sent again)
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +23,7 @@ import orjson
 
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import retry_delay
+from mailstream.suppression import Suppression
 
 QUEUED = "queued"
 ATTEMPTING = "attempting"
@@ -263,6 +266,32 @@ def dropped(delivery: Delivery, now: int) -> None:
     delivery.queue_key = None
     delivery.updated = now
     delivery.history.append([now, "quota_dropped", "over the tenant's sends per day"])
+
+
+def suppressed_since(
+    category: str, own: Iterable[Suppression], listed: Suppression | None
+) -> str | None:
+    """Why a queued send must not go after all, or None: the policy let it through when
+    its command was written, but the user (``own``: the user record's suppressions) or
+    the address (``listed``: its global suppression list entry) has been suppressed since
+    for mail of this ``category``."""
+    for entry in own:
+        if entry.blocks(category):
+            return f"the user is suppressed since it was written ({entry.reason}: {entry.source})"
+    if listed is not None and listed.blocks(category):
+        return (
+            "the address is on the global suppression list since it was written"
+            f" ({listed.reason}: {listed.source})"
+        )
+    return None
+
+
+def withheld(delivery: Delivery, reason: str, now: int) -> None:
+    """Not sent after all: ``reason`` (suppressed_since) says why."""
+    delivery.state = DROPPED
+    delivery.queue_key = None
+    delivery.updated = now
+    delivery.history.append([now, "suppressed", reason])
 
 
 def orphaned(delivery: Delivery, now: int, resend: bool | None = None) -> bool:

@@ -77,6 +77,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # Signs the one-click unsubscribe links; a demo makes its own.
     env.setdefault("MAILSTREAM_UNSUBSCRIBE_SECRET", secrets.token_urlsafe(24))
     env.setdefault("MAILSTREAM_ADMIN_TOKEN", secrets.token_urlsafe(18))
+    env.setdefault("MAILSTREAM_CLUSTER_SECRET", secrets.token_urlsafe(32))
     if args.config:
         env["MAILSTREAM_CONFIG"] = os.path.abspath(args.config)
     web_url = f"http://127.0.0.1:{args.web_port}"

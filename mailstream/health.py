@@ -31,6 +31,8 @@ _UNDEFINED = (
 _UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.\[\]-]")
 
 UNDEFINED_VARIABLE = "undefined_variable"
+TOO_LARGE = "too_large"
+TOO_LARGE_PREFIX = "the rendered message is"  # how mailstream.apply words it
 # Why a render failed: a bounded set, the label of mailstream_template_renders_total.
 RENDER_REASONS = {
     UNDEFINED_VARIABLE: "missing variable",
@@ -38,6 +40,7 @@ RENDER_REASONS = {
     "runtime_error": "an error while rendering",
     "bad_subject": "the subject is empty or would hold a line break",
     "invalid_template": "the template is missing or does not compile (run `mailstream check`)",
+    TOO_LARGE: "the rendered message is over delivery.max_message_bytes",
 }
 
 
@@ -52,6 +55,8 @@ def render_failure(exc: TemplateError) -> tuple[str, str]:
         return "sandbox", ""
     if cause is not None:
         return "runtime_error", ""
+    if exc.reason.startswith(TOO_LARGE_PREFIX):
+        return TOO_LARGE, ""
     if exc.reason.startswith("the subject"):
         return "bad_subject", ""
     return "invalid_template", ""

@@ -133,7 +133,8 @@ DELIVERIES = Counter(
     "Send commands the delivery agent took in or resolved, by category and result: queued,"
     " deduplicated (send id seen before), requeued (transactional found mid-attempt after a"
     " crash), unknown (marketing found mid-attempt: not sent again), quota_deferred and"
-    " quota_dropped (marketing beyond the tenant's sends per day), by tenant.",
+    " quota_dropped (marketing beyond the tenant's sends per day), suppressed (the user or"
+    " address suppressed after the command was written: not sent), by tenant.",
     ["category", "result", "tenant"],
 )
 SENDS = Counter(

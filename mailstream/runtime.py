@@ -10,6 +10,7 @@ from typing import Any
 from mailstream.app import config
 from mailstream.apply import EffectsApplier
 from mailstream.automation import Automation
+from mailstream.cluster_auth import cluster_key
 from mailstream.compose import Sender
 from mailstream.config import Config
 from mailstream.delivery import RetryPolicy
@@ -30,6 +31,8 @@ suppression_list = GlobalSuppressionList(
     config.bootstrap_servers, config.topics.suppression, config.data_dir / "suppression-list"
 )
 tenancy = config.tenancy()
+# signs the commands this worker writes and the lookups it forwards (mailstream.cluster_auth)
+cluster = cluster_key(config.cluster.secret_env, os.environ)
 
 
 def _automation(cfg: Config) -> Automation:
@@ -50,6 +53,8 @@ def _applier(cfg: Config, label: str) -> EffectsApplier:
         config.topics.dlq,
         config.topics.webhooks,
         tenant_label=label,
+        cluster=cluster,
+        max_message_bytes=cfg.delivery.max_message_bytes,
     )
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
+from mailstream.cluster_auth import SEND_COMMAND, ClusterKey
 from mailstream.engine import SendIntent, user_scope
 from mailstream.templates import Rendered
 from mailstream.users import UserState
@@ -44,6 +47,20 @@ def send_command(
         "created_at": now,
         "event_at": intent.event_at,
     }
+
+
+def encode_send_command(cluster: ClusterKey, command: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The Kafka key (the user id: sends are co-partitioned with users) and the command,
+    signed: the delivery agent obeys no other."""
+    key = str(command["user_id"]).encode()
+    return key, cluster.seal(SEND_COMMAND, key, orjson.dumps(command))
+
+
+def verified_send_command(
+    cluster: ClusterKey, key: bytes | None, value: bytes | None
+) -> bytes | str:
+    """The command a worker of this deployment signed, or why it is not one."""
+    return cluster.unseal(SEND_COMMAND, key, value)
 
 
 def template_user(user: UserState) -> dict[str, Any]:

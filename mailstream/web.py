@@ -1,10 +1,15 @@
 """HTTP views on the worker's web port: health, and the user API routed to the key's
-owner; plus what the other views share: admin access and asking other workers."""
+owner; plus what the other views share: admin access and asking other workers.
+
+A lookup forwarded to another worker carries no credential of the caller's: it is signed
+with the cluster secret (mailstream.cluster_auth), and so is the answer."""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import time
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -17,9 +22,10 @@ from yarl import URL
 
 from mailstream.app import app, config, events_topic, settled
 from mailstream.auth import SESSION_COOKIE, AdminAuth, bearer_matches, mask_email
+from mailstream.cluster_auth import REQUEST_HEADER, RESPONSE_HEADER, NonceGuard, request_nonce
 from mailstream.delivery import Delivery, delivery_key
 from mailstream.exceptions import ConfigError
-from mailstream.runtime import suppression_list
+from mailstream.runtime import cluster, suppression_list
 from mailstream.users import UserState, user_key
 from tables.deliveries import deliveries
 from tables.users import users
@@ -41,6 +47,12 @@ def admin_auth(env: Any = os.environ) -> AdminAuth:
 
 
 auth = admin_auth()
+# nonces of the forwarded requests this worker answered, so none is answered twice
+forwarded_nonces = NonceGuard()
+
+
+class UnsignedAnswer(Exception):
+    """A worker answered a forwarded request without the cluster's signature."""
 
 
 def json_response(web: View, body: Any, status: int = 200) -> Response:
@@ -71,12 +83,49 @@ def is_me(url: URL) -> bool:
     return (url.host, url.port) == (me.host, me.port)
 
 
+def forwarded_by_member(request: Request) -> str | None:
+    """The nonce of a request another worker forwarded, signed with the cluster secret
+    (fresh, first use); None for any other request."""
+    http: Any = request
+    header = http.headers.get(REQUEST_HEADER)
+    if header is None:
+        return None
+    problem = cluster.check_request(
+        http.method,
+        http.raw_path,
+        header,
+        time.time(),
+        config.cluster.request_max_age,
+        forwarded_nonces,
+    )
+    if problem is not None:
+        logger.warning("a forwarded request was refused: %s", problem)
+        return None
+    return request_nonce(header)
+
+
+def member_answer(web: View, body: Any, nonce: str | None, status: int = 200) -> Response:
+    """A JSON answer; to a request another worker forwarded (``nonce``), signed back."""
+    data = orjson.dumps(body)
+    headers = cluster.answer_header(nonce, status, data) if nonce is not None else None
+    return web.bytes(data, content_type="application/json", status=status, headers=headers)
+
+
 async def ask(url: URL, path_qs: str) -> tuple[int, bytes]:
-    """GET a path of another worker, as the admin, marked as already routed."""
+    """GET a path of another worker, signed with the cluster secret (never with the
+    caller's credentials), marked as already routed; the answer must be signed too."""
     target = URL(str(url).rstrip("/") + path_qs)
-    headers = {ROUTED_HEADER: "1", "Authorization": auth.bearer_header()}
+    path = target.raw_path_qs  # as it goes on the wire, and as the receiver reads it
+    nonce = secrets.token_urlsafe(18)
+    headers = {ROUTED_HEADER: "1", **cluster.request_headers("GET", path, time.time(), nonce)}
     async with app.http_client.get(target, headers=headers) as resp:
-        return resp.status, await resp.read()
+        body = await resp.read()
+        if not cluster.answer_ok(nonce, resp.status, body, resp.headers.get(RESPONSE_HEADER)):
+            raise UnsignedAnswer(
+                f"HTTP {resp.status} without the cluster's signature: not a worker of this"
+                " deployment, or its cluster secret differs (cluster.secret_env)"
+            )
+        return resp.status, body
 
 
 @app.page("/metrics")
@@ -131,9 +180,12 @@ def local_user(tenant: str, user_id: str, full: bool) -> dict[str, Any] | None:
     return None
 
 
-async def find_user(request: Request, user_id: str) -> tuple[int, dict[str, Any]]:
+async def find_user(
+    request: Request, user_id: str, forwarded: bool = False
+) -> tuple[int, dict[str, Any]]:
     """A user's view from whichever worker owns the user's partition (asked there as
-    ``/api/users/{user_id}`` with this request's query)."""
+    ``/api/users/{user_id}`` with this request's query). A request ``forwarded`` by
+    another worker is answered from this one's partitions only."""
     http: Any = request
     tenant = http.query.get("tenant") or config.ingest.default_tenant
     full = http.query.get("full") == "1"
@@ -141,7 +193,7 @@ async def find_user(request: Request, user_id: str) -> tuple[int, dict[str, Any]
     if view is not None:
         return 200, view
     not_found = {"error": f"no user {user_id!r} in tenant {tenant!r}"}
-    if http.headers.get(ROUTED_HEADER):
+    if forwarded or http.headers.get(ROUTED_HEADER):
         return 404, not_found
     # Ask the owner of the partition the default partitioner gives this user id; then, for
     # producers that partition differently, every other worker.
@@ -172,8 +224,10 @@ async def find_user(request: Request, user_id: str) -> tuple[int, dict[str, Any]
 
 @app.page("/api/users/{user_id}")
 async def user_detail(web: View, request: Request, user_id: str) -> Response:
-    """A user's state, from whichever worker owns the user's partition."""
-    if not authorised(request):
+    """A user's state, from whichever worker owns the user's partition: for the admin, or
+    for another worker asking on the admin's behalf (its answer signed back)."""
+    nonce = forwarded_by_member(request)
+    if nonce is None and not authorised(request):
         return refused(web)
-    status, body = await find_user(request, user_id)
-    return json_response(web, body, status)
+    status, body = await find_user(request, user_id, forwarded=nonce is not None)
+    return member_answer(web, body, nonce, status)

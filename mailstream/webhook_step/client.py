@@ -10,6 +10,7 @@ import orjson
 
 from mailstream.providers.base import SendFailure
 from mailstream.providers.http_common import HttpRequest, HttpSession, read_json
+from mailstream.webhook_step.body import MAX_BODY_BYTES
 from mailstream.webhook_step.calls import answer_failure
 from mailstream.webhook_step.settings import Endpoint
 from mailstream.webhook_step.signing import request_headers
@@ -41,6 +42,9 @@ class WebhookClient:
         """POST the command's body, signed at this moment; never raises for an HTTP or
         network problem (those come back as the failure)."""
         body = orjson.dumps(command["body"])
+        if len(body) > MAX_BODY_BYTES:  # never signed nor sent, however it got queued
+            reason = f"the body is {len(body)} bytes, over the {MAX_BODY_BYTES}-byte limit"
+            return CallResult(SendFailure("body_too_large", reason, retryable=False))
         now = datetime.now(UTC)
         headers = request_headers(
             endpoint.secret, command["webhook_id"], attempt, int(now.timestamp()), body

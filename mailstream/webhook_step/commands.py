@@ -7,7 +7,9 @@ from typing import Any
 
 import orjson
 
+from mailstream.cluster_auth import WEBHOOK_COMMAND, ClusterKey
 from mailstream.users import UserState
+from mailstream.webhook_step.body import MAX_BODY_BYTES
 from mailstream.webhook_step.spec import WebhookIntent
 
 REQUIRED = ("webhook_id", "tenant_id", "user_id", "endpoint", "workflow", "enrollment_id")
@@ -36,6 +38,18 @@ def webhook_command(
     }
 
 
+def encode_command(cluster: ClusterKey, command: dict[str, Any]) -> tuple[bytes, bytes]:
+    """The Kafka key (the user id) and the command, signed with the cluster secret: the
+    webhook agent calls no endpoint for a command it did not get from a worker."""
+    key = str(command["user_id"]).encode()
+    return key, cluster.seal(WEBHOOK_COMMAND, key, orjson.dumps(command))
+
+
+def verified_command(cluster: ClusterKey, key: bytes | None, value: bytes | None) -> bytes | str:
+    """The command a worker of this deployment signed for ``key``, or why it is not one."""
+    return cluster.unseal(WEBHOOK_COMMAND, key, value)
+
+
 def decode_command(value: bytes | None) -> dict[str, Any] | str:
     """The command, or why it is not one (for the dead-letter topic)."""
     try:
@@ -49,6 +63,9 @@ def decode_command(value: bytes | None) -> dict[str, Any] | str:
         return f"missing or not a non-empty string: {', '.join(missing)}"
     if not isinstance(command.get("body"), dict):
         return "body: missing or not a JSON object"
+    size = len(orjson.dumps(command["body"]))
+    if size > MAX_BODY_BYTES:
+        return f"body: {size} bytes, over the {MAX_BODY_BYTES}-byte limit of a webhook body"
     if not isinstance(command.get("created_at"), int) or isinstance(command["created_at"], bool):
         return "created_at: missing or not an integer (epoch ms)"
     store = command.get("store")

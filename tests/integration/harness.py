@@ -26,6 +26,7 @@ T = TypeVar("T")
 PARTITIONS = 4
 UNSUBSCRIBE_SECRET = "test-secret-for-one-click-links"
 ADMIN_TOKEN = "test-admin-token-for-the-dashboard"
+CLUSTER_SECRET = "test-cluster-secret-the-workers-share-0123456789"
 
 
 async def wait_for(
@@ -215,6 +216,7 @@ class Deployment:
             MAILSTREAM_DATA_DIR=str(data),
             MAILSTREAM_UNSUBSCRIBE_SECRET=UNSUBSCRIBE_SECRET,
             MAILSTREAM_ADMIN_TOKEN=ADMIN_TOKEN,
+            MAILSTREAM_CLUSTER_SECRET=CLUSTER_SECRET,
             PYTHONUNBUFFERED="1",
         )
         w = Worker(name, port, data, self.root / f"{name}-{len(self.workers)}.log", env)

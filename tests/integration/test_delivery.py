@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from tests.fakes.http_providers import FakeProviders
 from tests.fakes.smtp_server import FakeSmtpServer
+from tests.integration import signed
 from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
 
 
@@ -36,13 +37,15 @@ def command(
 
 
 async def produce(deployment: Deployment, commands: list[dict[str, Any]]) -> None:
-    """Send commands straight onto the send topics, keyed by user id, as the engine does."""
+    """Send commands straight onto the send topics, keyed by user id and signed, as the
+    engine writes them."""
     producer = AIOKafkaProducer(bootstrap_servers=deployment.broker.bootstrap_servers, linger_ms=5)
     await producer.start()
     try:
         for c in commands:
             topic = deployment.topics[f"sends_{c['category']}"]
-            await producer.send(topic, orjson.dumps(c), key=c["user_id"].encode())
+            key, value = signed.send_command(c)
+            await producer.send(topic, value, key=key)
         await producer.flush()
     finally:
         await producer.stop()
@@ -335,15 +338,18 @@ async def test_malformed_commands_and_feedback_are_dead_lettered_and_the_worker_
         await producer.start()
         try:
             topics = deployment.topics
-            await producer.send_and_wait(topics["sends_marketing"], b"{not json", key=b"u1")
+            # signed by a worker, so it is their content the agent finds wrong
+            not_json = signed.cluster.seal("send", b"u1", b"{not json}")
+            await producer.send_and_wait(topics["sends_marketing"], not_json, key=b"u1")
             await producer.send_and_wait(
-                topics["sends_transactional"], orjson.dumps({"send_id": "x"}), key=b"u1"
+                topics["sends_transactional"],
+                signed.send_command({"send_id": "x", "user_id": "u1"})[1],
+                key=b"u1",
             )
             await producer.send_and_wait(topics["feedback"], b'{"kind": "exploded"}', key=b"u1")
             listed = {**command("bad-priority", "u1"), "priority": ["high"]}
-            await producer.send_and_wait(
-                topics["sends_transactional"], orjson.dumps(listed), key=b"u1"
-            )
+            key, value = signed.send_command(listed)
+            await producer.send_and_wait(topics["sends_transactional"], value, key=key)
         finally:
             await producer.stop()
         await produce(deployment, [command("good-1", "u1")])

@@ -8,10 +8,10 @@ import asyncio
 import time
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from tests.fakes.webhook_receiver import WebhookReceiver
+from tests.integration import signed
 from tests.integration.harness import Deployment, metric_sum, read_json, wait_for
 
 SECRETS = {"flaky": "flaky-secret-0123456789", "down": "down-secret-0123456789"}
@@ -92,7 +92,8 @@ async def test_exactly_one_success_signed_and_a_breaker_that_holds_calls_back(
         topics = deployment.topics
 
         # A malformed command first: dead-lettered with its reason, and the worker goes on.
-        await produce_raw(deployment, topics["webhooks"], b"u0", b'{"webhook_id": 1}')
+        malformed = signed.cluster.seal("webhook", b"u0", b'{"webhook_id": 1}')
+        await produce_raw(deployment, topics["webhooks"], b"u0", malformed)
         async with deployment.producer() as p:
             await p.identify("u1", {"email": "ada@example.com", "first_name": HOSTILE_NAME})
             await p.emit("signup", "u1", {"plan": "pro", "seats": 3})
@@ -131,7 +132,8 @@ async def test_exactly_one_success_signed_and_a_breaker_that_holds_calls_back(
         commands = await read_json(deployment, topics["webhooks"], 7, timeout=10)
         [command] = [c for c in commands if c.get("endpoint") == "flaky"]
         assert command["webhook_id"] == webhook_id
-        await produce_raw(deployment, topics["webhooks"], b"u1", orjson.dumps(command))
+        del command["mailstream_sig"]
+        await produce_raw(deployment, topics["webhooks"], *signed.webhook_command(command))
 
         async def deduplicated() -> bool:
             m = await worker.metrics()

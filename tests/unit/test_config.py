@@ -636,3 +636,24 @@ def test_fetch_waits(broker: dict[str, Any], send_path: bool, wait: float | None
 
     config = parse_config({"broker": broker}, SOURCE, env={})
     assert fetch_max_wait(config, send_path=send_path) == wait
+
+
+def test_the_cluster_section_and_the_message_limit_default_safely() -> None:
+    config = parse_config({}, env={})
+    assert config.cluster.secret_env == "MAILSTREAM_CLUSTER_SECRET"
+    assert config.cluster.request_max_age == 30.0
+    # under the producer's 1,000,000-byte request limit, so a send command always fits
+    assert 0 < config.delivery.max_message_bytes < 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"cluster": {"secret_env": "not a name"}}, "cluster.secret_env"),
+        ({"cluster": {"request_max_age": "0s"}}, "cluster.request_max_age"),
+        ({"cluster": {"secret": "inline"}}, "cluster.secret"),  # secrets live in variables
+        ({"delivery": {"max_message_bytes": 2_000_000}}, "delivery.max_message_bytes"),
+    ],
+)
+def test_a_bad_cluster_or_limit_value_fails_naming_the_key(raw: dict[str, Any], key: str) -> None:
+    assert key in config_error(raw)

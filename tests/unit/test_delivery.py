@@ -10,6 +10,7 @@ import pytest
 from mailstream.compose import Sender, compose, message_id
 from mailstream.delivery import (
     ATTEMPTING,
+    DROPPED,
     FAILED,
     QUEUED,
     SENT,
@@ -24,8 +25,11 @@ from mailstream.delivery import (
     rank,
     rank_bounds,
     succeeded,
+    suppressed_since,
+    withheld,
 )
 from mailstream.providers.base import Accepted, SendFailure
+from mailstream.suppression import Suppression
 from mailstream.unsubscribe import Unsubscribe, UnsubscribeTokens, list_unsubscribe_headers
 
 NOW = 1_800_000_000_000
@@ -220,3 +224,36 @@ def test_a_short_secret_is_refused_and_never_shown() -> None:
     with pytest.raises(ValueError, match="at least 16"):
         UnsubscribeTokens("short")
     assert SECRET not in repr(UnsubscribeTokens(SECRET))
+
+
+# ---- suppressed after the command was written -------------------------------------------
+
+UNSUBSCRIBED = Suppression("unsubscribe", "one-click", NOW - 1)
+BOUNCED = Suppression("hard_bounce", "delivery:postmark:406", NOW - 1)
+
+
+@pytest.mark.parametrize(
+    "category,own,listed,blocked_by",
+    [
+        ("marketing", [], None, None),
+        ("marketing", [UNSUBSCRIBED], None, "the user is suppressed"),
+        ("transactional", [UNSUBSCRIBED], None, None),  # receipts still go out
+        ("transactional", [BOUNCED], None, "the user is suppressed"),
+        ("marketing", [], UNSUBSCRIBED, "global suppression list"),
+        ("transactional", [], UNSUBSCRIBED, None),
+        ("transactional", [], BOUNCED, "global suppression list"),
+    ],
+)
+def test_a_send_suppressed_since_its_command_was_written_does_not_go(
+    category: str, own: list[Suppression], listed: Suppression | None, blocked_by: str | None
+) -> None:
+    why = suppressed_since(category, own, listed)
+    if blocked_by is None:
+        assert why is None
+        return
+    assert why is not None and blocked_by in why
+    delivery = accept(None, command(category), NOW)
+    assert delivery is not None
+    withheld(delivery, why, NOW)
+    assert delivery.state == DROPPED and delivery.queue_key is None
+    assert delivery.history[-1] == [NOW, "suppressed", why]

@@ -21,6 +21,7 @@ def test_the_compose_file_wires_workers_prometheus_and_the_smtp_sink() -> None:
         env = services[name]["environment"]
         assert env["MAILSTREAM_CANONICAL_URL"] == f"http://{name}:6066"
         assert "?" in env["MAILSTREAM_ADMIN_TOKEN"], "secrets come from the host, required"
+        assert "?" in env["MAILSTREAM_CLUSTER_SECRET"], "the workers share one, required"
     scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     targets = scrape["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == ["worker-1:6066", "worker-2:6066"]

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from mailstream.cluster_auth import ClusterKey
 from mailstream.delivery import ATTEMPTING, FAILED, QUEUED, SENT, QueueKey, attempt, failed
 from mailstream.delivery import orphaned as orphaned_call
 from mailstream.engine import MAX_STEPS_PER_RUN, Engine, send_id
@@ -28,7 +29,12 @@ from mailstream.webhook_step.calls import (
     expired,
     hold,
 )
-from mailstream.webhook_step.commands import decode_command, pick, webhook_command
+from mailstream.webhook_step.commands import (
+    decode_command,
+    pick,
+    verified_command,
+    webhook_command,
+)
 from mailstream.webhook_step.settings import WebhookEndpoint, build_endpoints
 from mailstream.webhook_step.signing import (
     ID_HEADER,
@@ -43,6 +49,8 @@ SECRET = b"whsec-test-secret-0123456789"
 T = 1_700_000_000
 
 # ---- the signature ------------------------------------------------------------------------
+
+CLUSTER = ClusterKey("unit-test-cluster-secret-0123456789abcdef")
 
 
 def test_the_signature_header_has_the_documented_format() -> None:
@@ -410,6 +418,11 @@ def test_the_command_carries_the_rendered_body_and_what_to_store() -> None:
         (orjson.dumps({**COMMAND, "created_at": "now"}), "created_at"),
         (orjson.dumps({**COMMAND, "store": {"from": "x"}}), "store"),
         (None, "not JSON"),
+        # one byte over the limit of a body mailstream would render: never POSTed
+        (
+            orjson.dumps({**COMMAND, "body": {"x": "a" * (MAX_BODY_BYTES - 7)}}),
+            f"over the {MAX_BODY_BYTES}-byte limit",
+        ),
     ],
 )
 def test_malformed_commands_say_why(value: bytes | None, reason: str) -> None:
@@ -499,18 +512,22 @@ def applier_run(body: dict[str, Any], traits: dict[str, Any]) -> Any:
         {"transactional": "sends.t", "marketing": "sends.m"},
         "dlq",
         "hooks",
+        cluster=CLUSTER,
+        max_message_bytes=900_000,
     )
     outbox = Outbox()
     applier.apply(outbox, 0, b"acme\x1fu1", user, fx, 99)
     return outbox.messages
 
 
-def test_the_applier_emits_the_command_keyed_by_user() -> None:
+def test_the_applier_emits_the_command_keyed_by_user_and_signed() -> None:
     [(topic, key, value, headers, _partition)] = applier_run(
         {"e": "{{ user.email }}"}, {"email": "a@x.test"}
     )
     assert (topic, key, headers) == ("hooks", b"u1", None)
-    command = orjson.loads(value)
+    signed = verified_command(CLUSTER, key, value)
+    assert isinstance(signed, bytes), signed
+    command = orjson.loads(signed)
     assert command["body"] == {"e": "a@x.test"} and command["created_at"] == 99
 
 

@@ -1,0 +1,22 @@
+"""Commands as a worker of the test deployment writes them: signed with its cluster secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailstream.cluster_auth import ClusterKey
+from mailstream.sends import encode_send_command
+from mailstream.webhook_step.commands import encode_command
+from tests.integration.harness import CLUSTER_SECRET
+
+cluster = ClusterKey(CLUSTER_SECRET)
+
+
+def send_command(command: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) of a send command the deployment's workers obey."""
+    return encode_send_command(cluster, command)
+
+
+def webhook_command(command: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(key, value) of a webhook command the deployment's workers obey."""
+    return encode_command(cluster, command)
