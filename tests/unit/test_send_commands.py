@@ -58,7 +58,7 @@ def apply_sends(*intents: SendIntent, limit: int = 900_000) -> list[Any]:
 
 
 def test_a_send_command_is_signed_for_its_user() -> None:
-    [(topic, key, value, _)] = apply_sends(receipt("s1", 2))
+    [(topic, key, value, _, _)] = apply_sends(receipt("s1", 2))
     assert (topic, key) == ("sends.t", b"u1")
     signed = verified_send_command(CLUSTER, key, value)
     assert isinstance(signed, bytes), signed
@@ -72,7 +72,7 @@ def test_a_message_rendering_over_the_limit_is_dead_lettered_and_the_next_goes_o
     assert len(orjson.dumps(huge.event)) < 64 * 1024  # a valid event, well under 1 MB
     letter, sent = apply_sends(huge, receipt("small", 2))
 
-    topic, key, value, headers = letter
+    topic, key, value, headers, _ = letter
     assert (topic, key) == ("dlq", b"u1")
     found = dict(headers or [])
     assert found["mailstream.reason_code"] == b"message_too_large"
@@ -87,13 +87,13 @@ def test_a_message_rendering_over_the_limit_is_dead_lettered_and_the_next_goes_o
 
 
 def test_the_limit_is_the_configured_one() -> None:
-    [(topic, _, _, _)] = apply_sends(receipt("s1", 200), limit=20_000)
+    [(topic, _, _, _, _)] = apply_sends(receipt("s1", 200), limit=20_000)
     assert topic == "dlq"
-    [(topic, _, _, _)] = apply_sends(receipt("s1", 200), limit=900_000)
+    [(topic, _, _, _, _)] = apply_sends(receipt("s1", 200), limit=900_000)
     assert topic == "sends.t"
 
 
 def test_workflow_health_counts_it_as_a_render_failure_of_its_own() -> None:
-    [(_, _, value, _)] = apply_sends(receipt("huge", 21_000))
+    [(_, _, value, _, _)] = apply_sends(receipt("huge", 21_000))
     reason = orjson.loads(value)["error"]["reason"]
     assert render_failure(TemplateError("order_receipt", None, reason)) == ("too_large", "")
