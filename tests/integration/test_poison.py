@@ -268,11 +268,13 @@ async def test_an_engine_exception_costs_one_event_or_timer_not_the_batch(
 
 
 # The send command of one user's receipt grows past what the producer may send (as a
-# receipt for 21,000 items once did): the flush fails, not the decision.
+# receipt for 21,000 items once did), and delivery.max_message_bytes is out of the way
+# (as a future path to the producer might be): the flush fails, not the decision.
 OVERSIZED_SEND = """
-import mailstream.sends as sends
+import mailstream.apply as apply
 
-_send_command = sends.send_command
+_send_command = apply.send_command
+_init = apply.EffectsApplier.__init__
 
 
 def send_command(user, intent, rendered, now):
@@ -282,7 +284,13 @@ def send_command(user, intent, rendered, now):
     return command
 
 
-sends.send_command = send_command
+def init(self, *args, **kwargs):
+    _init(self, *args, **kwargs)
+    self.max_message_bytes = 10**9
+
+
+apply.send_command = send_command
+apply.EffectsApplier.__init__ = init
 """
 
 
