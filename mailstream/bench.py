@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
-from mailstream.config import BROKER_URL_PATTERN
+from mailstream.config import BROKER_URL_PATTERN, TopicsConfig
 from mailstream.producer import EventProducer
 
 BROKER_URL = re.compile(BROKER_URL_PATTERN)
@@ -103,16 +103,13 @@ class ExistingBroker:
 
 
 def topic_names(name: str) -> dict[str, str]:
-    """The worker config's ``topics`` for an app of the bench named ``name``."""
-    return {
-        "events": f"{name}.events",
-        "dlq": f"{name}.dlq",
-        "sends_transactional": f"{name}.sends.transactional",
-        "sends_marketing": f"{name}.sends.marketing",
-        "feedback": f"{name}.feedback",
-        "suppression": f"{name}.suppression",
-        "webhooks": f"{name}.webhooks",
-    }
+    """The worker config's ``topics`` for an app of the bench named ``name``: each of
+    the config's topics, under ``name`` instead of ``mailstream``."""
+    names = {}
+    for key, spec in TopicsConfig.model_fields.items():
+        if isinstance(spec.default, str):
+            names[key] = name + spec.default.removeprefix("mailstream")
+    return names
 
 
 class Site:
