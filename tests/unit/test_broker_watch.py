@@ -1,0 +1,80 @@
+"""The broker watch's core: when the worker counts the broker as away or lost, and when
+its local state is ahead of what the broker holds."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailstream.broker_watch import BrokerContact, ahead_of_broker, data_lost_line, lost_line
+
+WALL = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+def contact() -> BrokerContact:
+    c = BrokerContact(stale_after=3.0, lost_after=60.0)
+    c.answered(100.0, WALL)
+    return c
+
+
+@pytest.mark.parametrize(
+    ("seconds_after", "reachable", "lost"),
+    [(0.0, True, False), (3.0, True, False), (3.5, False, False), (60.0, False, True)],
+)
+def test_silence_makes_the_broker_unreachable_then_lost(
+    seconds_after: float, reachable: bool, lost: bool
+) -> None:
+    c = contact()
+    assert c.reachable(100.0 + seconds_after) is reachable
+    assert c.lost(100.0 + seconds_after) is lost
+
+
+def test_before_the_watch_starts_nothing_says_the_broker_is_away() -> None:
+    c = BrokerContact()
+    assert c.reachable(1e9) and not c.lost(1e9) and c.status(1e9) == "ok"
+
+
+def test_status_says_since_when_and_an_answer_after_a_silence_is_a_comeback() -> None:
+    c = contact()
+    assert c.status(101.0) == "ok"
+    assert c.status(110.0) == "unreachable since 2027-01-15T08:00:00Z"
+    c.answered(101.0, WALL + 1)
+    assert not c.came_back
+    c.answered(120.0, WALL + 20)
+    assert c.came_back and c.status(120.5) == "ok"
+
+
+def test_the_lost_line_names_the_servers_the_time_and_the_setting() -> None:
+    line = lost_line("10.0.0.5:9092,10.0.0.6:9092", contact(), 175.0)
+    assert "10.0.0.5:9092,10.0.0.6:9092 has not answered for 75 s" in line
+    assert "since 2027-01-15T08:00:00Z" in line and "broker.lost_after is 60 s" in line
+
+
+@pytest.mark.parametrize(
+    ("persisted", "ends", "behind"),
+    [
+        # Faust keeps the offset of the last record applied: end 13 holds offset 12.
+        ({("c", 0): 12}, {("c", 0): 13}, []),
+        ({("c", 0): 12}, {("c", 0): 12}, [(("c", 0), 12, 12)]),
+        ({("c", 0): 12}, {("c", 0): 0}, [(("c", 0), 12, 0)]),
+        ({("c", 0): 12}, {("c", 0): None}, [(("c", 0), 12, None)]),
+        ({("c", 0): 12}, {}, [(("c", 0), 12, None)]),
+        ({("c", 1): 4, ("c", 0): 9}, {("c", 0): 3, ("c", 1): 5}, [(("c", 0), 9, 3)]),
+        ({}, {("c", 0): 0}, []),
+    ],
+)
+def test_a_partition_is_behind_when_its_end_is_not_past_the_local_offset(
+    persisted: dict[tuple[str, int], int],
+    ends: dict[tuple[str, int], int | None],
+    behind: list[tuple[tuple[str, int], int, int | None]],
+) -> None:
+    assert ahead_of_broker(persisted, ends) == behind
+
+
+def test_the_data_lost_line_says_what_and_what_to_do() -> None:
+    behind = ahead_of_broker({("ms-users-changelog", 2): 40, ("ms-users-changelog", 3): 8}, {})
+    line = data_lost_line("127.0.0.1:9092", "/srv/data", behind)
+    assert "\n" not in line
+    assert "127.0.0.1:9092 lost its data (ms-users-changelog is gone; 2 changelog" in line
+    assert "Remove /srv/data" in line and "restore the broker's data" in line
+    one = data_lost_line("b:9092", "d", [(("ms-users-changelog", 1), 16, 0)])
+    assert "ms-users-changelog[1] ends at offset 0, the local copy has offset 16" in one
