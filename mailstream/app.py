@@ -65,6 +65,8 @@ def create_app(config: Config) -> faust.App:
         table_standby_replicas=0,
         web_enabled=True,
         web_host=config.web.host,
+        # the address the web server listens on (Faust's default: every interface)
+        web_bind=config.web.host,
         web_port=config.web.port,
         canonical_url=config.web_url,
         # Faust's own table browser would serve user data to anyone: only our views do.
