@@ -37,8 +37,9 @@ class BrokerDataLost(MailstreamError):
     """The broker holds less than the local state was built from."""
 
 
-def check_port_free(host: str, port: int, key: str) -> None:
-    """Raise ``PortInUse`` naming ``key`` when ``host:port`` cannot be listened on."""
+def check_port_free(host: str, port: int, key: str, how: str) -> None:
+    """Raise ``PortInUse`` naming ``key`` when ``host:port`` cannot be listened on; ``how``
+    says how to choose another port."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         # as aiohttp listens: a port left in TIME_WAIT by a worker just stopped is free
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -48,7 +49,7 @@ def check_port_free(host: str, port: int, key: str) -> None:
             if exc.errno == errno.EADDRINUSE:
                 raise PortInUse(
                     f"{key}: port {port} on {host} is already in use (another worker or"
-                    f" program listens there); stop it, or choose another port ({key})"
+                    f" program listens there); stop it, or choose another port ({how})"
                 ) from None
             raise PortInUse(f"{key}: cannot listen on {host}:{port}: {exc.strerror}") from None
 

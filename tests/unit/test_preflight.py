@@ -26,9 +26,10 @@ def test_a_port_someone_listens_on_is_refused_naming_the_key() -> None:
         s.listen()
         port = s.getsockname()[1]
         with pytest.raises(PortInUse) as err:
-            check_port_free("127.0.0.1", port, "web.port")
+            check_port_free("127.0.0.1", port, "web.port", "--web-port")
     assert str(err.value).startswith(f"web.port: port {port} on 127.0.0.1 is already in use")
-    check_port_free("127.0.0.1", port, "web.port")  # free again once closed
+    assert str(err.value).endswith("choose another port (--web-port)")
+    check_port_free("127.0.0.1", port, "web.port", "--web-port")  # free again once closed
 
 
 def test_a_second_process_on_a_data_dir_is_told_who_holds_it(tmp_path: Path) -> None:
