@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,13 +47,19 @@ class BrokerContact:
     last_ok_wall: float = 0.0  # epoch seconds, for the messages
     stale_after: float = STALE_AFTER
     lost_after: float = 60.0
-    # an answer came after a silence longer than ``stale_after``: the broker came back
+    # an answer came after a question went unanswered: the broker may have restarted
     came_back: bool = False
+    _missed: bool = False
 
     def answered(self, now: float, wall: float) -> None:
-        if not self.reachable(now):
+        if self._missed or not self.reachable(now):
             self.came_back = True
+        self._missed = False
         self.last_ok, self.last_ok_wall = now, wall
+
+    def missed(self) -> None:
+        """A question went unanswered (refused, failed or timed out)."""
+        self._missed = True
 
     def silent_for(self, now: float) -> float:
         return max(0.0, now - self.last_ok)
@@ -113,6 +120,25 @@ def data_lost_line(
     return data_lost_advice(servers, data_dir, where + more)
 
 
+_FAUST_BEHIND = re.compile(
+    r"TP\(topic='(?P<topic>[^']+)', partition=(?P<partition>\d+)\).*"
+    r"\((?P<offset>-?\d+) > (?P<highwater>-?\d+)\)",
+    re.S,
+)
+
+
+def consistency_error_where(message: str) -> str:
+    """Which partition Faust's ConsistencyError names, said as ``data_lost_line`` does."""
+    m = _FAUST_BEHIND.search(message)
+    if m is None:
+        return " ".join(message.split("\n\n")[0].split())
+    end = int(m["highwater"]) + 1  # Faust compares with the offset of the last record
+    return (
+        f"{m['topic']}[{m['partition']}] ends at offset {end}, the local copy has"
+        f" offset {m['offset']}"
+    )
+
+
 def data_lost_advice(servers: str, data_dir: object, where: str) -> str:
     return (
         f"the broker at {servers} lost its data ({where}): the local state in"
@@ -120,6 +146,25 @@ def data_lost_advice(servers: str, data_dir: object, where: str) -> str:
         " holds (the users, suppressions and send records only this copy kept are then"
         " forgotten), or restore the broker's data and start the worker again"
     )
+
+
+class DataLostTraceback(logging.Filter):
+    """Leaves out Faust's traceback for the ConsistencyError its table recovery raises
+    when a changelog ends before the local copy: the worker says what happened, and what
+    to do, in one line instead (mailstream.cli)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from faust.exceptions import ConsistencyError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, ConsistencyError):
+            return False
+        return not any(isinstance(arg, ConsistencyError) for arg in _args(record))
+
+
+def _args(record: logging.LogRecord) -> tuple[object, ...]:
+    args = record.args
+    return args if isinstance(args, tuple) else ()
 
 
 async def _probe(client: AIOKafkaClient) -> set[str]:
@@ -171,6 +216,7 @@ async def watch_broker(
                 topics = await _probe(client)
             except Exception as exc:  # unreachable, refused, timed out
                 logger.debug("broker probe failed: %r", exc)
+                contact.missed()
             else:
                 contact.answered(clock(), wall())
                 warned = False

@@ -125,7 +125,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from mailstream.broker import create_topics
     from mailstream.preflight import check_local_state, check_port_free, lock_data_dir
 
-    check_port_free(config.web.host, config.web.port, "web.port")
+    check_port_free(
+        config.web.host, config.web.port, "web.port", "--web-port or MAILSTREAM_WEB_PORT"
+    )
     lock_data_dir(config.data_dir)
     asyncio.run(create_topics(config))
     # A broker that lost its data (a memory-only one restarted) behind the local state:
@@ -184,6 +186,11 @@ def _stopping_worker(base: type) -> type:
             super().on_setup_root_logger(root, level)
             # Without the broker, aiokafka logs hundreds of lines a second.
             self.repeat = log_rate.install(root.handlers)
+            from mailstream.broker_watch import DataLostTraceback
+
+            data_lost = DataLostTraceback()
+            for handler in root.handlers:
+                handler.addFilter(data_lost)
 
         async def on_started(self) -> None:
             repeat = self.repeat
@@ -220,10 +227,14 @@ def _explain_crash(reason: BaseException) -> None:
     from faust.exceptions import ConsistencyError
 
     from mailstream.app import broker_contact, config
-    from mailstream.broker_watch import EXIT_BROKER_DATA_LOST, data_lost_advice
+    from mailstream.broker_watch import (
+        EXIT_BROKER_DATA_LOST,
+        consistency_error_where,
+        data_lost_advice,
+    )
 
     if isinstance(reason, ConsistencyError):
-        where = " ".join(str(reason).split("\n\n")[0].split())
+        where = consistency_error_where(str(reason))
         logger.critical(data_lost_advice(config.bootstrap_servers, config.data_dir, where))
         logging.shutdown()
         os._exit(EXIT_BROKER_DATA_LOST)

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from mailstream.broker_watch import BrokerContact, ahead_of_broker, data_lost_line, lost_line
+from mailstream.broker_watch import (
+    BrokerContact,
+    ahead_of_broker,
+    consistency_error_where,
+    data_lost_line,
+    lost_line,
+)
 
 WALL = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 
@@ -43,6 +49,16 @@ def test_status_says_since_when_and_an_answer_after_a_silence_is_a_comeback() ->
     assert c.came_back and c.status(120.5) == "ok"
 
 
+def test_one_unanswered_question_is_enough_to_look_again_at_the_broker_data() -> None:
+    c = contact()
+    c.missed()  # a broker restarted within a second
+    c.answered(101.0, WALL + 1)
+    assert c.came_back
+    c.came_back = False
+    c.answered(102.0, WALL + 2)
+    assert not c.came_back
+
+
 def test_the_lost_line_names_the_servers_the_time_and_the_setting() -> None:
     line = lost_line("10.0.0.5:9092,10.0.0.6:9092", contact(), 175.0)
     assert "10.0.0.5:9092,10.0.0.6:9092 has not answered for 75 s" in line
@@ -78,3 +94,16 @@ def test_the_data_lost_line_says_what_and_what_to_do() -> None:
     assert "Remove /srv/data" in line and "restore the broker's data" in line
     one = data_lost_line("b:9092", "d", [(("ms-users-changelog", 1), 16, 0)])
     assert "ms-users-changelog[1] ends at offset 0, the local copy has offset 16" in one
+
+
+def test_faust_consistency_error_is_said_the_same_way() -> None:
+    message = (
+        "The persisted offset for changelog topic partition TP(topic='ms-users-changelog',"
+        " partition=1) is higher\nthan the last offset in that topic (highwater) (16 > -1)."
+        "\n\nMost likely you have removed data from the topics without\nremoving the"
+        " RocksDB database file for this partition.\n"
+    )
+    assert consistency_error_where(message) == (
+        "ms-users-changelog[1] ends at offset 0, the local copy has offset 16"
+    )
+    assert consistency_error_where("something else\n\nmore") == "something else"
