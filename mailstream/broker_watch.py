@@ -153,13 +153,17 @@ class DataLostTraceback(logging.Filter):
     when a changelog ends before the local copy: the worker says what happened, and what
     to do, in one line instead (mailstream.cli)."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __init__(self) -> None:
+        super().__init__()
         from faust.exceptions import ConsistencyError
 
+        self.error = ConsistencyError
+
+    def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, ConsistencyError):
+        if isinstance(exc, self.error):
             return False
-        return not any(isinstance(arg, ConsistencyError) for arg in _args(record))
+        return not any(isinstance(arg, self.error) for arg in _args(record))
 
 
 def _args(record: logging.LogRecord) -> tuple[object, ...]:

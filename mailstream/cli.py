@@ -16,7 +16,6 @@ import orjson
 from mailstream import log_rate
 from mailstream.config import CONFIG_ENV, Config, load_config
 from mailstream.exceptions import MailstreamError
-from mailstream.log_rate import RepeatFilter
 from mailstream.signals import stop_on_signals
 
 # allocations between young-generation collections in a worker (Python's default: 700)
@@ -180,7 +179,7 @@ def _stopping_worker(base: type) -> type:
     whatever is still running: non-zero after a crash, so a supervisor restarts it."""
 
     class StoppingWorker(base):
-        repeat: RepeatFilter | None = None
+        repeat: log_rate.RepeatFilter | None = None
 
         def on_setup_root_logger(self, root: logging.Logger, level: int) -> None:
             super().on_setup_root_logger(root, level)

@@ -3,6 +3,8 @@ its local state is ahead of what the broker holds."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from mailstream.broker_watch import (
@@ -107,3 +109,21 @@ def test_faust_consistency_error_is_said_the_same_way() -> None:
         "ms-users-changelog[1] ends at offset 0, the local copy has offset 16"
     )
     assert consistency_error_where("something else\n\nmore") == "something else"
+
+
+def test_faust_traceback_for_a_consistency_error_is_left_out_and_nothing_else() -> None:
+    from faust.exceptions import ConsistencyError
+
+    from mailstream.broker_watch import DataLostTraceback
+
+    def record(msg: str, args: tuple[object, ...], exc: BaseException | None) -> logging.LogRecord:
+        info = (type(exc), exc, None) if exc is not None else None
+        return logging.LogRecord("faust", logging.ERROR, __file__, 1, msg, args, info)
+
+    lost = ConsistencyError("The persisted offset ... (16 > -1)")
+    keep = DataLostTraceback()
+    assert not keep.filter(record("Crashed reason=%r", (lost,), lost))
+    assert not keep.filter(record("Crashed reason=%r", (lost,), None))
+    other = RuntimeError("boom")
+    assert keep.filter(record("Crashed reason=%r", (other,), other))
+    assert keep.filter(record("plain", (), None))
