@@ -14,6 +14,7 @@ from mailstream.broker import (
     correct_recovery_highwaters,
     set_fetch_max_wait,
 )
+from mailstream.broker_watch import BrokerContact, watch_broker
 from mailstream.config import Config, load_config
 
 PRODUCER_BATCH_BYTES = 256 * 1024
@@ -64,6 +65,8 @@ def create_app(config: Config) -> faust.App:
         table_standby_replicas=0,
         web_enabled=True,
         web_host=config.web.host,
+        # the address the web server listens on (Faust's default: every interface)
+        web_bind=config.web.host,
         web_port=config.web.port,
         canonical_url=config.web_url,
         # Faust's own table browser would serve user data to anyone: only our views do.
@@ -97,8 +100,30 @@ def settled() -> bool:
     return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
 
 
+def watch_the_broker() -> None:
+    """Have the worker ask the broker for its metadata every second: ``/health`` reports
+    it not ready within seconds of losing the broker, and it stops after
+    ``broker.lost_after``, or when the broker came back without its data
+    (mailstream.broker_watch)."""
+    from mailstream.preflight import broker_data_problem, persisted_offsets
+
+    async def check_data() -> str | None:
+        persisted = await asyncio.to_thread(persisted_offsets, config.data_dir, config.app_id)
+        return await broker_data_problem(
+            config.bootstrap_servers, config.data_dir, persisted, config.broker.embedded
+        )
+
+    async def watch() -> None:
+        await watch_broker(
+            config.bootstrap_servers, broker_contact, check_data, config.topics.all_names()
+        )
+
+    app.task(watch)
+
+
 config = load_config()
 app = create_app(config)
+broker_contact = BrokerContact(lost_after=config.broker.lost_after)
 
 # Read directly (mailstream.reader), Faust only keeps the events partitions assigned:
 # without acks, its monitor does not take the paused stream for a stuck one.

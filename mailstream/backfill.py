@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
 from mailstream import metrics
 from mailstream.ingest import RawMessage, headers_of, plan_offsets
@@ -41,7 +42,11 @@ class Backfill:
                 group_id=None,
                 auto_offset_reset="earliest",
             )
-            await consumer.start()
+            try:
+                await consumer.start()
+            except BaseException:
+                await consumer.stop()
+                raise
             self._consumer = consumer
         return self._consumer
 
@@ -143,7 +148,13 @@ async def sweep_quiet_partitions(
         if now - last_seen.get((backfill.topic, partition), 0.0) < QUIET_SECONDS:
             continue
         start = progress(partition) or 0
-        tail = await backfill.fetch(partition, start)
+        try:
+            tail = await backfill.fetch(partition, start)
+        except KafkaError as exc:
+            # The broker is away: the next sweep reads what this one could not
+            # (mailstream.broker_watch says so, and stops the worker if it stays away).
+            logger.debug("%s: cannot read back quiet partitions: %r", backfill.topic, exc)
+            return
         if not tail:
             continue
         logger.warning(

@@ -73,11 +73,18 @@ class EmbeddedBroker:
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 9092, log_path: Path | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9092,
+        log_path: Path | None = None,
+        own_session: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.log_path = log_path
+        # out of the terminal's process group: a Ctrl-C meant for the process that runs
+        # it (the demo) does not stop the broker under the workers still using it
+        self.own_session = own_session
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -106,7 +113,9 @@ class EmbeddedBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         out = self._log if self._log is not None else subprocess.DEVNULL
-        self.process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=self.own_session
+        )
         if not wait_for_port(self.host, self.port, timeout):
             code = self.process.poll()
             self.stop()

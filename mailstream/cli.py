@@ -13,6 +13,7 @@ import time
 
 import orjson
 
+from mailstream import log_rate
 from mailstream.cluster_auth import cluster_key
 from mailstream.config import CONFIG_ENV, Config, load_config
 from mailstream.exceptions import MailstreamError
@@ -123,8 +124,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from mailstream.broker import create_topics
+    from mailstream.preflight import check_local_state, check_port_free, lock_data_dir
 
+    check_port_free(
+        config.web.host, config.web.port, "web.port", "--web-port or MAILSTREAM_WEB_PORT"
+    )
+    lock_data_dir(config.data_dir)
     asyncio.run(create_topics(config))
+    # A broker that lost its data (a memory-only one restarted) behind the local state:
+    # one line saying so, rather than Faust's recovery crashing on every start.
+    asyncio.run(
+        check_local_state(
+            config.bootstrap_servers, config.data_dir, config.app_id, config.broker.embedded
+        )
+    )
 
     import agents.ingest  # noqa: F401  (registers the agents)
     import agents.suppression_list  # noqa: F401
@@ -147,7 +160,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import mailstream.dashboard  # noqa: F401  (the dashboard and its JSON twins)
     import mailstream.web  # noqa: F401  (registers the views)
     import mailstream.web_feedback  # noqa: F401  (webhooks and one-click unsubscribe)
-    from mailstream.app import app
+    from mailstream.app import app, watch_the_broker
+
+    watch_the_broker()
 
     # The worker makes many short-lived objects per event and keeps a large, long-lived
     # heap (Faust, the modules, the app): collect the young generation less often, and
@@ -167,14 +182,34 @@ def _stopping_worker(base: type) -> type:
     whatever is still running: non-zero after a crash, so a supervisor restarts it."""
 
     class StoppingWorker(base):
+        repeat: log_rate.RepeatFilter | None = None
+
+        def on_setup_root_logger(self, root: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(root, level)
+            # Without the broker, aiokafka logs hundreds of lines a second.
+            self.repeat = log_rate.install(root.handlers)
+            from mailstream.broker_watch import DataLostTraceback
+
+            data_lost = DataLostTraceback()
+            for handler in root.handlers:
+                handler.addFilter(data_lost)
+
+        async def on_started(self) -> None:
+            repeat = self.repeat
+            if repeat is not None:
+
+                async def summaries() -> None:
+                    while True:
+                        await asyncio.sleep(5.0)
+                        log_rate.log_summaries(repeat)
+
+                self.add_future(summaries())
+            await super().on_started()  # waits until the worker stops
+
         async def on_stop(self) -> None:
             reason = self.crash_reason
             if reason is not None:
-                logger.critical(
-                    "the worker crashed (%r) and is stopping; start it again once the"
-                    " broker is reachable",
-                    reason,
-                )
+                _explain_crash(reason)
             threading.Thread(target=self._exit_if_still_stopping, daemon=True).start()
             await super().on_stop()
 
@@ -186,6 +221,35 @@ def _stopping_worker(base: type) -> type:
             os._exit(code)
 
     return StoppingWorker
+
+
+def _explain_crash(reason: BaseException) -> None:
+    """One line on why the worker crashed and what to do; exits at once when the broker
+    lost the data the local state was built from (restarting would crash again)."""
+    from faust.exceptions import ConsistencyError
+
+    from mailstream.app import broker_contact, config
+    from mailstream.broker_watch import (
+        EXIT_BROKER_DATA_LOST,
+        consistency_error_where,
+        data_lost_advice,
+    )
+
+    if isinstance(reason, ConsistencyError):
+        where = consistency_error_where(str(reason))
+        logger.critical(data_lost_advice(config.bootstrap_servers, config.data_dir, where))
+        logging.shutdown()
+        os._exit(EXIT_BROKER_DATA_LOST)
+    if not broker_contact.reachable(time.monotonic()):
+        logger.critical(
+            "the worker crashed (%r) and is stopping; the broker at %s is %s: start the"
+            " worker again once the broker is reachable",
+            reason,
+            config.bootstrap_servers,
+            broker_contact.status(time.monotonic()),
+        )
+    else:
+        logger.critical("the worker crashed (%r) and is stopping", reason)
 
 
 async def _emit(args: argparse.Namespace) -> str:

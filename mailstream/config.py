@@ -72,6 +72,9 @@ class BrokerConfig(_Section):
     # and every takeover after a crash waits about this long over two.
     session_timeout: Seconds = 6.0
     heartbeat_interval: Seconds = 1.0
+    # A worker that has not reached the broker for this long exits non-zero, saying so
+    # (``/health`` reports it not ready within seconds; see docs/robustness.md).
+    lost_after: Annotated[Seconds, Field(ge=5, le=86400)] = 60.0
 
     @property
     def compression_type(self) -> str | None:

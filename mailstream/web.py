@@ -20,7 +20,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from yarl import URL
 
-from mailstream.app import app, config, events_topic, settled
+from mailstream.app import app, broker_contact, config, events_topic, settled
 from mailstream.auth import SESSION_COOKIE, AdminAuth, bearer_matches, mask_email
 from mailstream.cluster_auth import REQUEST_HEADER, RESPONSE_HEADER, NonceGuard, request_nonce
 from mailstream.delivery import Delivery, delivery_key
@@ -144,11 +144,17 @@ async def metrics_page(web: View, request: Request) -> Response:
 
 @app.page("/health")
 async def health(web: View, request: Request) -> Response:
+    now = time.monotonic()
     return json_response(
         web,
         {
             "status": "ok",
-            "ready": settled() and suppression_list.ready.is_set(),
+            # not while the broker does not answer: nothing this worker takes in can be
+            # made durable (mailstream.broker_watch)
+            "ready": settled()
+            and suppression_list.ready.is_set()
+            and broker_contact.reachable(now),
+            "broker": broker_contact.status(now),
             "suppression_list": len(suppression_list) if suppression_list.ready.is_set() else None,
             "app_id": config.app_id,
             "url": str(app.conf.canonical_url),
