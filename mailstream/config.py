@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from datetime import date
 from pathlib import Path
@@ -38,6 +39,8 @@ from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule, pars
 from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
 
 CONFIG_ENV = "MAILSTREAM_CONFIG"
+
+logger = logging.getLogger(__name__)
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -388,7 +391,8 @@ class Config(_Section):
     webhooks_out: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], WebhookEndpoint
     ] = {}
-    # Where email templates live; default: the templates/ directory beside the package.
+    # Where email templates live; default: the templates shipped in the package. A
+    # relative path is relative to the config file (like `include:`).
     templates_dir: Path | None = None
     # None: the shipped example journeys (mailstream/default_workflows.yaml).
     workflows: (
@@ -527,10 +531,50 @@ def _format_errors(
     return "\n".join(lines)
 
 
+def _resolve_templates_dirs(
+    raw: dict[str, Any], base: Path, overridden: dict[tuple[str, ...], str]
+) -> None:
+    """Make each relative ``templates_dir`` in the file (the default's and the tenants')
+    relative to ``base``, the config file's directory. One from ``$MAILSTREAM_TEMPLATES_DIR``
+    stays relative to the working directory, as any path given in a shell does."""
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str | os.PathLike) or Path(value).is_absolute():
+            return value
+        beside = (base / value).resolve()
+        # Before this release the path was taken from the working directory: a file
+        # written that way keeps working while that reading is the only one that exists.
+        cwd = Path(value).resolve()
+        if not beside.is_dir() and cwd.is_dir() and cwd != beside:
+            logger.warning(
+                "templates_dir %s is not beside the config file (%s); using %s, relative to"
+                " the working directory. Make the path relative to the config file.",
+                value,
+                beside,
+                cwd,
+            )
+            return str(cwd)
+        return str(beside)
+
+    if "templates_dir" in raw and ("templates_dir",) not in overridden:
+        raw["templates_dir"] = resolve(raw["templates_dir"])
+    tenants = raw.get("tenants")
+    if isinstance(tenants, dict):
+        for tenant in tenants.values():
+            if isinstance(tenant, dict) and "templates_dir" in tenant:
+                tenant["templates_dir"] = resolve(tenant["templates_dir"])
+
+
 def parse_config(
-    raw: Any, source: str = "<config>", env: os._Environ[str] | dict[str, str] | None = None
+    raw: Any,
+    source: str = "<config>",
+    env: os._Environ[str] | dict[str, str] | None = None,
+    base_dir: Path | None = None,
 ) -> Config:
-    """Validate an already-parsed mapping (plus environment overrides) into a Config."""
+    """Validate an already-parsed mapping (plus environment overrides) into a Config.
+
+    ``base_dir``: the directory relative paths in the file are relative to (the config
+    file's); None: the working directory."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -539,6 +583,8 @@ def parse_config(
         )
     raw = copy.deepcopy(raw)
     overridden = _apply_overrides(raw, os.environ if env is None else env)
+    if base_dir is not None:
+        _resolve_templates_dirs(raw, base_dir, overridden)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
@@ -626,7 +672,7 @@ def load_config(
         raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
     if isinstance(raw, dict) and raw.get("include"):
         raw = _merge_includes(raw, p)
-    return parse_config(raw, str(p), env)
+    return parse_config(raw, str(p), env, base_dir=p.parent)
 
 
 def _merge_includes(raw: dict[str, Any], path: Path) -> dict[str, Any]:
