@@ -92,6 +92,8 @@ class TopicsConfig(_Section):
     suppression: str = Field("mailstream.suppression", min_length=1)
     # webhook step commands, keyed by user id (see docs/webhook-step.md)
     webhooks: str = Field("mailstream.webhooks", min_length=1)
+    # dashboard sessions logged out before they expired, read whole by every worker
+    sessions: str = Field("mailstream.sessions", min_length=1)
 
     def all_names(self) -> list[str]:
         return [
@@ -102,6 +104,7 @@ class TopicsConfig(_Section):
             self.feedback,
             self.suppression,
             self.webhooks,
+            self.sessions,
         ]
 
 
@@ -314,6 +317,15 @@ class WebConfig(_Section):
     metrics_token_env: str = Field("MAILSTREAM_METRICS_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # how often each worker counts the enrollments waiting at each step, for the funnel
     funnel_every: Annotated[Seconds, Field(ge=5)] = 60.0
+    # false: session cookies without Secure, so logging in works over plain http (only
+    # on a network you trust; browsers keep Secure cookies only over https or localhost)
+    cookie_secure: bool = True
+    # login attempts a worker takes per minute from one client address, and from all
+    login_attempts_per_client: int = Field(10, ge=1, le=10_000)
+    login_attempts_overall: int = Field(60, ge=1, le=100_000)
+    # a connection must send a request's headers within this, and is closed when idle
+    # this long between requests (against slow-header attacks)
+    header_timeout: Annotated[Seconds, Field(ge=0.1, le=3600)] = 15.0
 
 
 class RetentionConfig(_Section):
