@@ -5,6 +5,7 @@ every worker; each worker reports its own at /api/local/stats."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import time
@@ -15,7 +16,6 @@ from urllib.parse import quote
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.types import TP
 from faust.web import Request, Response, View
 
 from mailstream import metrics
@@ -27,7 +27,14 @@ from mailstream.auth import (
     SESSION_SECONDS,
     LoginLimiter,
 )
-from mailstream.broker import topic_partitions
+from mailstream.board import (
+    label_funnel,
+    partition_lag,
+    suppression_summary,
+    workflow_step_labels,
+)
+from mailstream.broker import fetched_end_offsets, topic_partitions
+from mailstream.config import default_workflows
 from mailstream.dlq import describe
 from mailstream.health_view import local_figures, workflow_health
 from mailstream.pages import render_page
@@ -88,22 +95,43 @@ async def count_waiting() -> None:
     )
 
 
-def local_stats() -> dict[str, Any]:
+async def events_end_offsets(partitions: list[int]) -> dict[int, int | None]:
+    """The end offsets of these partitions of the events topic, from the broker.
+
+    Faust's consumer knows no current high-water mark for them: the direct reader reads
+    the events topic while Faust's fetching of it is paused. On the embedded broker the
+    ends come from a fetch (``fetched_end_offsets``): its ListOffsets answer reads short
+    after a multi-record batch, which showed a high-water mark below "applied"."""
+    if not partitions:
+        return {}
+    tps = [TopicPartition(config.topics.events, p) for p in partitions]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    try:
+        await consumer.start()
+        try:
+            listed: dict[Any, int] = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        if config.broker.embedded:
+            listed = await fetched_end_offsets(config.bootstrap_servers, listed, timeout=3.0)
+    except Exception as exc:  # the dashboard shows the lag as unknown
+        logger.warning("cannot read the events topic's end offsets: %r", exc)
+        return {p: None for p in partitions}
+    return {tp.partition: end for tp, end in listed.items()}
+
+
+async def local_stats() -> dict[str, Any]:
     """This worker's own figures: counters since it started, their growth over the last
     minute, its partitions' lag, its funnel, and the sends its partitions made today."""
     samples = collect()
     now = figures(samples)
     partitions = users.active_partitions()
     day = datetime.now(UTC).date().isoformat()
-    lag = {}
-    for p in partitions:
-        highwater = app.consumer.highwater(TP(config.topics.events, p))
-        applied = users.progress(p) or 0
-        lag[str(p)] = {
-            "highwater": highwater,
-            "applied": applied,
-            "lag": max(0, (highwater or 0) - applied),
-        }
+    applied = {p: users.progress(p) for p in partitions}  # before the ends: never above them
+    ends = await events_end_offsets(partitions)
+    lag = {str(p): partition_lag(ends.get(p), applied[p]) for p in partitions}
     return {
         "workers": 1,
         "totals": now,
@@ -148,12 +176,12 @@ def delivery_partitions() -> list[int]:
 async def local_stats_view(web: View, request: Request) -> Response:
     if not authorised(request):
         return _secured(refused(web))
-    return _secured(json_response(web, local_stats()))
+    return _secured(json_response(web, await local_stats()))
 
 
 async def gather() -> dict[str, Any]:
     """Every worker's figures, added up; this worker's own if another does not answer."""
-    parts = [local_stats()]
+    parts = [await local_stats()]
     missing = 0
     for url in worker_urls():
         if is_me(url):
@@ -181,9 +209,23 @@ async def gather() -> dict[str, Any]:
         "warmup_cap_today": cap,
         "sent_today": total["sent_today"],
     }
+    total["funnel"] = label_funnel(total.get("funnel") or {}, step_labels())
     total["dead_letters"] = await latest_dead_letters()
     total["workflow_health"] = workflow_health(total.get("workflow_figures"))
     return total
+
+
+@functools.cache
+def step_labels() -> dict[str, dict[str, str]]:
+    """Each workflow's step labels (ids), from the config; a tenant's own workflows add
+    theirs for names the defaults lack."""
+    labels: dict[str, dict[str, str]] = {}
+    for tenant in [None, *config.tenants]:
+        cfg = config if tenant is None else config.tenant(tenant)
+        specs = cfg.workflows if cfg.workflows is not None else default_workflows()
+        for name, found in workflow_step_labels(specs).items():
+            labels.setdefault(name, found)
+    return labels
 
 
 async def latest_dead_letters() -> list[dict[str, Any]]:
@@ -404,7 +446,8 @@ async def user_page(web: View, request: Request, user_id: str) -> Response:
         return _login_page(web, 401, request=request)
     status, body = await find_user(request, user_id)
     csrf = auth.new_csrf()
-    html = render_page("user.html", user_id=user_id, status=status, u=body, csrf=csrf)
+    sup = suppression_summary(body) if status == 200 else None
+    html = render_page("user.html", user_id=user_id, status=status, u=body, sup=sup, csrf=csrf)
     response = web.html(html, status=status)
     _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
     return _secured(response)
