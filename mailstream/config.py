@@ -324,8 +324,9 @@ class WebConfig(_Section):
     login_attempts_per_client: int = Field(10, ge=1, le=10_000)
     login_attempts_overall: int = Field(60, ge=1, le=100_000)
     # a connection must send a request's headers within this, and is closed when idle
-    # this long between requests (against slow-header attacks)
-    header_timeout: Annotated[Seconds, Field(ge=0.1, le=3600)] = 15.0
+    # this long between requests (against slow-header attacks); longer than the 15 s
+    # aiohttp clients (other workers) keep an idle connection, so they drop it first
+    header_timeout: Annotated[Seconds, Field(ge=0.1, le=3600)] = 20.0
 
 
 class RetentionConfig(_Section):
