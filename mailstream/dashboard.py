@@ -11,7 +11,7 @@ import struct
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -20,13 +20,7 @@ from faust.web import Request, Response, View
 
 from mailstream import metrics
 from mailstream.app import app, config, settled
-from mailstream.auth import (
-    CSRF_COOKIE,
-    SECURITY_HEADERS,
-    SESSION_COOKIE,
-    SESSION_SECONDS,
-    LoginLimiter,
-)
+from mailstream.auth import CSRF_COOKIE, SESSION_SECONDS
 from mailstream.board import (
     label_funnel,
     partition_lag,
@@ -40,7 +34,6 @@ from mailstream.health_view import local_figures, workflow_health
 from mailstream.pages import render_page
 from mailstream.ratelimit import warmup_cap
 from mailstream.runtime import tenancy
-from mailstream.sessions import SessionFeed
 from mailstream.stats import Minutes, add_up, collect, figures, funnel, tenant_figures
 from mailstream.users import UserState
 from mailstream.web import (
@@ -53,6 +46,7 @@ from mailstream.web import (
     refused,
     worker_urls,
 )
+from mailstream.web_login import login_page, redirect, secured, set_cookie
 from tables.deliveries import sent_on
 from tables.timers import timers
 from tables.users import users
@@ -175,8 +169,8 @@ def delivery_partitions() -> list[int]:
 @app.page("/api/local/stats")
 async def local_stats_view(web: View, request: Request) -> Response:
     if not authorised(request):
-        return _secured(refused(web))
-    return _secured(json_response(web, await local_stats()))
+        return secured(refused(web))
+    return secured(json_response(web, await local_stats()))
 
 
 async def gather() -> dict[str, Any]:
@@ -269,185 +263,58 @@ async def latest_dead_letters() -> list[dict[str, Any]]:
 
 # ---- pages ---------------------------------------------------------------------------
 
-limiter = LoginLimiter(config.web.login_attempts_per_client, config.web.login_attempts_overall)
-
-
-async def _publish_revocation(key: bytes, value: bytes) -> None:
-    await app.producer.send_and_wait(
-        config.topics.sessions, key, value, partition=None, timestamp=None, headers=None
-    )
-
-
-session_feed = SessionFeed(
-    config.bootstrap_servers, config.topics.sessions, auth.revocations, _publish_revocation
-)
-
-
-@app.task
-async def follow_sessions() -> None:
-    """Keep this worker's list of logged-out sessions current (mailstream.sessions)."""
-    await session_feed.run()
-
-
-def _secured(response: Response) -> Response:
-    cast(Any, response).headers.update(SECURITY_HEADERS)
-    return response
-
-
-def _login_page(web: View, status: int, message: str = "", request: Any = None) -> Response:
-    csrf = auth.new_csrf()
-    note = ""
-    if request is not None and config.web.cookie_secure and plain_http(request):
-        note = NEEDS_HTTPS
-    html = render_page("login.html", csrf=csrf, message=message, note=note)
-    response = web.html(html, status=status)
-    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
-    return _secured(response)
-
-
-# Why a login form comes back without its cookie when the cookie is Secure and the page
-# is not on https (browsers keep such cookies only over https, and on localhost).
-NEEDS_HTTPS = (
-    "This dashboard is served over plain http, and its login cookie is marked Secure, so"
-    " your browser may not keep it: open the dashboard over https, or set"
-    " web.cookie_secure: false in the worker's config (only on a network you trust)."
-)
-
-
-def plain_http(request: Any) -> bool:
-    """Whether the browser reached this page over plain http, to a name other than
-    localhost (a proxy that terminates TLS says https in X-Forwarded-Proto)."""
-    forwarded = (request.headers.get("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
-    scheme = forwarded or request.scheme
-    host = (request.host or "").rsplit(":", 1)[0].strip("[]").lower()
-    local = host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".localhost")
-    return scheme == "http" and not local
-
-
-def _cookie(response: Any, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(
-        name,
-        value,
-        max_age=max_age,
-        httponly=True,
-        secure=config.web.cookie_secure,
-        samesite="Strict",
-        path="/",
-    )
-
-
-def _redirect(web: View, location: str) -> Response:
-    return _secured(web.html("", status=303, headers={"Location": location}))
-
-
-@app.page("/login")
-class Login(View):
-    async def get(self, request: Request) -> Response:
-        return _login_page(self, 200, request=request)
-
-    async def post(self, request: Request) -> Response:
-        http: Any = request
-        form = await http.post()
-        client = http.remote or "unknown"
-        wait = limiter.attempt(client, time.monotonic())
-        if wait:
-            response = _login_page(
-                self, 429, f"Too many login attempts; try again in {wait} s.", request
-            )
-            cast(Any, response).headers["Retry-After"] = str(wait)
-            return response
-        cookie = http.cookies.get(CSRF_COOKIE)
-        if cookie is None:
-            # the browser did not send back the cookie set with the form
-            message = NEEDS_HTTPS if config.web.cookie_secure else "The form expired; try again."
-            return _login_page(self, 403, message, request)
-        if not auth.csrf_ok(cookie, form.get("csrf")):
-            return _login_page(self, 403, "The form expired; try again.", request)
-        if not auth.token_matches(form.get("token")):
-            return _login_page(self, 401, "That token is not right.", request)
-        limiter.succeeded(client)
-        response = _redirect(self, "/")
-        _cookie(response, SESSION_COOKIE, auth.new_session(), SESSION_SECONDS)
-        return response
-
-
-@app.page("/logout")
-class Logout(View):
-    async def post(self, request: Request) -> Response:
-        http: Any = request
-        form = await http.post()
-        if not auth.csrf_ok(http.cookies.get(CSRF_COOKIE), form.get("csrf")):
-            return _secured(self.html("", status=403))
-        session = auth.session(http.cookies.get(SESSION_COOKIE))
-        response = _redirect(self, "/login")
-        if session is not None:
-            try:
-                await session_feed.revoke(session)
-            except Exception as exc:
-                logger.warning("could not record a logout: %r", exc)
-                response = _secured(
-                    self.html(
-                        "<p>The logout could not be recorded (the broker did not answer):"
-                        " your session is still valid elsewhere. Try again.</p>",
-                        status=503,
-                    )
-                )
-        _cookie(response, SESSION_COOKIE, "", 0)
-        return response
-
-
 @app.page("/")
 async def dashboard(web: View, request: Request) -> Response:
     if not authorised(request):
-        return _login_page(web, 401, request=request)
+        return login_page(web, 401, request=request)
     figures_ = await gather()
     csrf = auth.new_csrf()
     html = render_page("dashboard.html", s=figures_, csrf=csrf, refresh=10)
     response = web.html(html)
-    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
-    return _secured(response)
+    set_cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
+    return secured(response)
 
 
 @app.page("/api/dashboard")
 async def dashboard_json(web: View, request: Request) -> Response:
     if not authorised(request):
-        return _secured(refused(web))
-    return _secured(json_response(web, await gather()))
+        return secured(refused(web))
+    return secured(json_response(web, await gather()))
 
 
 @app.page("/api/workflows/health")
 async def workflows_health_json(web: View, request: Request) -> Response:
     """Each workflow's health score, category, figures and recommendations (all workers)."""
     if not authorised(request):
-        return _secured(refused(web))
+        return secured(refused(web))
     board = await gather()
     body = {
         "workers": board["workers"],
         "missing_workers": board["missing_workers"],
         **board["workflow_health"],
     }
-    return _secured(json_response(web, body))
+    return secured(json_response(web, body))
 
 
 @app.page("/users")
 async def user_search(web: View, request: Request) -> Response:
     if not authorised(request):
-        return _login_page(web, 401, request=request)
+        return login_page(web, 401, request=request)
     http: Any = request
     user_id = (http.query.get("user_id") or "").strip()
     if not user_id:
-        return _redirect(web, "/")
-    return _redirect(web, "/users/" + quote(user_id, safe=""))
+        return redirect(web, "/")
+    return redirect(web, "/users/" + quote(user_id, safe=""))
 
 
 @app.page("/users/{user_id}")
 async def user_page(web: View, request: Request, user_id: str) -> Response:
     if not authorised(request):
-        return _login_page(web, 401, request=request)
+        return login_page(web, 401, request=request)
     status, body = await find_user(request, user_id)
     csrf = auth.new_csrf()
     sup = suppression_summary(body) if status == 200 else None
     html = render_page("user.html", user_id=user_id, status=status, u=body, sup=sup, csrf=csrf)
     response = web.html(html, status=status)
-    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
-    return _secured(response)
+    set_cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
+    return secured(response)
