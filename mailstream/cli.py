@@ -10,13 +10,14 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 import orjson
 
 from mailstream import log_rate
 from mailstream.cluster_auth import cluster_key
 from mailstream.config import CONFIG_ENV, Config, load_config
-from mailstream.exceptions import MailstreamError
+from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.signals import stop_on_signals
 
 # allocations between young-generation collections in a worker (Python's default: 700)
@@ -252,31 +253,70 @@ def _explain_crash(reason: BaseException) -> None:
         logger.critical("the worker crashed (%r) and is stopping", reason)
 
 
-async def _emit(args: argparse.Namespace) -> str:
-    from mailstream.producer import EventProducer
+def checked_event(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """The event ``emit`` would send, checked as ingest checks it: an event ingest would
+    dead-letter is refused here with the same reason."""
+    from mailstream.events import Invalid, decode_event
+    from mailstream.producer import make_event
 
-    config = _config(args)
-    payload = orjson.loads(args.payload) if args.payload else {}
+    try:
+        payload = orjson.loads(args.payload) if args.payload else {}
+    except orjson.JSONDecodeError as exc:
+        raise MailstreamError(f"--payload is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise MailstreamError("--payload must be a JSON object")
-    async with EventProducer.from_config(config) as producer:
-        return await producer.emit(
-            args.event_type,
-            args.user,
-            payload,
-            event_id=args.event_id,
-            timestamp=args.timestamp,
-            tenant_id=args.tenant,
-            wait=True,
+    event = make_event(
+        args.event_type,
+        args.user,
+        payload,
+        event_id=args.event_id,
+        timestamp=args.timestamp,
+        tenant_id=args.tenant,
+    )
+    decoded = decode_event(
+        orjson.dumps(event),
+        max_bytes=config.ingest.max_event_bytes,
+        default_tenant=config.ingest.default_tenant,
+        limits=config.ingest.limits.limits(),
+    )
+    if isinstance(decoded, Invalid):
+        raise MailstreamError(
+            f"not sent: ingest would dead-letter this event ({decoded.code}): {decoded.reason}"
         )
+    if not config.tenancy().known(decoded.tenant_id):
+        raise MailstreamError(
+            f"not sent: tenant {decoded.tenant_id!r} is not configured under tenants: and"
+            " ingest would dead-letter the event (unknown_tenant)"
+        )
+    return event
+
+
+async def _emit(config: Config, event: dict[str, Any]) -> None:
+    from aiokafka.errors import KafkaError
+
+    from mailstream.producer import EventProducer
+
+    async with EventProducer.from_config(config) as producer:
+        try:
+            await producer.send_raw(str(event["user_id"]).encode(), orjson.dumps(event), wait=True)
+        except KafkaError as exc:
+            raise BrokerError(
+                f"the broker at {config.bootstrap_servers} did not take the event: {exc}"
+            ) from None
+
+
+def _quiet_kafka_client() -> None:
+    """A short-lived command reports an unreachable broker in one line of its own; the
+    Kafka client's log lines about each failed connection would only repeat it."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    try:
-        event_id = asyncio.run(_emit(args))
-    except orjson.JSONDecodeError as exc:
-        raise MailstreamError(f"--payload is not valid JSON: {exc}") from None
-    print(event_id)
+    _quiet_kafka_client()
+    config = _config(args)
+    event = checked_event(config, args)
+    asyncio.run(_emit(config, event))
+    print(event["event_id"])
     return 0
 
 
@@ -310,6 +350,7 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 def cmd_dlq(args: argparse.Namespace) -> int:
     from mailstream.dlq import read_dead_letters
 
+    _quiet_kafka_client()
     config = _config(args)
     for letter in asyncio.run(read_dead_letters(config, limit=args.limit, idle=args.idle)):
         sys.stdout.buffer.write(orjson.dumps(letter) + b"\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from datetime import date
 from pathlib import Path
@@ -39,6 +40,8 @@ from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule, pars
 from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
 
 CONFIG_ENV = "MAILSTREAM_CONFIG"
+
+logger = logging.getLogger(__name__)
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -95,6 +98,8 @@ class TopicsConfig(_Section):
     webhooks: str = Field("mailstream.webhooks", min_length=1)
     # verified provider webhooks on their way to the replay guard, keyed by replay key
     feedback_claims: str = Field("mailstream.feedback.claims", min_length=1)
+    # dashboard sessions logged out before they expired, read whole by every worker
+    sessions: str = Field("mailstream.sessions", min_length=1)
 
     def all_names(self) -> list[str]:
         return [
@@ -106,6 +111,7 @@ class TopicsConfig(_Section):
             self.suppression,
             self.webhooks,
             self.feedback_claims,
+            self.sessions,
         ]
 
 
@@ -347,6 +353,16 @@ class WebConfig(_Section):
     metrics_token_env: str = Field("MAILSTREAM_METRICS_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     # how often each worker counts the enrollments waiting at each step, for the funnel
     funnel_every: Annotated[Seconds, Field(ge=5)] = 60.0
+    # false: session cookies without Secure, so logging in works over plain http (only
+    # on a network you trust; browsers keep Secure cookies only over https or localhost)
+    cookie_secure: bool = True
+    # login attempts a worker takes per minute from one client address, and from all
+    login_attempts_per_client: int = Field(10, ge=1, le=10_000)
+    login_attempts_overall: int = Field(60, ge=1, le=100_000)
+    # a connection must send a request's headers within this, and is closed when idle
+    # this long between requests (against slow-header attacks); longer than the 15 s
+    # aiohttp clients (other workers) keep an idle connection, so they drop it first
+    header_timeout: Annotated[Seconds, Field(ge=0.1, le=3600)] = 20.0
 
 
 class ClusterConfig(_Section):
@@ -435,7 +451,8 @@ class Config(_Section):
     webhooks_out: dict[
         Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], WebhookEndpoint
     ] = {}
-    # Where email templates live; default: the templates/ directory beside the package.
+    # Where email templates live; default: the templates shipped in the package. A
+    # relative path is relative to the config file (like `include:`).
     templates_dir: Path | None = None
     # None: the shipped example journeys (mailstream/default_workflows.yaml).
     workflows: (
@@ -574,10 +591,50 @@ def _format_errors(
     return "\n".join(lines)
 
 
+def _resolve_templates_dirs(
+    raw: dict[str, Any], base: Path, overridden: dict[tuple[str, ...], str]
+) -> None:
+    """Make each relative ``templates_dir`` in the file (the default's and the tenants')
+    relative to ``base``, the config file's directory. One from ``$MAILSTREAM_TEMPLATES_DIR``
+    stays relative to the working directory, as any path given in a shell does."""
+
+    def resolve(value: Any) -> Any:
+        if not isinstance(value, str | os.PathLike) or Path(value).is_absolute():
+            return value
+        beside = (base / value).resolve()
+        # Before this release the path was taken from the working directory: a file
+        # written that way keeps working while that reading is the only one that exists.
+        cwd = Path(value).resolve()
+        if not beside.is_dir() and cwd.is_dir() and cwd != beside:
+            logger.warning(
+                "templates_dir %s is not beside the config file (%s); using %s, relative to"
+                " the working directory. Make the path relative to the config file.",
+                value,
+                beside,
+                cwd,
+            )
+            return str(cwd)
+        return str(beside)
+
+    if "templates_dir" in raw and ("templates_dir",) not in overridden:
+        raw["templates_dir"] = resolve(raw["templates_dir"])
+    tenants = raw.get("tenants")
+    if isinstance(tenants, dict):
+        for tenant in tenants.values():
+            if isinstance(tenant, dict) and "templates_dir" in tenant:
+                tenant["templates_dir"] = resolve(tenant["templates_dir"])
+
+
 def parse_config(
-    raw: Any, source: str = "<config>", env: os._Environ[str] | dict[str, str] | None = None
+    raw: Any,
+    source: str = "<config>",
+    env: os._Environ[str] | dict[str, str] | None = None,
+    base_dir: Path | None = None,
 ) -> Config:
-    """Validate an already-parsed mapping (plus environment overrides) into a Config."""
+    """Validate an already-parsed mapping (plus environment overrides) into a Config.
+
+    ``base_dir``: the directory relative paths in the file are relative to (the config
+    file's); None: the working directory."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -586,6 +643,8 @@ def parse_config(
         )
     raw = copy.deepcopy(raw)
     overridden = _apply_overrides(raw, os.environ if env is None else env)
+    if base_dir is not None:
+        _resolve_templates_dirs(raw, base_dir, overridden)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
@@ -673,7 +732,7 @@ def load_config(
         raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
     if isinstance(raw, dict) and raw.get("include"):
         raw = _merge_includes(raw, p)
-    return parse_config(raw, str(p), env)
+    return parse_config(raw, str(p), env, base_dir=p.parent)
 
 
 def _merge_includes(raw: dict[str, Any], path: Path) -> dict[str, Any]:

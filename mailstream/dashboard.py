@@ -5,6 +5,7 @@ every worker; each worker reports its own at /api/local/stats."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import time
@@ -15,13 +16,19 @@ from urllib.parse import quote
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from faust.types import TP
 from faust.web import Request, Response, View
 
 from mailstream import metrics
 from mailstream.app import app, config, settled
-from mailstream.auth import CSRF_COOKIE, SESSION_COOKIE, SESSION_SECONDS
-from mailstream.broker import topic_partitions
+from mailstream.auth import CSRF_COOKIE, SESSION_SECONDS
+from mailstream.board import (
+    label_funnel,
+    partition_lag,
+    suppression_summary,
+    workflow_step_labels,
+)
+from mailstream.broker import fetched_end_offsets, topic_partitions
+from mailstream.config import default_workflows
 from mailstream.dlq import describe
 from mailstream.health_view import local_figures, workflow_health
 from mailstream.ingest import REROUTED
@@ -42,6 +49,7 @@ from mailstream.web import (
     refused,
     worker_urls,
 )
+from mailstream.web_login import login_page, redirect, secured, set_cookie
 from tables.deliveries import sent_on
 from tables.timers import timers
 from tables.users import users
@@ -84,22 +92,43 @@ async def count_waiting() -> None:
     )
 
 
-def local_stats() -> dict[str, Any]:
+async def events_end_offsets(partitions: list[int]) -> dict[int, int | None]:
+    """The end offsets of these partitions of the events topic, from the broker.
+
+    Faust's consumer knows no current high-water mark for them: the direct reader reads
+    the events topic while Faust's fetching of it is paused. On the embedded broker the
+    ends come from a fetch (``fetched_end_offsets``): its ListOffsets answer reads short
+    after a multi-record batch, which showed a high-water mark below "applied"."""
+    if not partitions:
+        return {}
+    tps = [TopicPartition(config.topics.events, p) for p in partitions]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=config.bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    try:
+        await consumer.start()
+        try:
+            listed: dict[Any, int] = await consumer.end_offsets(tps)
+        finally:
+            await consumer.stop()
+        if config.broker.embedded:
+            listed = await fetched_end_offsets(config.bootstrap_servers, listed, timeout=3.0)
+    except Exception as exc:  # the dashboard shows the lag as unknown
+        logger.warning("cannot read the events topic's end offsets: %r", exc)
+        return {p: None for p in partitions}
+    return {tp.partition: end for tp, end in listed.items()}
+
+
+async def local_stats() -> dict[str, Any]:
     """This worker's own figures: counters since it started, their growth over the last
     minute, its partitions' lag, its funnel, and the sends its partitions made today."""
     samples = collect()
     now = figures(samples)
     partitions = users.active_partitions()
     day = datetime.now(UTC).date().isoformat()
-    lag = {}
-    for p in partitions:
-        highwater = app.consumer.highwater(TP(config.topics.events, p))
-        applied = users.progress(p) or 0
-        lag[str(p)] = {
-            "highwater": highwater,
-            "applied": applied,
-            "lag": max(0, (highwater or 0) - applied),
-        }
+    applied = {p: users.progress(p) for p in partitions}  # before the ends: never above them
+    ends = await events_end_offsets(partitions)
+    lag = {str(p): partition_lag(ends.get(p), applied[p]) for p in partitions}
     return {
         "workers": 1,
         "totals": now,
@@ -147,13 +176,13 @@ def delivery_partitions() -> list[int]:
 async def local_stats_view(web: View, request: Request) -> Response:
     nonce = forwarded_by_member(request)  # another worker's gather(), signed
     if nonce is None and not authorised(request):
-        return refused(web)
-    return member_answer(web, local_stats(), nonce)
+        return secured(refused(web))
+    return secured(member_answer(web, await local_stats(), nonce))
 
 
 async def gather() -> dict[str, Any]:
     """Every worker's figures, added up; this worker's own if another does not answer."""
-    parts = [local_stats()]
+    parts = [await local_stats()]
     missing = 0
     for url in worker_urls():
         if is_me(url):
@@ -181,9 +210,23 @@ async def gather() -> dict[str, Any]:
         "warmup_cap_today": cap,
         "sent_today": total["sent_today"],
     }
+    total["funnel"] = label_funnel(total.get("funnel") or {}, step_labels())
     total["dead_letters"] = await latest_dead_letters()
     total["workflow_health"] = workflow_health(total.get("workflow_figures"))
     return total
+
+
+@functools.cache
+def step_labels() -> dict[str, dict[str, str]]:
+    """Each workflow's step labels (ids), from the config; a tenant's own workflows add
+    theirs for names the defaults lack."""
+    labels: dict[str, dict[str, str]] = {}
+    for tenant in [None, *config.tenants]:
+        cfg = config if tenant is None else config.tenant(tenant)
+        specs = cfg.workflows if cfg.workflows is not None else default_workflows()
+        for name, found in workflow_step_labels(specs).items():
+            labels.setdefault(name, found)
+    return labels
 
 
 async def latest_dead_letters() -> list[dict[str, Any]]:
@@ -227,107 +270,58 @@ async def latest_dead_letters() -> list[dict[str, Any]]:
 
 # ---- pages ---------------------------------------------------------------------------
 
-
-def _login_page(web: View, status: int, message: str = "") -> Response:
-    csrf = auth.new_csrf()
-    html = render_page("login.html", csrf=csrf, message=message)
-    response = web.html(html, status=status)
-    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
-    return response
-
-
-def _cookie(response: Any, name: str, value: str, max_age: int) -> None:
-    response.set_cookie(
-        name, value, max_age=max_age, httponly=True, secure=True, samesite="Strict", path="/"
-    )
-
-
-def _redirect(web: View, location: str) -> Response:
-    return web.html("", status=303, headers={"Location": location})
-
-
-@app.page("/login")
-class Login(View):
-    async def get(self, request: Request) -> Response:
-        return _login_page(self, 200)
-
-    async def post(self, request: Request) -> Response:
-        http: Any = request
-        form = await http.post()
-        if not auth.csrf_ok(http.cookies.get(CSRF_COOKIE), form.get("csrf")):
-            return _login_page(self, 403, "The form expired; try again.")
-        if not auth.token_matches(form.get("token")):
-            return _login_page(self, 401, "That token is not right.")
-        response = _redirect(self, "/")
-        _cookie(response, SESSION_COOKIE, auth.new_session(), SESSION_SECONDS)
-        return response
-
-
-@app.page("/logout")
-class Logout(View):
-    async def post(self, request: Request) -> Response:
-        http: Any = request
-        form = await http.post()
-        if not auth.csrf_ok(http.cookies.get(CSRF_COOKIE), form.get("csrf")):
-            return self.html("", status=403)
-        response = _redirect(self, "/login")
-        _cookie(response, SESSION_COOKIE, "", 0)
-        return response
-
-
 @app.page("/")
 async def dashboard(web: View, request: Request) -> Response:
     if not authorised(request):
-        return _login_page(web, 401)
+        return login_page(web, 401, request=request)
     figures_ = await gather()
     csrf = auth.new_csrf()
     html = render_page("dashboard.html", s=figures_, csrf=csrf, refresh=10)
     response = web.html(html)
-    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
-    return response
+    set_cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
+    return secured(response)
 
 
 @app.page("/api/dashboard")
 async def dashboard_json(web: View, request: Request) -> Response:
     if not authorised(request):
-        return refused(web)
-    return json_response(web, await gather())
+        return secured(refused(web))
+    return secured(json_response(web, await gather()))
 
 
 @app.page("/api/workflows/health")
 async def workflows_health_json(web: View, request: Request) -> Response:
     """Each workflow's health score, category, figures and recommendations (all workers)."""
     if not authorised(request):
-        return refused(web)
+        return secured(refused(web))
     board = await gather()
-    return json_response(
-        web,
-        {
-            "workers": board["workers"],
-            "missing_workers": board["missing_workers"],
-            **board["workflow_health"],
-        },
-    )
+    body = {
+        "workers": board["workers"],
+        "missing_workers": board["missing_workers"],
+        **board["workflow_health"],
+    }
+    return secured(json_response(web, body))
 
 
 @app.page("/users")
 async def user_search(web: View, request: Request) -> Response:
     if not authorised(request):
-        return _login_page(web, 401)
+        return login_page(web, 401, request=request)
     http: Any = request
     user_id = (http.query.get("user_id") or "").strip()
     if not user_id:
-        return _redirect(web, "/")
-    return _redirect(web, "/users/" + quote(user_id, safe=""))
+        return redirect(web, "/")
+    return redirect(web, "/users/" + quote(user_id, safe=""))
 
 
 @app.page("/users/{user_id}")
 async def user_page(web: View, request: Request, user_id: str) -> Response:
     if not authorised(request):
-        return _login_page(web, 401)
+        return login_page(web, 401, request=request)
     status, body = await find_user(request, user_id)
     csrf = auth.new_csrf()
-    html = render_page("user.html", user_id=user_id, status=status, u=body, csrf=csrf)
+    sup = suppression_summary(body) if status == 200 else None
+    html = render_page("user.html", user_id=user_id, status=status, u=body, sup=sup, csrf=csrf)
     response = web.html(html, status=status)
-    _cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
-    return response
+    set_cookie(response, CSRF_COOKIE, csrf, SESSION_SECONDS)
+    return secured(response)

@@ -6,8 +6,11 @@ import base64
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from mailstream.config import Config
+from mailstream.exceptions import BrokerError
+from mailstream.producer import unreachable
 
 
 def describe(message: Any) -> dict[str, Any]:
@@ -41,7 +44,11 @@ async def read_dead_letters(config: Config, *, limit: int, idle: float) -> list[
         enable_auto_commit=False,
         group_id=None,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except KafkaError as exc:
+        await consumer.stop()
+        raise BrokerError(unreachable(config.bootstrap_servers, exc)) from None
     letters: list[dict[str, Any]] = []
     try:
         while len(letters) < limit:

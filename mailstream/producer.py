@@ -8,9 +8,45 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from mailstream.config import Config
+from mailstream.exceptions import BrokerError
 from mailstream.partitioning import keyed_partition
+
+
+def unreachable(servers: str, exc: Exception) -> str:
+    """One line saying the broker is not there, and where to point mailstream instead."""
+    detail = "" if isinstance(exc, KafkaConnectionError) else f" ({exc})"
+    return (
+        f"cannot reach the broker at {servers}{detail}; is it running? (broker.url in the"
+        " config, or $MAILSTREAM_BROKER_URL)"
+    )
+
+
+def make_event(
+    event_type: str,
+    user_id: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    event_id: str | None = None,
+    timestamp: int | None = None,
+    metadata: dict[str, Any] | None = None,
+    tenant_id: str | None = None,
+) -> dict[str, Any]:
+    """The JSON document of one event, with ``event_id`` (a UUID) and ``timestamp`` (now,
+    epoch ms) filled in when absent."""
+    event: dict[str, Any] = {
+        "event_id": event_id or uuid.uuid4().hex,
+        "event_type": event_type,
+        "user_id": user_id,
+        "timestamp": timestamp if timestamp is not None else int(time.time() * 1000),
+        "payload": payload or {},
+        "metadata": metadata or {},
+    }
+    if tenant_id is not None:
+        event["tenant_id"] = tenant_id
+    return event
 
 
 class EventProducer:
@@ -35,6 +71,7 @@ class EventProducer:
     ) -> None:
         self.topic = topic
         self.tenant_id = tenant_id
+        self._servers = bootstrap_servers
         self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **producer_options)
 
     @classmethod
@@ -42,7 +79,12 @@ class EventProducer:
         return cls(config.bootstrap_servers, config.topics.events, **producer_options)
 
     async def start(self) -> None:
-        await self._producer.start()
+        """Connect; BrokerError (one line, no traceback to print) if the broker is not there."""
+        try:
+            await self._producer.start()
+        except KafkaError as exc:
+            await self._producer.stop()
+            raise BrokerError(unreachable(self._servers, exc)) from None
 
     async def stop(self) -> None:
         await self._producer.stop()
@@ -67,17 +109,15 @@ class EventProducer:
         wait: bool = False,
     ) -> str:
         """Queue one event and return its id; ``wait=True`` returns once the broker has it."""
-        event: dict[str, Any] = {
-            "event_id": event_id or uuid.uuid4().hex,
-            "event_type": event_type,
-            "user_id": user_id,
-            "timestamp": timestamp if timestamp is not None else int(time.time() * 1000),
-            "payload": payload or {},
-            "metadata": metadata or {},
-        }
-        tenant = tenant_id or self.tenant_id
-        if tenant is not None:
-            event["tenant_id"] = tenant
+        event = make_event(
+            event_type,
+            user_id,
+            payload,
+            event_id=event_id,
+            timestamp=timestamp,
+            metadata=metadata,
+            tenant_id=tenant_id or self.tenant_id,
+        )
         await self.send_raw(user_id.encode(), orjson.dumps(event), wait=wait)
         return str(event["event_id"])
 

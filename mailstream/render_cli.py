@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from mailstream.config import load_config
 from mailstream.exceptions import MailstreamError
 from mailstream.templates import DEFAULT_TEMPLATE_DIR, Templates
 
@@ -42,8 +43,10 @@ def add_render_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--templates",
         metavar="DIR",
-        help=f"the template directory (default: {DEFAULT_TEMPLATE_DIR})",
+        help="the template directory (default: the config's templates_dir, else the shipped"
+        f" templates in {DEFAULT_TEMPLATE_DIR})",
     )
+    p.add_argument("--tenant", help="use this tenant's templates_dir (default: the default's)")
     p.add_argument(
         "--html-out", metavar="FILE", help="write the HTML part here instead of printing it"
     )
@@ -69,11 +72,22 @@ def _heading(title: str) -> str:
     return f"--- {title} " + "-" * max(0, 60 - len(title))
 
 
+def templates_dir(args: argparse.Namespace) -> Path:
+    """``--templates``, else the config's ``templates_dir`` (the tenant's with ``--tenant``),
+    else the shipped templates: the directory a worker with that config would use."""
+    if args.templates:
+        return Path(args.templates)
+    config = load_config(getattr(args, "config", None))
+    if args.tenant:
+        config = config.tenant(args.tenant)
+    return config.templates_dir or DEFAULT_TEMPLATE_DIR
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     user = _json_object("--user", args.user)
     event = _json_object("--event", args.event)
     context = _json_object("--context", args.context)
-    templates = Templates(args.templates or DEFAULT_TEMPLATE_DIR)
+    templates = Templates(templates_dir(args))
     rendered = templates.render(
         args.template, user=user, event=event, context=context, locale=args.locale
     )

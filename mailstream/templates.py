@@ -46,7 +46,8 @@ from mailstream.exceptions import MailstreamError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+# The shipped templates, installed with the package (package data).
+DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent / "email_templates"
 SUFFIX = ".j2"
 BLOCKS = ("subject", "text", "html")
 VERSION_CHARS = 12

@@ -180,10 +180,23 @@ def local_user(tenant: str, user_id: str, full: bool) -> dict[str, Any] | None:
                 sent[send_id] = {"send_id": send_id, **Delivery.decode(record).to_json()}
         view["deliveries"] = list(sent.values())
         email = view["traits"].get("email")
+        view["global_suppression"] = global_suppression(email)
         if isinstance(email, str) and not full:
             view["traits"] = {**view["traits"], "email": mask_email(email)}
         return view
     return None
+
+
+def global_suppression(email: Any) -> dict[str, Any] | None:
+    """The global suppression list's entry for a user's address (every worker holds the
+    whole list), so a user's view shows what the send policy sees."""
+    if not isinstance(email, str):
+        return None
+    try:
+        entry = suppression_list.get(email)
+    except RuntimeError:  # the list is not open yet
+        return None
+    return None if entry is None else entry.to_json()
 
 
 async def find_user(

@@ -93,7 +93,8 @@ SHIPPED = [
 def test_the_shipped_directory_is_the_default_and_checks_clean() -> None:
     templates = Templates(DEFAULT_TEMPLATE_DIR)
 
-    assert DEFAULT_TEMPLATE_DIR == Path(__file__).resolve().parents[2] / "templates"
+    shipped = Path(__file__).resolve().parents[2] / "mailstream" / "email_templates"
+    assert DEFAULT_TEMPLATE_DIR == shipped
     assert templates.check() == []
     assert templates.names() == [
         "cart_reminder",
