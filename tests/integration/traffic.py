@@ -148,6 +148,7 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
                 "deferred_sends": [],
                 "send_decisions": [],
                 "deliveries": [],
+                "global_suppression": None,  # no address of this traffic is listed
                 "segments": {},
                 "last_seen_fields": {},
             },

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from mailstream.board import suppression_summary
 from mailstream.conditions import ConditionError, compile_condition
 from mailstream.engine import Engine, user_scope
 from mailstream.events import Event
@@ -127,7 +128,8 @@ def test_a_bad_segment_step_names_the_key(
 )
 def test_the_user_page_lists_the_segments(segments: dict[str, int], shown: str) -> None:
     view = {**UserState("acme", "alice", segments=segments).to_json(), "deliveries": []}
-    page = render_page("user.html", user_id="alice", status=200, u=view, csrf="x")
+    sup = suppression_summary(view)
+    page = render_page("user.html", user_id="alice", status=200, u=view, sup=sup, csrf="x")
     row = page[page.index('<tr id="segments">') :].split("</tr>")[0]
     assert shown in row
     assert all(name in row for name in segments)

@@ -17,6 +17,7 @@ def run_worker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
     # nothing listens there: a worker that got as far as the broker would say so instead
     env["MAILSTREAM_BROKER_URL"] = f"kafka://127.0.0.1:{free_port()}"
+    env["MAILSTREAM_CLUSTER_SECRET"] = "a-cluster-secret-of-32-characters-or-more"
     return subprocess.run(
         [sys.executable, "-m", "mailstream", "worker", *args],
         env=env,
