@@ -54,8 +54,9 @@ def check_port_free(host: str, port: int, key: str, how: str) -> None:
             raise PortInUse(f"{key}: cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
-def lock_data_dir(data_dir: Path) -> None:
+def lock_data_dir(data_dir: Path) -> IO[str]:
     """Hold ``data_dir`` for this process, or raise ``DataDirLocked`` saying who has it.
+    The lock lasts until the process ends, or the returned file is closed.
 
     RocksDB admits one process per store; without this, a second worker on the same
     directory would fail later, in the middle of starting, for a reason it cannot tell."""
@@ -78,6 +79,7 @@ def lock_data_dir(data_dir: Path) -> None:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     _held.append(handle)
+    return handle
 
 
 def persisted_offsets(data_dir: Path, app_id: str) -> dict[Partition, int]:

@@ -34,13 +34,15 @@ def test_a_port_someone_listens_on_is_refused_naming_the_key() -> None:
 
 def test_a_second_process_on_a_data_dir_is_told_who_holds_it(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    lock_data_dir(data)
     code = (
         "import sys; from pathlib import Path\n"
         "from mailstream.preflight import lock_data_dir\n"
         "lock_data_dir(Path(sys.argv[1]))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code, str(data)], capture_output=True, text=True)
+    with lock_data_dir(data):
+        run = subprocess.run(
+            [sys.executable, "-c", code, str(data)], capture_output=True, text=True
+        )
     assert run.returncode != 0
     assert f"another worker (pid {os.getpid()}) is using {data}" in run.stderr
     assert "DataDirLocked" in run.stderr

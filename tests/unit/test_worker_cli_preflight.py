@@ -46,8 +46,8 @@ def test_a_data_dir_another_worker_holds_says_so_not_to_wait_for_the_broker(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data"
-    lock_data_dir(data)  # this process plays the worker already running there
-    run = run_worker(tmp_path, "--web-port", str(free_port()), "--data-dir", str(data))
+    with lock_data_dir(data):  # this process plays the worker already running there
+        run = run_worker(tmp_path, "--web-port", str(free_port()), "--data-dir", str(data))
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
