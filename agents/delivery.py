@@ -57,6 +57,7 @@ from mailstream.outbox import (
     Outbox,
     flush,
 )
+from mailstream.partitioning import misplaced, partition_count
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.ratelimit import DOMAIN_WAIT, GO
 from mailstream.reader import DirectReader
@@ -172,9 +173,16 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     queued_at: list[Any] = []
     for topic in SEND_TOPICS:
         fresh = await intake.fresh(messages, topic)
+        partitions = await partition_count(app.producer, topic) if fresh else None
         for m in fresh:
-            # Only what a worker of this deployment wrote: anyone else with access to
-            # the broker could otherwise have any text mailed to any address.
+            # Only what a worker of this deployment wrote, where it wrote it: anyone else
+            # with access to the broker could otherwise have any text mailed to any
+            # address, or a command sent again from another partition.
+            wrong = misplaced(m.key, m.partition, partitions)
+            if wrong is not None:
+                dead_letter_message(outbox, config.topics.dlq, m, "misplaced_command", wrong)
+                metrics.DEAD_LETTERS.labels("misplaced_command").inc()
+                continue
             signed = verified_send_command(cluster, m.key, m.value)
             if isinstance(signed, str):
                 dead_letter_message(outbox, config.topics.dlq, m, "untrusted_command", signed)

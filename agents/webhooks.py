@@ -36,6 +36,7 @@ from mailstream.delivery import (
 from mailstream.dispatch_loop import GuardedLoop, Suspect, dead_letter_queued
 from mailstream.ingest import RawMessage
 from mailstream.outbox import AFTER_STATE, BEFORE_STATE, STATE_LOCK, Outbox, flush
+from mailstream.partitioning import misplaced, partition_count
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.runtime import cluster
 from mailstream.users import UserState, user_key
@@ -89,10 +90,18 @@ async def accept_batch(messages: list[RawMessage]) -> None:
     now = _now_ms()
     outbox = Outbox()
     fresh = await intake.fresh(messages, TOPIC)
+    partitions = await partition_count(app.producer, TOPIC) if fresh else None
     batch: dict[tuple[int, str], Delivery] = {}
     for m in fresh:
-        # Only what a worker of this deployment wrote: the endpoint's signature would
-        # otherwise vouch for anything anyone with access to the broker put here.
+        # Only what a worker of this deployment wrote, where it wrote it: the endpoint's
+        # signature would otherwise vouch for anything anyone with access to the broker
+        # put here, or for a command called again from another partition.
+        wrong = misplaced(m.key, m.partition, partitions)
+        if wrong is not None:
+            dead_letter_message(outbox, config.topics.dlq, m, "misplaced_command", wrong)
+            metrics.DEAD_LETTERS.labels("misplaced_command").inc()
+            metrics.WEBHOOK_COMMANDS.labels("unknown", "untrusted").inc()
+            continue
         signed = verified_command(cluster, m.key, m.value)
         if isinstance(signed, str):
             dead_letter_message(outbox, config.topics.dlq, m, "untrusted_command", signed)

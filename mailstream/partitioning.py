@@ -46,3 +46,21 @@ async def keyed_partition(producer: Any, topic: str, key: bytes | None) -> int |
         return None
     count = await partition_count(producer, topic)
     return None if count is None else partition_for(key, count)
+
+
+def misplaced(key: bytes | None, partition: int, partitions: int | None) -> str | None:
+    """Why a message keyed ``key``, found in ``partition`` of a topic of ``partitions``,
+    is not where the engine writes it (None: it is, or there is nothing to tell).
+
+    What is remembered of a user's commands (send ids, webhook ids) lives in the
+    partition of the user's key: a copy of a command moved to another partition would
+    meet none of it there, and be carried out a second time."""
+    if key is None or partitions is None:
+        return None
+    home = partition_for(key, partitions)
+    if home == partition:
+        return None
+    return (
+        f"found in partition {partition}, not in its key's partition {home}: workers write"
+        " each command to its user's partition, where its id is remembered"
+    )

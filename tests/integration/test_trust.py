@@ -17,12 +17,13 @@ from yarl import URL
 
 from mailstream.cluster_auth import REQUEST_HEADER, RESPONSE_HEADER, ClusterKey
 from mailstream.feedback import Feedback
+from mailstream.partitioning import partition_for
 from mailstream.suppression import Suppression
 from mailstream.webhook_step.body import MAX_BODY_BYTES
 from tests.fakes.http_providers import FakeProviders
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.integration import signed
-from tests.integration.harness import ADMIN_TOKEN, Deployment, metric_sum, wait_for
+from tests.integration.harness import ADMIN_TOKEN, PARTITIONS, Deployment, metric_sum, wait_for
 
 CRM_SECRET = "crm-webhook-secret-0123456789"
 
@@ -134,6 +135,66 @@ async def test_commands_no_worker_signed_are_dead_lettered_never_sent_nor_posted
         assert not fake.messages(to="eve@evil.test") and not fake.messages(to="victim@example.com")
         assert [r.webhook_id for r in hooks.to("crm")] == ["good-hook"]
         assert worker.alive()
+
+
+async def test_a_signed_command_copied_to_another_partition_is_not_carried_out_again(
+    deployment: Deployment,
+) -> None:
+    async with FakeProviders() as fake, WebhookReceiver({"crm": CRM_SECRET}) as hooks:
+        deployment.overrides["delivery"] = {"provider": "postmark"}
+        deployment.overrides["providers"] = {"postmark": {"base_url": fake.url}}
+        deployment.overrides["webhooks_out"] = {
+            "crm": {"url": hooks.url("crm"), "secret_env": "CRM_WEBHOOK_SECRET", "timeout": "2s"}
+        }
+        worker = deployment.worker("a")
+        worker.env.update(fake.env(), CRM_WEBHOOK_SECRET=CRM_SECRET)
+        worker.start()
+        await deployment.wait_ready([worker])
+
+        # Two commands a worker wrote, each in its user's partition: carried out once.
+        mail = signed.send_command(send("once", "u1"))
+        call = signed.webhook_command(hook("once-hook", "u1", {"ok": 1}))
+        home = partition_for(b"u1", PARTITIONS)
+        await produce_to(
+            deployment, [("sends_transactional", home, mail), ("webhooks", home, call)]
+        )
+        await fake.wait_for(1, timeout=30)
+
+        async def posted() -> bool:
+            return sum(hooks.successes("crm").values()) >= 1
+
+        await wait_for(posted, 30, "the webhook command's call")
+
+        # Someone with access to the broker copies both, byte for byte, to another
+        # partition, where no send id or webhook id of u1 is remembered.
+        away = (home + 1) % PARTITIONS
+        await produce_to(
+            deployment, [("sends_transactional", away, mail), ("webhooks", away, call)]
+        )
+        letters = await deployment.read_topic(deployment.topics["dlq"], 2, timeout=30)
+        codes = [dict(x.headers)["mailstream.reason_code"] for x in letters]
+        assert codes == [b"misplaced_command"] * 2
+        reason = dict(letters[0].headers)["mailstream.reason"].decode()
+        assert f"found in partition {away}, not in its key's partition {home}" in reason
+
+        assert [m.metadata.get("send_id") for m in fake.received] == ["once"]
+        assert [r.webhook_id for r in hooks.to("crm")] == ["once-hook"]
+        assert worker.alive()
+
+
+async def produce_to(
+    deployment: Deployment, records: list[tuple[str, int, tuple[bytes, bytes]]]
+) -> None:
+    """(topic name in the deployment, partition, (key, value)), each where it is told."""
+    producer = AIOKafkaProducer(bootstrap_servers=deployment.broker.bootstrap_servers)
+    await producer.start()
+    try:
+        for topic, partition, (key, value) in records:
+            await producer.send_and_wait(
+                deployment.topics[topic], value, key=key, partition=partition
+            )
+    finally:
+        await producer.stop()
 
 
 async def test_a_send_whose_recipient_was_suppressed_since_it_was_written_is_not_made(

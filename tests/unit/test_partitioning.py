@@ -25,7 +25,7 @@ from mailstream.ingest import (
     ingest_batch,
 )
 from mailstream.outbox import Outbox, flush
-from mailstream.partitioning import keyed_partition, partition_for
+from mailstream.partitioning import keyed_partition, misplaced, partition_for
 from mailstream.producer import EventProducer
 from mailstream.users import UserState
 
@@ -292,3 +292,15 @@ async def test_event_producer_names_the_users_partition_whatever_its_partitioner
     for user in users:
         await producer.identify(user, {"email": f"{user}@example.com"})
     assert sent == [(u.encode(), partition_for(u.encode(), PARTITIONS)) for u in users]
+
+
+def test_a_message_outside_its_keys_partition_is_misplaced_and_says_where_it_belongs() -> None:
+    home = partition_for(b"u1", 4)
+    assert misplaced(b"u1", home, 4) is None
+    away = (home + 1) % 4
+    reason = misplaced(b"u1", away, 4)
+    assert reason is not None
+    assert f"found in partition {away}, not in its key's partition {home}" in reason
+    # nothing to tell without a key or without the topic's partition count
+    assert misplaced(None, away, 4) is None
+    assert misplaced(b"u1", away, None) is None
