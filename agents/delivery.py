@@ -544,24 +544,10 @@ class Dispatcher(GuardedLoop):
         raw = outbox.get(delivery_queue, p, key)
         if raw is None:
             return SKIP
-        command = orjson.loads(raw)
-        try:
-            listed = suppression_list.get(command["to"])
-        except RuntimeError:  # the list is not open (yet): the send waits for it
-            return SKIP
-        own = self._own_suppressions(p, delivery)
-        why = suppressed_since(delivery.category, own, listed)
-        if why is not None:
-            withheld(delivery, why, now)
-            outbox.put(delivery_queue, p, key, None, AFTER_STATE)
-            outbox.put(deliveries, p, qk.record_key, delivery.encode())
-            metrics.DELIVERIES.labels(delivery.category, "suppressed", label).inc()
-            _count_for_workflow(command, "suppressed")
-            logger.info("send %s not sent: %s", qk.send_id, why)
-            return SKIP
         if hold_until is not None:
             self._hold(p, key, qk, delivery, raw, hold_until, now, outbox)
             return SKIP
+        command = orjson.loads(raw)
         admission = self.rt.fair.admit(lane, recipient_domain(command["to"]), mono, day, sent_today)
         if admission.verdict == DOMAIN_WAIT:
             return SKIP
@@ -571,6 +557,22 @@ class Dispatcher(GuardedLoop):
         if admission.verdict != GO:
             metrics.PACER_WAITS.labels(admission.verdict).inc()
             return STOP
+        # Checked last, just before the call: a send waiting its turn is considered in
+        # every round, and reading the user's record each time would cost more than
+        # the send. A send withheld here has taken its token, as a send would have.
+        try:
+            listed = suppression_list.get(command["to"])
+        except RuntimeError:  # the list is not open (yet): the send waits for it
+            return SKIP
+        why = suppressed_since(delivery.category, self._own_suppressions(p, delivery), listed)
+        if why is not None:
+            withheld(delivery, why, now)
+            outbox.put(delivery_queue, p, key, None, AFTER_STATE)
+            outbox.put(deliveries, p, qk.record_key, delivery.encode())
+            metrics.DELIVERIES.labels(delivery.category, "suppressed", label).inc()
+            _count_for_workflow(command, "suppressed")
+            logger.info("send %s not sent: %s", qk.send_id, why)
+            return SKIP
         attempt(delivery, now)
         outbox.put(deliveries, p, qk.record_key, delivery.encode())
         return p, key, delivery, raw, command
