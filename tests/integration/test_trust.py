@@ -23,7 +23,14 @@ from mailstream.webhook_step.body import MAX_BODY_BYTES
 from tests.fakes.http_providers import FakeProviders
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.integration import signed
-from tests.integration.harness import ADMIN_TOKEN, PARTITIONS, Deployment, metric_sum, wait_for
+from tests.integration.harness import (
+    ADMIN_TOKEN,
+    PARTITIONS,
+    Deployment,
+    Worker,
+    metric_sum,
+    wait_for,
+)
 
 CRM_SECRET = "crm-webhook-secret-0123456789"
 
@@ -73,19 +80,27 @@ async def produce(deployment: Deployment, records: list[tuple[str, bytes, bytes]
         await producer.stop()
 
 
+async def start_worker(
+    deployment: Deployment, fake: FakeProviders, hooks: WebhookReceiver
+) -> Worker:
+    """A worker that delivers through ``fake`` and calls the ``crm`` endpoint of ``hooks``."""
+    deployment.overrides["delivery"] = {"provider": "postmark"}
+    deployment.overrides["providers"] = {"postmark": {"base_url": fake.url}}
+    deployment.overrides["webhooks_out"] = {
+        "crm": {"url": hooks.url("crm"), "secret_env": "CRM_WEBHOOK_SECRET", "timeout": "2s"}
+    }
+    worker = deployment.worker("a")
+    worker.env.update(fake.env(), CRM_WEBHOOK_SECRET=CRM_SECRET)
+    worker.start()
+    await deployment.wait_ready([worker])
+    return worker
+
+
 async def test_commands_no_worker_signed_are_dead_lettered_never_sent_nor_posted(
     deployment: Deployment,
 ) -> None:
     async with FakeProviders() as fake, WebhookReceiver({"crm": CRM_SECRET}) as hooks:
-        deployment.overrides["delivery"] = {"provider": "postmark"}
-        deployment.overrides["providers"] = {"postmark": {"base_url": fake.url}}
-        deployment.overrides["webhooks_out"] = {
-            "crm": {"url": hooks.url("crm"), "secret_env": "CRM_WEBHOOK_SECRET", "timeout": "2s"}
-        }
-        worker = deployment.worker("a")
-        worker.env.update(fake.env(), CRM_WEBHOOK_SECRET=CRM_SECRET)
-        worker.start()
-        await deployment.wait_ready([worker])
+        worker = await start_worker(deployment, fake, hooks)
 
         # Written by someone with access to the broker, not by a worker.
         phishing = send("forged", "victim", "marketing", subject="Your account is locked")
@@ -141,15 +156,7 @@ async def test_a_signed_command_copied_to_another_partition_is_not_carried_out_a
     deployment: Deployment,
 ) -> None:
     async with FakeProviders() as fake, WebhookReceiver({"crm": CRM_SECRET}) as hooks:
-        deployment.overrides["delivery"] = {"provider": "postmark"}
-        deployment.overrides["providers"] = {"postmark": {"base_url": fake.url}}
-        deployment.overrides["webhooks_out"] = {
-            "crm": {"url": hooks.url("crm"), "secret_env": "CRM_WEBHOOK_SECRET", "timeout": "2s"}
-        }
-        worker = deployment.worker("a")
-        worker.env.update(fake.env(), CRM_WEBHOOK_SECRET=CRM_SECRET)
-        worker.start()
-        await deployment.wait_ready([worker])
+        worker = await start_worker(deployment, fake, hooks)
 
         # Two commands a worker wrote, each in its user's partition: carried out once.
         mail = signed.send_command(send("once", "u1"))
