@@ -12,6 +12,26 @@ from tests.integration.harness import CLUSTER_SECRET
 cluster = ClusterKey(CLUSTER_SECRET)
 
 
+def send_document(
+    send_id: str, user: str, category: str = "transactional", **extra: Any
+) -> dict[str, Any]:
+    """A send command's fields, as a worker would write them for ``user``."""
+    return {
+        "send_id": send_id,
+        "tenant_id": "default",
+        "user_id": user,
+        "to": f"{user}@example.com",
+        "category": category,
+        "priority": "normal",
+        "workflow": "test",
+        "subject": f"Hello {user}",
+        "text": "Hello",
+        "html": "<p>Hello</p>",
+        "headers": {"X-Mailstream-Send-Id": send_id, "X-Mailstream-User-Id": user},
+        **extra,
+    }
+
+
 def send_command(command: dict[str, Any]) -> tuple[bytes, bytes]:
     """(key, value) of a send command the deployment's workers obey."""
     return encode_send_command(cluster, command)

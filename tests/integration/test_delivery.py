@@ -16,24 +16,7 @@ from tests.fakes.smtp_server import FakeSmtpServer
 from tests.integration import signed
 from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
 
-
-def command(
-    send_id: str, user: str, category: str = "transactional", **extra: Any
-) -> dict[str, Any]:
-    return {
-        "send_id": send_id,
-        "tenant_id": "default",
-        "user_id": user,
-        "to": f"{user}@example.com",
-        "category": category,
-        "priority": "normal",
-        "workflow": "test",
-        "subject": f"Hello {user}",
-        "text": "Hello",
-        "html": "<p>Hello</p>",
-        "headers": {"X-Mailstream-Send-Id": send_id, "X-Mailstream-User-Id": user},
-        **extra,
-    }
+command = signed.send_document
 
 
 async def produce(deployment: Deployment, commands: list[dict[str, Any]]) -> None:

@@ -35,21 +35,7 @@ from tests.integration.harness import (
 CRM_SECRET = "crm-webhook-secret-0123456789"
 
 
-def send(send_id: str, user: str, category: str = "transactional", **extra: Any) -> dict[str, Any]:
-    return {
-        "send_id": send_id,
-        "tenant_id": "default",
-        "user_id": user,
-        "to": f"{user}@example.com",
-        "category": category,
-        "priority": "normal",
-        "workflow": "test",
-        "subject": f"Hello {user}",
-        "text": "Hello",
-        "html": "<p>Hello</p>",
-        "headers": {"X-Mailstream-Send-Id": send_id, "X-Mailstream-User-Id": user},
-        **extra,
-    }
+send = signed.send_document
 
 
 def hook(webhook_id: str, user: str, body: dict[str, Any]) -> dict[str, Any]:
