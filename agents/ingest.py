@@ -11,7 +11,6 @@ from typing import Any
 
 from faust.types import TP
 
-from mailstream import metrics
 from mailstream.app import (
     app,
     close_when_stopping,
@@ -20,11 +19,8 @@ from mailstream.app import (
     fetch_max_wait,
     settled,
 )
-from mailstream.apply import dead_letter_message
-from mailstream.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
-from mailstream.engine import Effects
-from mailstream.events import Event
-from mailstream.ingest import (
+from mailstream.core.events import Event
+from mailstream.core.ingest_batch import (
     DEAD_LETTERED,
     REROUTED,
     BatchResult,
@@ -34,14 +30,18 @@ from mailstream.ingest import (
     add_to_ledger,
     ingest_batch,
 )
-from mailstream.isolate import ENGINE_ERROR, Unsettled, describe, isolate
-from mailstream.outbox import STATE_LOCK, Outbox, flush
-from mailstream.reader import DirectReader
-from mailstream.runtime import applier_for, automation_for, suppression_list, tenancy
-from mailstream.state_cache import StateCache
-from mailstream.storage import PROGRESS_KEY
-from mailstream.tenants import EventRates
-from mailstream.users import UserState
+from mailstream.core.isolate import ENGINE_ERROR, Unsettled, describe, isolate
+from mailstream.core.tenants import EventRates
+from mailstream.core.user_state import UserState
+from mailstream.kafka.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
+from mailstream.kafka.direct_reader import DirectReader
+from mailstream.observability import metrics
+from mailstream.runtime.components import applier_for, automation_for, suppression_list, tenancy
+from mailstream.state.rocksdb_store import PROGRESS_KEY
+from mailstream.state.staged_flush import STATE_LOCK, Outbox, flush
+from mailstream.state.user_cache import StateCache
+from mailstream.workflows.apply_effects import dead_letter_message
+from mailstream.workflows.engine import Effects
 from tables.users import users
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ async def process(messages: list[RawMessage]) -> None:
     """Decide a batch and make its effects durable. Call with STATE_LOCK held.
 
     Events that make deciding or flushing fail are found by splitting the batch
-    (mailstream.isolate) and dead-lettered; the others are applied as usual."""
+    (mailstream.core.isolate) and dead-lettered; the others are applied as usual."""
     # No send is decided before the global suppression list has been read once.
     await suppression_list.ready.wait()
     started = time.perf_counter()
@@ -251,7 +251,7 @@ if config.ingest.direct_read:
 @app.timer(interval=QUIET_SECONDS)
 async def sweep_skipped_tails() -> None:
     """Events the consumer skipped at the end of a quiet partition (see
-    mailstream.backfill.sweep_quiet_partitions). The direct reader skips nothing."""
+    mailstream.kafka.backfill.sweep_quiet_partitions). The direct reader skips nothing."""
     if settled() and not config.ingest.direct_read:
         await intake.sweep(process)
 

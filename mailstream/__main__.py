@@ -2,6 +2,6 @@
 
 import sys
 
-from mailstream.cli import main
+from mailstream.cli.main import main
 
 sys.exit(main())

@@ -7,15 +7,15 @@ from typing import Any
 
 import faust
 
-from mailstream import faust_metrics
-from mailstream.broker import (
+from mailstream.config.schema import Config, load_config
+from mailstream.kafka.broker_watch import BrokerContact, watch_broker
+from mailstream.kafka.embedded_broker import (
     EMBEDDED_FETCH_WAIT,
     EMBEDDED_SIDE_FETCH_WAIT,
     correct_recovery_highwaters,
     set_fetch_max_wait,
 )
-from mailstream.broker_watch import BrokerContact, watch_broker
-from mailstream.config import Config, load_config
+from mailstream.observability import faust_metrics
 
 PRODUCER_BATCH_BYTES = 256 * 1024
 
@@ -61,7 +61,7 @@ def create_app(config: Config) -> faust.App:
         broker_session_timeout=config.broker.session_timeout,
         broker_heartbeat_interval=config.broker.heartbeat_interval,
         consumer_auto_offset_reset="earliest",
-        # A flush fills one record batch per changelog partition (mailstream.outbox),
+        # A flush fills one record batch per changelog partition (mailstream.state.staged_flush),
         # and more, one after another, when a partition's records outgrow it: this holds
         # about 350 user records of the bench's mix. Batches of 512 KB and 1 MB made no
         # difference to two workers of the bench (three rounds each).
@@ -81,7 +81,7 @@ def create_app(config: Config) -> faust.App:
         web_stats_enabled=False,
         **options,
     )
-    faust_metrics.install(app)  # served at /metrics by mailstream.web, beside our own
+    faust_metrics.install(app)  # served at /metrics by mailstream.web.routes, beside our own
     return app
 
 
@@ -109,8 +109,8 @@ def watch_the_broker() -> None:
     """Have the worker ask the broker for its metadata every second: ``/health`` reports
     it not ready within seconds of losing the broker, and it stops after
     ``broker.lost_after``, or when the broker came back without its data
-    (mailstream.broker_watch)."""
-    from mailstream.preflight import broker_data_problem, persisted_offsets
+    (mailstream.kafka.broker_watch)."""
+    from mailstream.runtime.preflight import broker_data_problem, persisted_offsets
 
     async def check_data() -> str | None:
         persisted = await asyncio.to_thread(persisted_offsets, config.data_dir, config.app_id)
@@ -130,7 +130,7 @@ config = load_config()
 app = create_app(config)
 broker_contact = BrokerContact(lost_after=config.broker.lost_after)
 
-# Read directly (mailstream.reader), Faust only keeps the events partitions assigned:
+# Read directly (mailstream.kafka.direct_reader), Faust only keeps the events partitions assigned:
 # without acks, its monitor does not take the paused stream for a stuck one.
 events_topic = app.topic(
     config.topics.events,

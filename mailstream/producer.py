@@ -10,9 +10,9 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
-from mailstream.config import Config
+from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
-from mailstream.partitioning import keyed_partition
+from mailstream.kafka.partitioning import keyed_partition
 
 
 def unreachable(servers: str, exc: Exception) -> str:
@@ -51,7 +51,7 @@ def make_event(
 
 class EventProducer:
     """Send events to ``mailstream.events``, keyed by user id, each to its user's
-    partition as the engine reckons it (mailstream.partitioning), whatever partitioner
+    partition as the engine reckons it (mailstream.kafka.partitioning), whatever partitioner
     ``producer_options`` name.
 
     Fills in ``event_id`` (a UUID) and ``timestamp`` (now, epoch ms) when absent::

@@ -1,25 +1,27 @@
 """The deliveries table (one record per send id: queued, attempting, sent, failed or
-unknown; see mailstream.delivery) and the delivery queue (the sends waiting to go, in
+unknown; see mailstream.delivery.state_machine) and the delivery queue (the sends waiting to go, in
 the order they may go: transactional first, then by ready time)."""
 
 from __future__ import annotations
 
 from mailstream.app import app, config
-from mailstream.delivery import queue_ready
-from mailstream.retention import SENT_PREFIX
-from mailstream.storage import raw_table
+from mailstream.delivery.retention import SENT_PREFIX
+from mailstream.delivery.state_machine import queue_ready
+from mailstream.state.rocksdb_store import raw_table
 
 deliveries = raw_table(
     app,
     "deliveries",
     config.topics.partitions,
-    "Delivery records (mailstream.delivery.Delivery) keyed by send id; progress per send topic.",
+    "Delivery records (mailstream.delivery.state_machine.Delivery) keyed by send id; "
+    "progress per send topic.",
 )
 delivery_queue = raw_table(
     app,
     "delivery_queue",
     config.topics.partitions,
-    "Waiting sends: rank, ready time and send id (mailstream.delivery.QueueKey) -> command.",
+    "Waiting sends: rank, ready time and send id "
+    "(mailstream.delivery.state_machine.QueueKey) -> command.",
     due=queue_ready,
 )
 

@@ -1,11 +1,11 @@
 """The timers table: durable waits and inactivity checks, keyed by due time (see
-mailstream.timers), so the due ones are always at the front of each partition."""
+mailstream.state.timer_keys), so the due ones are always at the front of each partition."""
 
 from __future__ import annotations
 
 from mailstream.app import app, config
-from mailstream.storage import raw_table
-from mailstream.timers import timer_due
+from mailstream.state.rocksdb_store import raw_table
+from mailstream.state.timer_keys import timer_due
 
 timers = raw_table(
     app,

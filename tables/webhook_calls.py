@@ -1,23 +1,25 @@
 """The webhook calls table (one record per webhook id, the deliveries' record format:
-queued, attempting, sent, failed; see mailstream.webhook_step.calls) and the webhook
+queued, attempting, sent, failed; see mailstream.webhooks_out.call_state) and the webhook
 queue (the calls waiting to be made, in ready-time order)."""
 
 from __future__ import annotations
 
 from mailstream.app import app, config
-from mailstream.delivery import queue_ready
-from mailstream.storage import raw_table
+from mailstream.delivery.state_machine import queue_ready
+from mailstream.state.rocksdb_store import raw_table
 
 webhook_calls = raw_table(
     app,
     "webhook_calls",
     config.topics.partitions,
-    "Webhook call records (mailstream.delivery.Delivery) keyed by webhook id; progress.",
+    "Webhook call records (mailstream.delivery.state_machine.Delivery) keyed by "
+    "webhook id; progress.",
 )
 webhook_queue = raw_table(
     app,
     "webhook_queue",
     config.topics.partitions,
-    "Waiting webhook calls: ready time and webhook id (mailstream.delivery.QueueKey) -> command.",
+    "Waiting webhook calls: ready time and webhook id "
+    "(mailstream.delivery.state_machine.QueueKey) -> command.",
     due=queue_ready,
 )

@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING
 from mailstream.providers.base import Provider
 
 if TYPE_CHECKING:
-    from mailstream.config import Config
+    from mailstream.config.schema import Config
 
 
 def build_provider(config: Config, env: Mapping[str, str]) -> Provider:
     """The provider ``delivery.provider`` names, with its ``providers.*`` settings."""
+    from mailstream.config.provider_settings import PostmarkSettings, SendGridSettings
+    from mailstream.providers.eml_files import OutboxProvider
     from mailstream.providers.mailgun import MailgunProvider
-    from mailstream.providers.outbox import OutboxProvider
     from mailstream.providers.postmark import PostmarkProvider
     from mailstream.providers.sendgrid import SendGridProvider
-    from mailstream.providers.settings import PostmarkSettings, SendGridSettings
     from mailstream.providers.smtp import SmtpProvider
 
     name = config.delivery.provider

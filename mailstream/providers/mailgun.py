@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from mailstream.config.provider_settings import MailgunSettings
 from mailstream.providers.base import Accepted, Message, SendFailure
 from mailstream.providers.http_common import (
     FORM,
@@ -22,7 +23,6 @@ from mailstream.providers.http_common import (
     parse_retry_after,
     read_json,
 )
-from mailstream.providers.settings import MailgunSettings
 
 __all__ = ["MailgunProvider", "MailgunSettings", "build_request", "classify", "accepted"]
 

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from mailstream.config.provider_settings import PostmarkSettings
 from mailstream.providers.base import Accepted, Message, SendFailure
 from mailstream.providers.http_common import (
     JSON,
@@ -23,7 +24,6 @@ from mailstream.providers.http_common import (
     parse_retry_after,
     read_json,
 )
-from mailstream.providers.settings import PostmarkSettings
 
 __all__ = ["PostmarkProvider", "PostmarkSettings", "build_request", "classify", "accepted"]
 

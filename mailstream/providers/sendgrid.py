@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from mailstream.config.provider_settings import SendGridSettings
 from mailstream.providers.base import Accepted, Message, SendFailure
 from mailstream.providers.http_common import (
     JSON,
@@ -28,7 +29,6 @@ from mailstream.providers.http_common import (
     parse_retry_after,
     read_json,
 )
-from mailstream.providers.settings import SendGridSettings
 
 __all__ = ["SendGridProvider", "SendGridSettings", "build_request", "classify", "accepted"]
 

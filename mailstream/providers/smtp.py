@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from mailstream.durations import parse_duration
+from mailstream.config.durations import parse_duration
 from mailstream.exceptions import ConfigError
 from mailstream.providers.base import Accepted, Message, SendFailure
 from mailstream.providers.mime import build_mime, mime_bytes

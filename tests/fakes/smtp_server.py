@@ -35,7 +35,7 @@ from typing import Any, Literal
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailstream.broker import free_port
+from mailstream.kafka.embedded_broker import free_port
 
 Stage = Literal["rcpt", "data"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstream.broker import EmbeddedBroker, free_port
+from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
 from tests.integration.harness import Deployment
 
 

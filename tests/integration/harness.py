@@ -19,7 +19,7 @@ import aiohttp
 import yaml
 from aiokafka import AIOKafkaConsumer
 
-from mailstream.broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics, free_port
 from mailstream.producer import EventProducer
 
 T = TypeVar("T")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailstream.cluster_auth import ClusterKey
-from mailstream.sends import encode_send_command
-from mailstream.webhook_step.commands import encode_command
+from mailstream.core.cluster_trust import ClusterKey
+from mailstream.delivery.send_command import encode_send_command
+from mailstream.webhooks_out.call_command import encode_command
 from tests.integration.harness import CLUSTER_SECRET
 
 cluster = ClusterKey(CLUSTER_SECRET)

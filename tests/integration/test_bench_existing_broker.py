@@ -14,7 +14,7 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from mailstream.broker import EmbeddedBroker
+from mailstream.kafka.embedded_broker import EmbeddedBroker
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstream.broker import EmbeddedBroker, free_port
+from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
 from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
 
 

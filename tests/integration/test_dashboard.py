@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiokafka.partitioner import DefaultPartitioner
 
-from mailstream.stats import FIGURES
+from mailstream.web.figures import FIGURES
 from tests.integration.harness import (
     ADMIN_TOKEN,
     Deployment,

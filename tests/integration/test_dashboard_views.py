@@ -8,9 +8,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mailstream.config import load_config
-from mailstream.suppression import Suppression
-from mailstream.suppression_list import publish
+from mailstream.config.schema import load_config
+from mailstream.suppression.entries import Suppression
+from mailstream.suppression.global_list import publish
 from tests.integration.harness import Deployment, wait_for
 
 FLOWS: dict[str, Any] = {

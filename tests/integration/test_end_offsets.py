@@ -11,8 +11,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
-from mailstream.broker import EmbeddedBroker, ensure_topics, fetched_end_offsets
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics, fetched_end_offsets
 
 
 async def test_fetched_end_offsets_count_every_record_of_a_many_record_last_batch(

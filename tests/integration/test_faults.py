@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from mailstream.broker import EmbeddedBroker, free_port
-from mailstream.config import IngestConfig
+from mailstream.config.schema import IngestConfig
+from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
 from tests.fakes.http_providers import FakeProviders
 from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
 from tests.integration.test_delivery import start, use_fake

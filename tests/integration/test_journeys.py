@@ -10,7 +10,7 @@ import pytest
 
 from tests.integration.harness import Deployment, metric_sum, read_json, wait_for
 
-# The shipped journeys (mailstream/default_workflows.yaml) with hours and days as seconds.
+# The shipped journeys (mailstream/config/default_workflows.yaml) with hours and days as seconds.
 JOURNEYS: dict[str, Any] = {
     "welcome": {
         "trigger": {"event": "signup"},

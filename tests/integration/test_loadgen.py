@@ -6,7 +6,7 @@ import time
 
 import orjson
 
-from mailstream.loadgen import run_loadgen
+from mailstream.cli.loadgen import run_loadgen
 from tests.integration.harness import Deployment
 
 

@@ -14,9 +14,9 @@ import aiohttp
 import orjson
 from confluent_kafka import Producer
 
-from mailstream.feedback import UNSUBSCRIBE, Feedback
-from mailstream.partitioning import partition_for
-from mailstream.unsubscribe import Unsubscribe, UnsubscribeTokens
+from mailstream.delivery.unsubscribe_links import Unsubscribe, UnsubscribeTokens
+from mailstream.feedback.normalised import UNSUBSCRIBE, Feedback
+from mailstream.kafka.partitioning import partition_for
 from tests.integration.harness import (
     PARTITIONS,
     UNSUBSCRIBE_SECRET,

@@ -169,7 +169,7 @@ async def test_poison_events_are_dead_lettered_and_the_worker_goes_on(
 # Installed in the worker through PYTHONPATH: the engine fails on one user's order and
 # on another user's due timer, as a bug in the engine would.
 SITECUSTOMIZE = """
-import mailstream.automation as automation
+import mailstream.workflows.automation as automation
 
 _on_event = automation.Automation.on_event
 _on_timer = automation.Automation.on_timer
@@ -271,7 +271,7 @@ async def test_an_engine_exception_costs_one_event_or_timer_not_the_batch(
 # receipt for 21,000 items once did), and delivery.max_message_bytes is out of the way
 # (as a future path to the producer might be): the flush fails, not the decision.
 OVERSIZED_SEND = """
-import mailstream.apply as apply
+import mailstream.workflows.apply_effects as apply
 
 _send_command = apply.send_command
 _init = apply.EffectsApplier.__init__

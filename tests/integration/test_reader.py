@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from mailstream.broker import EmbeddedBroker, ensure_topics
-from mailstream.ingest import RawMessage
-from mailstream.reader import DirectReader
+from mailstream.core.ingest_batch import RawMessage
+from mailstream.kafka.direct_reader import DirectReader
+from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics
 
 
 class Applier:

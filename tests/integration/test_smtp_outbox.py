@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from mailstream.broker import free_port
+from mailstream.kafka.embedded_broker import free_port
 from mailstream.providers.base import Accepted, Message, SendFailure
-from mailstream.providers.outbox import OutboxProvider, OutboxSettings
+from mailstream.providers.eml_files import OutboxProvider, OutboxSettings
 from mailstream.providers.smtp import SmtpProvider, SmtpSettings
 from tests.fakes.smtp_server import FakeSmtpServer
 

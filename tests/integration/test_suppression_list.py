@@ -14,10 +14,10 @@ import orjson
 import pytest
 import yaml
 
-from mailstream.broker import EmbeddedBroker, free_port
-from mailstream.config import load_config, parse_config
-from mailstream.suppression import Suppression
-from mailstream.suppression_list import GlobalSuppressionList, publish, read_all
+from mailstream.config.schema import load_config, parse_config
+from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
+from mailstream.suppression.entries import Suppression
+from mailstream.suppression.global_list import GlobalSuppressionList, publish, read_all
 from tests.integration.harness import wait_for
 
 PARTITIONS = 3

@@ -15,11 +15,11 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from yarl import URL
 
-from mailstream.cluster_auth import REQUEST_HEADER, RESPONSE_HEADER, ClusterKey
-from mailstream.feedback import Feedback
-from mailstream.partitioning import partition_for
-from mailstream.suppression import Suppression
-from mailstream.webhook_step.body import MAX_BODY_BYTES
+from mailstream.core.cluster_trust import REQUEST_HEADER, RESPONSE_HEADER, ClusterKey
+from mailstream.feedback.normalised import Feedback
+from mailstream.kafka.partitioning import partition_for
+from mailstream.suppression.entries import Suppression
+from mailstream.webhooks_out.json_body import MAX_BODY_BYTES
 from tests.fakes.http_providers import FakeProviders
 from tests.fakes.webhook_receiver import WebhookReceiver
 from tests.integration import signed

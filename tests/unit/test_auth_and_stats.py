@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from mailstream.auth import AdminAuth, mask_email
-from mailstream.faust_metrics import in_seconds
-from mailstream.stats import Minutes, add_up, figures, funnel
+from mailstream.observability.faust_metrics import in_seconds
+from mailstream.web.admin_auth import AdminAuth, mask_email
+from mailstream.web.figures import Minutes, add_up, figures, funnel
 
 TOKEN = "an-admin-token-long-enough"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mailstream.bench import topic_names
-from mailstream.bench_delivery import first_and_last_fifth
-from mailstream.bench_pipeline import (
+from mailstream.bench.command import topic_names
+from mailstream.bench.delivery_rate import first_and_last_fifth
+from mailstream.bench.pipeline import (
     Bench,
     Phase,
     _scale_out,
@@ -17,7 +17,7 @@ from mailstream.bench_pipeline import (
     cpu_ticks,
     steady_rate,
 )
-from mailstream.cli import main
+from mailstream.cli.main import main
 
 
 def polled(

@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from mailstream.board import (
+from mailstream.web.board import (
     label_funnel,
     partition_lag,
     step_labels,
     suppression_summary,
     workflow_step_labels,
 )
-from mailstream.workflow_spec import WorkflowSpec
+from mailstream.workflows.spec import WorkflowSpec
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_a_user_is_suppressed_by_their_own_entries_or_the_global_list(
 
 
 def test_the_user_page_never_says_not_suppressed_beside_a_global_entry() -> None:
-    from mailstream.pages import render_page
+    from mailstream.web.pages import render_page
 
     view = {
         "user_id": "u1",

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from mailstream.broker_watch import (
+from mailstream.kafka.broker_watch import (
     BrokerContact,
     ahead_of_broker,
     consistency_error_where,
@@ -114,7 +114,7 @@ def test_faust_consistency_error_is_said_the_same_way() -> None:
 def test_faust_traceback_for_a_consistency_error_is_left_out_and_nothing_else() -> None:
     from faust.exceptions import ConsistencyError
 
-    from mailstream.broker_watch import DataLostTraceback
+    from mailstream.kafka.broker_watch import DataLostTraceback
 
     def record(msg: str, args: tuple[object, ...], exc: BaseException | None) -> logging.LogRecord:
         info = (type(exc), exc, None) if exc is not None else None

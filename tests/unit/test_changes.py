@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mailstream.changes import ChangeWatch, FromTo, compile_changes, remembered
-from mailstream.engine import Engine
-from mailstream.events import Event
-from mailstream.users import UserState, apply_event
-from mailstream.workflow_spec import TriggerSpec, WorkflowSpec, compile_workflow
+from mailstream.core.events import Event
+from mailstream.core.user_state import UserState, apply_event
+from mailstream.workflows.engine import Engine
+from mailstream.workflows.field_changes import ChangeWatch, FromTo, compile_changes, remembered
+from mailstream.workflows.spec import TriggerSpec, WorkflowSpec, compile_workflow
 
 T0 = 1_700_000_000_000
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mailstream.cli import main
-from mailstream.config import CONFIG_ENV, ENV_OVERRIDES
+from mailstream.cli.main import main
+from mailstream.config.schema import CONFIG_ENV, ENV_OVERRIDES
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstream.broker import free_port
+from mailstream.kafka.embedded_broker import free_port
 
 
 def run(*argv: str, tmp_path: Path, config: str = "") -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import hmac
 import orjson
 import pytest
 
-from mailstream.cluster_auth import (
+from mailstream.core.cluster_trust import (
     ALTERED,
     REQUEST_HEADER,
     RESPONSE_HEADER,
@@ -20,8 +20,8 @@ from mailstream.cluster_auth import (
     cluster_key,
     request_nonce,
 )
+from mailstream.delivery.send_command import encode_send_command, verified_send_command
 from mailstream.exceptions import ConfigError
-from mailstream.sends import encode_send_command, verified_send_command
 
 SECRET = "cluster-secret-for-the-unit-tests-0123456789"
 KEY = ClusterKey(SECRET)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mailstream.conditions import ConditionError, compile_condition
+from mailstream.core.conditions import ConditionError, compile_condition
 
 SCOPE: dict[str, Any] = {
     "event": {

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from mailstream.config import Config, load_config, parse_config
-from mailstream.durations import parse_duration
-from mailstream.events import Invalid, decode_event
+from mailstream.config.durations import parse_duration
+from mailstream.config.schema import Config, load_config, parse_config
+from mailstream.core.events import Invalid, decode_event
+from mailstream.core.windows import Cap, QuietHours, SamplingRule, ThrottleRule
 from mailstream.exceptions import ConfigError, MailstreamError
-from mailstream.windows import Cap, QuietHours, SamplingRule, ThrottleRule
 
 SOURCE = "mailstream.yaml"
 

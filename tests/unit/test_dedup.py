@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from mailstream.dedup import SeenIds
+from mailstream.core.dedup import SeenIds
 
 T0 = 1_700_000_000  # seconds
 HOUR = 3600

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from mailstream.compose import Sender, compose, message_id
-from mailstream.delivery import (
+from mailstream.delivery.compose import Sender, compose, message_id
+from mailstream.delivery.state_machine import (
     ATTEMPTING,
     DROPPED,
     FAILED,
@@ -28,9 +28,13 @@ from mailstream.delivery import (
     suppressed_since,
     withheld,
 )
+from mailstream.delivery.unsubscribe_links import (
+    Unsubscribe,
+    UnsubscribeTokens,
+    list_unsubscribe_headers,
+)
 from mailstream.providers.base import Accepted, SendFailure
-from mailstream.suppression import Suppression
-from mailstream.unsubscribe import Unsubscribe, UnsubscribeTokens, list_unsubscribe_headers
+from mailstream.suppression.entries import Suppression
 
 NOW = 1_800_000_000_000
 POLICY = RetryPolicy(max_attempts=3, base_s=2.0, max_delay_s=60.0)
@@ -211,6 +215,14 @@ def test_a_forged_or_altered_token_does_not_verify() -> None:
     for token in (forged, altered, "", "nonsense", good + "x"):
         assert tokens.verify(token) is None
     assert tokens.verify(good) is not None
+
+
+def test_a_link_mailed_by_an_earlier_release_still_unsubscribes() -> None:
+    # Links live in inboxes for years: the token format (and its salt) must not change.
+    issued = "WyJkZWZhdWx0IiwiYWRhIiwibWFya2V0aW5nIiwiczEiXQ.7tKgNfDjrCr63lGPveIrQfqdqfg"
+    assert UnsubscribeTokens(SECRET).verify(issued) == Unsubscribe(
+        "default", "ada", "marketing", "s1"
+    )
 
 
 def test_the_mailto_fallback_is_added_when_configured() -> None:

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from mailstream import digest
-from mailstream.engine import WAIT_TIMER, Effects, Engine, TimerOp, send_id
-from mailstream.events import Event
-from mailstream.templates import DEFAULT_TEMPLATE_DIR, Templates
-from mailstream.users import UserState, apply_event
-from mailstream.workflow_spec import WorkflowSpec, compile_workflow
+from mailstream.core.events import Event
+from mailstream.core.user_state import UserState, apply_event
+from mailstream.workflows import digest
+from mailstream.workflows.engine import WAIT_TIMER, Effects, Engine, TimerOp, send_id
+from mailstream.workflows.spec import WorkflowSpec, compile_workflow
+from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000

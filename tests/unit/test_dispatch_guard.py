@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailstream.dispatch_guard import AfterError, ErrorPolicy, ErrorTracker, backoff
+from mailstream.delivery.round_guard import AfterError, ErrorPolicy, ErrorTracker, backoff
 
 POLICY = ErrorPolicy(give_up_after=3, backoff_base_s=0.2, backoff_max_s=5.0, suspects_kept=3)
 

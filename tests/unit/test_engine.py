@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from mailstream.engine import (
+from mailstream.core.events import Event
+from mailstream.core.user_state import UserState, apply_event
+from mailstream.workflows.engine import (
     INACTIVITY_TIMER,
     MAX_STEPS_PER_RUN,
     WAIT_TIMER,
@@ -17,9 +19,7 @@ from mailstream.engine import (
     TimerOp,
     send_id,
 )
-from mailstream.events import Event
-from mailstream.users import UserState, apply_event
-from mailstream.workflow_spec import Workflow, WorkflowSpec, compile_workflow
+from mailstream.workflows.spec import Workflow, WorkflowSpec, compile_workflow
 
 T0 = 1_700_000_000_000
 MINUTE = 60_000

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
-from mailstream.events import (
+from mailstream.core.events import (
     MAX_TIMESTAMP_MS,
     MIN_TIMESTAMP_MS,
     Event,

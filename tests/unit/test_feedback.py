@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mailstream.delivery import Delivery, note_feedback
-from mailstream.feedback import (
+from mailstream.core.user_state import UserState
+from mailstream.delivery.state_machine import Delivery, note_feedback
+from mailstream.feedback.normalised import (
     BOUNCE,
     CLICK,
     COMPLAINT,
@@ -18,8 +19,7 @@ from mailstream.feedback import (
     apply_feedback,
     destination,
 )
-from mailstream.suppression import Suppression
-from mailstream.users import UserState
+from mailstream.suppression.entries import Suppression
 
 T = 1_800_000_000_000
 DAY = 86_400_000

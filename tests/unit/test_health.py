@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
-from mailstream.health import (
+from mailstream.observability.metrics import LabelCap
+from mailstream.web.figures import add_up
+from mailstream.web.pages import render_page
+from mailstream.workflows.health import (
     NO_DATA,
     TemplateFailure,
     Window,
@@ -25,11 +28,8 @@ from mailstream.health import (
     timer_workflow,
     undefined_name,
 )
-from mailstream.metrics import LabelCap
-from mailstream.pages import render_page
-from mailstream.policy import DEFER_TIMER
-from mailstream.stats import add_up
-from mailstream.templates import TemplateError, Templates
+from mailstream.workflows.send_policy import DEFER_TIMER
+from mailstream.workflows.templates import TemplateError, Templates
 
 HEALTHY = WorkflowFigures(
     enrolled=120,

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from mailstream.ingest import (
+from mailstream.core.ingest_batch import (
     DEAD_LETTERED,
     DEDUPLICATED,
     OUTCOMES,
@@ -24,8 +24,8 @@ from mailstream.ingest import (
     ingest_batch,
     plan_offsets,
 )
-from mailstream.users import UserState, split_key, user_key
-from mailstream.windows import SamplingRule, ThrottleRule
+from mailstream.core.user_state import UserState, split_key, user_key
+from mailstream.core.windows import SamplingRule, ThrottleRule
 
 NOW_MS = 1_700_000_000_000
 MINUTE_MS = 60_000

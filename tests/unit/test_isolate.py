@@ -9,8 +9,8 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, RequestTimedOutError
 from faust.exceptions import ProducerSendError
 
-from mailstream.isolate import Unsettled, describe, isolate, transient
-from mailstream.outbox import STATE, Outbox
+from mailstream.core.isolate import Unsettled, describe, isolate, transient
+from mailstream.state.staged_flush import STATE, Outbox
 
 
 class Poisoned(Exception):
@@ -175,7 +175,7 @@ async def test_a_failing_batch_is_logged_once_without_a_traceback(
 ) -> None:
     runner = Runner({3, 700})
 
-    with caplog.at_level("DEBUG", logger="mailstream.isolate"):
+    with caplog.at_level("DEBUG", logger="mailstream.core.isolate"):
         await isolate(list(range(1000)), runner.attempt, runner.give_up)
 
     assert [r.getMessage() for r in caplog.records] == [

@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from mailstream.apply import PRODUCER_MAX_REQUEST_BYTES, dead_letter_message, fit_dead_letter
-from mailstream.config import parse_config
-from mailstream.events import (
+from mailstream.cli.loadgen import synthetic_events
+from mailstream.config.schema import parse_config
+from mailstream.core.events import (
     DEFAULT_LIMITS,
     Event,
     Invalid,
@@ -23,11 +23,21 @@ from mailstream.events import (
     decode_event,
     within_limits,
 )
+from mailstream.core.ingest_batch import (
+    DEAD_LETTERED,
+    PROCESSED,
+    IngestSettings,
+    RawMessage,
+    ingest_batch,
+)
+from mailstream.core.user_state import UserState, identify_problem, user_key
 from mailstream.exceptions import ConfigError
-from mailstream.ingest import DEAD_LETTERED, PROCESSED, IngestSettings, RawMessage, ingest_batch
-from mailstream.loadgen import synthetic_events
-from mailstream.outbox import Outbox
-from mailstream.users import UserState, identify_problem, user_key
+from mailstream.state.staged_flush import Outbox
+from mailstream.workflows.apply_effects import (
+    PRODUCER_MAX_REQUEST_BYTES,
+    dead_letter_message,
+    fit_dead_letter,
+)
 
 TS = 1_700_000_000_000
 

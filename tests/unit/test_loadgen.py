@@ -7,7 +7,7 @@ import random
 
 import orjson
 
-from mailstream.loadgen import synthetic_events
+from mailstream.cli.loadgen import synthetic_events
 
 
 def timestamps(pairs: list[tuple[bytes | None, bytes]]) -> list[int]:

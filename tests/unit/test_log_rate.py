@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from mailstream.log_rate import RepeatFilter, install, log_summaries
+from mailstream.observability.log_rate import RepeatFilter, install, log_summaries
 
 
 class Clock:
@@ -94,7 +94,7 @@ def test_mailstream_own_lines_and_debug_are_never_held_back() -> None:
     clock = Clock()
     _, (out,) = handlers(clock)
     for _ in range(3):
-        emit("mailstream.outbox", logging.ERROR, "flush failed", outs=[out])
+        emit("mailstream.state.staged_flush", logging.ERROR, "flush failed", outs=[out])
         emit("aiokafka.conn", logging.DEBUG, "probe", outs=[out])
     assert len(out.lines) == 6
 

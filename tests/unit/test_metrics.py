@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from mailstream.metrics import labelled
+from mailstream.observability.metrics import labelled
 
 
 @pytest.mark.parametrize(

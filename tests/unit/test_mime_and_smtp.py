@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from mailstream.exceptions import ConfigError
 from mailstream.providers.base import Message, SendFailure
+from mailstream.providers.eml_files import OutboxProvider, OutboxSettings
 from mailstream.providers.mime import build_mime, message_id_for, mime_bytes
-from mailstream.providers.outbox import OutboxProvider, OutboxSettings
 from mailstream.providers.smtp import (
     SmtpProvider,
     SmtpSettings,

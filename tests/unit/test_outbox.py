@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from mailstream import outbox as outbox_module
-from mailstream.outbox import AFTER_STATE, BEFORE_STATE, Outbox, flush
+from mailstream.state import staged_flush as outbox_module
+from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox, flush
 
 
 @dataclass

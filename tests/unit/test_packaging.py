@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from mailstream.broker import BROKER_BIN_ENV, find_broker_bin
-from mailstream.config import CONFIG_ENV, Config
+from mailstream.config.schema import CONFIG_ENV, Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.embedded_broker import BROKER_BIN_ENV, find_broker_bin
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from mailstream.ingest import (
+from mailstream.core.ingest_batch import (
     DEAD_LETTERED,
     NOT_READ,
     PROCESSED,
@@ -24,10 +24,10 @@ from mailstream.ingest import (
     headers_of,
     ingest_batch,
 )
-from mailstream.outbox import Outbox, flush
-from mailstream.partitioning import keyed_partition, misplaced, partition_for
+from mailstream.core.user_state import UserState
+from mailstream.kafka.partitioning import keyed_partition, misplaced, partition_for
 from mailstream.producer import EventProducer
-from mailstream.users import UserState
+from mailstream.state.staged_flush import Outbox, flush
 
 NOW_MS = 1_700_000_000_000
 PARTITIONS = 4

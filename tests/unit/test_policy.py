@@ -8,14 +8,21 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailstream.automation import Automation
-from mailstream.engine import WAIT_TIMER, Effects, Engine, SendIntent, TimerOp
-from mailstream.events import IDENTIFY, Event
-from mailstream.policy import DEFER_TIMER, OK, Decision, Policy, PolicySettings, decide
-from mailstream.suppression import Suppression
-from mailstream.users import DECISION_FIELDS, UserState, apply_event
-from mailstream.windows import Cap, QuietHours, parse_clock
-from mailstream.workflow_spec import WorkflowSpec, compile_workflow
+from mailstream.core.events import IDENTIFY, Event
+from mailstream.core.user_state import DECISION_FIELDS, UserState, apply_event
+from mailstream.core.windows import Cap, QuietHours, parse_clock
+from mailstream.suppression.entries import Suppression
+from mailstream.workflows.automation import Automation
+from mailstream.workflows.engine import WAIT_TIMER, Effects, Engine, SendIntent, TimerOp
+from mailstream.workflows.send_policy import (
+    DEFER_TIMER,
+    OK,
+    Decision,
+    Policy,
+    PolicySettings,
+    decide,
+)
+from mailstream.workflows.spec import WorkflowSpec, compile_workflow
 
 MIN = 60_000
 H = 60 * MIN

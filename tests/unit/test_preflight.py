@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from rocksdict import Options, Rdict
 
-from mailstream.preflight import (
+from mailstream.runtime.preflight import (
     OFFSET_KEY,
     PortInUse,
     check_port_free,
@@ -36,7 +36,7 @@ def test_a_second_process_on_a_data_dir_is_told_who_holds_it(tmp_path: Path) -> 
     data = tmp_path / "data"
     code = (
         "import sys; from pathlib import Path\n"
-        "from mailstream.preflight import lock_data_dir\n"
+        "from mailstream.runtime.preflight import lock_data_dir\n"
         "lock_data_dir(Path(sys.argv[1]))\n"
     )
     with lock_data_dir(data):
@@ -52,7 +52,7 @@ def test_the_data_dir_is_free_again_once_its_holder_exits(tmp_path: Path) -> Non
     data = tmp_path / "data"
     code = (
         "import sys; from pathlib import Path\n"
-        "from mailstream.preflight import lock_data_dir\n"
+        "from mailstream.runtime.preflight import lock_data_dir\n"
         "lock_data_dir(Path(sys.argv[1]))\n"
     )
     for _ in range(2):

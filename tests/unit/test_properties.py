@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from markupsafe import escape
 
-from mailstream.conditions import OPERATORS, ROOTS, ConditionError, compile_condition
-from mailstream.events import (
+from mailstream.core.conditions import OPERATORS, ROOTS, ConditionError, compile_condition
+from mailstream.core.events import (
     IDENTIFY,
     MAX_EVENT_ID,
     MAX_EVENT_TYPE,
@@ -30,7 +30,7 @@ from mailstream.events import (
     decode_event,
     valid_tenant,
 )
-from mailstream.ingest import (
+from mailstream.core.ingest_batch import (
     DEAD_LETTERED,
     OUTCOMES,
     PROCESSED,
@@ -38,11 +38,19 @@ from mailstream.ingest import (
     RawMessage,
     ingest_batch,
 )
-from mailstream.policy import DEFER, DROP, REASONS, SEND, Decision, PolicySettings, decide
-from mailstream.suppression import REASON_SCOPES, Suppression, normalise_address, parse_csv
-from mailstream.templates import MAX_POWER_BITS, MAX_REPEAT, TemplateError, Templates
-from mailstream.users import UserState
-from mailstream.windows import DAY_MS, Cap, QuietHours, SamplingRule, ThrottleRule
+from mailstream.core.user_state import UserState
+from mailstream.core.windows import DAY_MS, Cap, QuietHours, SamplingRule, ThrottleRule
+from mailstream.suppression.entries import REASON_SCOPES, Suppression, normalise_address, parse_csv
+from mailstream.workflows.send_policy import (
+    DEFER,
+    DROP,
+    REASONS,
+    SEND,
+    Decision,
+    PolicySettings,
+    decide,
+)
+from mailstream.workflows.templates import MAX_POWER_BITS, MAX_REPEAT, TemplateError, Templates
 
 FAST = settings(max_examples=150, deadline=None, database=None)
 SLOW = settings(

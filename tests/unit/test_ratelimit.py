@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from mailstream.ratelimit import (
+from mailstream.delivery.pacing import (
     DOMAIN_WAIT,
     GO,
     RATE_WAIT,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mailstream.cli.render import add_render_parser, cmd_render
 from mailstream.exceptions import MailstreamError
-from mailstream.render_cli import add_render_parser, cmd_render
-from mailstream.templates import TemplateError
+from mailstream.workflows.templates import TemplateError
 
 USER = '{"email": "ada@example.com", "first_name": "Ada"}'
 

@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
-from mailstream.feedback import BOUNCE, Feedback
-from mailstream.webhooks import SendGridWebhook, SendGridWebhookSettings, WebhookRequest
-from mailstream.webhooks.replay import (
+from mailstream.feedback.normalised import BOUNCE, Feedback
+from mailstream.feedback.provider_webhooks import (
+    SendGridWebhook,
+    SendGridWebhookSettings,
+    WebhookRequest,
+)
+from mailstream.feedback.replay_guard import (
     EXPIRY_MARGIN_MS,
     Claim,
     Entry,

@@ -11,7 +11,7 @@ from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.test_utils import TestServer
 
-from mailstream.request_body import read_body
+from mailstream.web.request_body import read_body
 
 LIMIT = 64 * 1024
 

@@ -8,8 +8,16 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from mailstream.config import parse_config
-from mailstream.delivery import (
+from mailstream.config.schema import parse_config
+from mailstream.delivery.retention import (
+    FINAL_RECORD,
+    SENT_COUNTER,
+    PrunePlan,
+    counter_day,
+    finished_before,
+    plan_prune,
+)
+from mailstream.delivery.state_machine import (
     ATTEMPTING,
     DEAD_LETTERED,
     DROPPED,
@@ -21,15 +29,7 @@ from mailstream.delivery import (
     QueueKey,
 )
 from mailstream.exceptions import ConfigError
-from mailstream.retention import (
-    FINAL_RECORD,
-    SENT_COUNTER,
-    PrunePlan,
-    counter_day,
-    finished_before,
-    plan_prune,
-)
-from mailstream.storage import PROGRESS_KEY, progress_key
+from mailstream.state.rocksdb_store import PROGRESS_KEY, progress_key
 
 DAY_MS = 86_400_000
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z

@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mailstream.board import suppression_summary
-from mailstream.conditions import ConditionError, compile_condition
-from mailstream.engine import Engine, user_scope
-from mailstream.events import Event
-from mailstream.pages import render_page
-from mailstream.segments import SegmentChange, apply_change
-from mailstream.users import UserState, apply_event
-from mailstream.workflow_spec import WorkflowSpec, compile_workflow
+from mailstream.core.conditions import ConditionError, compile_condition
+from mailstream.core.events import Event
+from mailstream.core.user_state import UserState, apply_event
+from mailstream.web.board import suppression_summary
+from mailstream.web.pages import render_page
+from mailstream.workflows.engine import Engine, user_scope
+from mailstream.workflows.segments import SegmentChange, apply_change
+from mailstream.workflows.spec import WorkflowSpec, compile_workflow
 
 T0 = 1_700_000_000_000
 

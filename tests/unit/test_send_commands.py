@@ -7,15 +7,15 @@ from typing import Any, cast
 
 import orjson
 
-from mailstream.apply import EffectsApplier
-from mailstream.cluster_auth import ClusterKey
-from mailstream.engine import Effects, SendIntent
-from mailstream.health import render_failure
-from mailstream.outbox import Outbox
-from mailstream.sends import verified_send_command
-from mailstream.storage import PartitionStore
-from mailstream.templates import DEFAULT_TEMPLATE_DIR, TemplateError, Templates
-from mailstream.users import UserState
+from mailstream.core.cluster_trust import ClusterKey
+from mailstream.core.user_state import UserState
+from mailstream.delivery.send_command import verified_send_command
+from mailstream.state.rocksdb_store import PartitionStore
+from mailstream.state.staged_flush import Outbox
+from mailstream.workflows.apply_effects import EffectsApplier
+from mailstream.workflows.engine import Effects, SendIntent
+from mailstream.workflows.health import render_failure
+from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, TemplateError, Templates
 
 CLUSTER = ClusterKey("unit-test-cluster-secret-0123456789abcdef")
 TOPICS = {"transactional": "sends.t", "marketing": "sends.m"}

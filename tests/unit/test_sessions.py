@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from mailstream.auth import SECURITY_HEADERS, AdminAuth, LoginLimiter, Revocations
-from mailstream.sessions import SessionFeed, decode_revocation, encode_revocation
+from mailstream.web.admin_auth import SECURITY_HEADERS, AdminAuth, LoginLimiter, Revocations
+from mailstream.web.sessions import SessionFeed, decode_revocation, encode_revocation
 
 TOKEN = "an-admin-token-long-enough"
 
@@ -199,7 +199,7 @@ def test_the_feed_applies_records_and_skips_expired_ones() -> None:
     ],
 )
 def test_a_bad_web_setting_names_its_key(web: dict[str, object], key: str) -> None:
-    from mailstream.config import parse_config
+    from mailstream.config.schema import parse_config
     from mailstream.exceptions import ConfigError
 
     with pytest.raises(ConfigError) as info:

@@ -3,8 +3,8 @@ written with it."""
 
 from __future__ import annotations
 
-from mailstream.state_cache import StateCache
-from mailstream.users import UserState
+from mailstream.core.user_state import UserState
+from mailstream.state.user_cache import StateCache
 
 
 def state(user: str, **traits: str) -> UserState:

@@ -11,9 +11,9 @@ import rocksdict
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 from faust.types import TP
 
-from mailstream.delivery import QueueKey, queue_ready
-from mailstream.storage import PartitionStore
-from mailstream.timers import TimerKey, timer_due
+from mailstream.delivery.state_machine import QueueKey, queue_ready
+from mailstream.state.rocksdb_store import PartitionStore
+from mailstream.state.timer_keys import TimerKey, timer_due
 
 
 class FaustStore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailstream.suppression import REASON_SCOPES, Suppression, normalise_address, parse_csv
+from mailstream.suppression.entries import REASON_SCOPES, Suppression, normalise_address, parse_csv
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailstream.digest import template_view
 from mailstream.exceptions import MailstreamError
-from mailstream.templates import DEFAULT_TEMPLATE_DIR, Rendered, TemplateError, Templates
+from mailstream.workflows.digest import template_view
+from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Rendered, TemplateError, Templates
 
 USER = {"email": "a@example.com"}
 ITEMS = [{"name": "Mug", "qty": 2, "price": "12.50"}, {"name": "Tea", "qty": 1}]

@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 
-from mailstream.config import parse_config
-from mailstream.delivery import QueueKey, accept, delivery_key, rank_bounds
-from mailstream.exceptions import ConfigError
-from mailstream.fair import CHOSEN, LANE_DONE, SKIP, STOP, TENANT_WAIT, FairPacer
-from mailstream.ingest import (
+from mailstream.config.schema import parse_config
+from mailstream.core.ingest_batch import (
     DEAD_LETTERED,
     PROCESSED,
     THROTTLED,
@@ -21,8 +18,11 @@ from mailstream.ingest import (
     RawMessage,
     ingest_batch,
 )
-from mailstream.ratelimit import GO, RATE_WAIT, Pacer
-from mailstream.tenants import OTHER_LABEL, EventRates, Quota, Tenancy, over_daily_quota
+from mailstream.core.tenants import OTHER_LABEL, EventRates, Quota, Tenancy, over_daily_quota
+from mailstream.delivery.fair_share import CHOSEN, LANE_DONE, SKIP, STOP, TENANT_WAIT, FairPacer
+from mailstream.delivery.pacing import GO, RATE_WAIT, Pacer
+from mailstream.delivery.state_machine import QueueKey, accept, delivery_key, rank_bounds
+from mailstream.exceptions import ConfigError
 
 DAY = date(2025, 3, 1)
 

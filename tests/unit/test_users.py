@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from mailstream.events import Event
-from mailstream.suppression import Suppression
-from mailstream.users import UserState, apply_event, merge_traits, split_key, user_key
+from mailstream.core.events import Event
+from mailstream.core.user_state import UserState, apply_event, merge_traits, split_key, user_key
+from mailstream.suppression.entries import Suppression
 
 TS = 1_700_000_000_000
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from mailstream.webhook_step.breaker import (
+from mailstream.webhooks_out.circuit_breaker import (
     CALL,
     CLOSED,
     HALF_OPEN,

@@ -11,17 +11,30 @@ from typing import Any
 import orjson
 import pytest
 
-from mailstream.cluster_auth import ClusterKey
-from mailstream.delivery import ATTEMPTING, FAILED, QUEUED, SENT, QueueKey, attempt, failed
-from mailstream.delivery import orphaned as orphaned_call
-from mailstream.engine import MAX_STEPS_PER_RUN, Engine, send_id
-from mailstream.events import Event
+from mailstream.config.webhooks_out_settings import WebhookEndpoint, build_endpoints
+from mailstream.core.cluster_trust import ClusterKey
+from mailstream.core.events import Event
+from mailstream.core.user_state import UserState, apply_event
+from mailstream.delivery.pacing import retry_delay
+from mailstream.delivery.state_machine import (
+    ATTEMPTING,
+    FAILED,
+    QUEUED,
+    SENT,
+    QueueKey,
+    attempt,
+    failed,
+)
+from mailstream.delivery.state_machine import orphaned as orphaned_call
 from mailstream.exceptions import ConfigError
 from mailstream.providers.base import SendFailure
-from mailstream.ratelimit import retry_delay
-from mailstream.users import UserState, apply_event
-from mailstream.webhook_step.body import MAX_BODY_BYTES, Body, BodyError
-from mailstream.webhook_step.calls import (
+from mailstream.webhooks_out.call_command import (
+    decode_command,
+    pick,
+    verified_command,
+    webhook_command,
+)
+from mailstream.webhooks_out.call_state import (
     accept_call,
     answer_failure,
     breaker_failure,
@@ -29,21 +42,16 @@ from mailstream.webhook_step.calls import (
     expired,
     hold,
 )
-from mailstream.webhook_step.commands import (
-    decode_command,
-    pick,
-    verified_command,
-    webhook_command,
-)
-from mailstream.webhook_step.settings import WebhookEndpoint, build_endpoints
-from mailstream.webhook_step.signing import (
+from mailstream.webhooks_out.json_body import MAX_BODY_BYTES, Body, BodyError
+from mailstream.webhooks_out.signature import (
     ID_HEADER,
     SIGNATURE_HEADER,
     request_headers,
     signature_header,
     verify,
 )
-from mailstream.workflow_spec import WorkflowSpec, compile_workflow
+from mailstream.workflows.engine import MAX_STEPS_PER_RUN, Engine, send_id
+from mailstream.workflows.spec import WorkflowSpec, compile_workflow
 
 SECRET = b"whsec-test-secret-0123456789"
 T = 1_700_000_000
@@ -447,7 +455,7 @@ def test_picking_the_field_to_store(answer: Any, path: str, found: tuple[bool, A
 
 
 def test_a_webhook_step_must_name_a_configured_endpoint() -> None:
-    from mailstream.config import parse_config
+    from mailstream.config.schema import parse_config
 
     raw: dict[str, Any] = {"workflows": {"onboard": WORKFLOW}}
     with pytest.raises(ConfigError, match=r"steps\[0\]\.webhook\.endpoint: no endpoint 'crm'"):
@@ -469,7 +477,7 @@ def test_a_webhook_step_must_name_a_configured_endpoint() -> None:
     ],
 )
 def test_bad_endpoint_config_names_the_key(settings: dict[str, Any], problem: str) -> None:
-    from mailstream.config import parse_config
+    from mailstream.config.schema import parse_config
 
     with pytest.raises(ConfigError, match=problem.replace(".", r"\.")):
         parse_config({"webhooks_out": {"crm": settings}}, env={})
@@ -494,10 +502,10 @@ def test_an_endpoint_never_shows_its_secret() -> None:
 def applier_run(body: dict[str, Any], traits: dict[str, Any]) -> Any:
     from typing import cast
 
-    from mailstream.apply import EffectsApplier
-    from mailstream.outbox import Outbox
-    from mailstream.storage import PartitionStore
-    from mailstream.templates import DEFAULT_TEMPLATE_DIR, Templates
+    from mailstream.state.rocksdb_store import PartitionStore
+    from mailstream.state.staged_flush import Outbox
+    from mailstream.workflows.apply_effects import EffectsApplier
+    from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
 
     spec = {
         "trigger": {"event": "signup"},

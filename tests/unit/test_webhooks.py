@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from pydantic import ValidationError
 
 from mailstream.exceptions import ConfigError
-from mailstream.feedback import (
+from mailstream.feedback.normalised import (
     BOUNCE,
     CLICK,
     COMPLAINT,
@@ -26,7 +26,7 @@ from mailstream.feedback import (
     UNSUBSCRIBE,
     Feedback,
 )
-from mailstream.webhooks import (
+from mailstream.feedback.provider_webhooks import (
     MailgunWebhook,
     MailgunWebhookSettings,
     PostmarkWebhook,
@@ -794,7 +794,7 @@ def test_settings_take_names_and_durations() -> None:
 
 def test_settings_import_without_cryptography() -> None:
     code = (
-        "import sys, mailstream.webhooks.settings, mailstream.webhooks;"
+        "import sys, mailstream.config.webhook_settings, mailstream.feedback.provider_webhooks;"
         "assert 'cryptography' not in sys.modules, 'cryptography was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailstream.windows import (
+from mailstream.core.windows import (
     Cap,
     QuietHours,
     SamplingRule,

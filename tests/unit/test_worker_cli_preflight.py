@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mailstream.broker import free_port
-from mailstream.preflight import lock_data_dir
+from mailstream.kafka.embedded_broker import free_port
+from mailstream.runtime.preflight import lock_data_dir
 
 
 def run_worker(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

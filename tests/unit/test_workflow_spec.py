@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from mailstream.workflow_spec import END, EXIT_INDEX, WorkflowSpec, compile_workflow
+from mailstream.workflows.spec import END, EXIT_INDEX, WorkflowSpec, compile_workflow
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

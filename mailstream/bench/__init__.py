@@ -1,0 +1,1 @@
+"""``mailstream bench``: measurements that start everything they need and print figures."""

@@ -1,0 +1,1 @@
+"""The ``mailstream`` command line and its subcommands."""

@@ -1,0 +1,1 @@
+"""The config: the ``mailstream.yaml`` schema, its sections and how it is loaded."""

@@ -1,0 +1,1 @@
+"""Delivery: a send's state machine, pacing, fair shares, the message, the dispatch loop."""

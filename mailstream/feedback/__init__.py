@@ -1,0 +1,1 @@
+"""Inbound feedback: provider webhooks verified and normalised, and the replay guard."""

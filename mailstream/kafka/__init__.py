@@ -1,0 +1,1 @@
+"""Kafka I/O: the direct reader, backfills, the partitioner, dead letters, the broker's health."""

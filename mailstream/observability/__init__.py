@@ -1,0 +1,1 @@
+"""Metrics and logs: domain metrics, Faust's sensors, rate-limited logging."""

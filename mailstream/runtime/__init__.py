@@ -1,0 +1,1 @@
+"""The worker's runtime: what it builds from the config, its preflight checks and signals."""

@@ -1,0 +1,283 @@
+"""Collect a batch's state writes and messages, then make them durable in stages."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mailstream.kafka.partitioning import partition_count, partition_for
+from mailstream.observability import metrics
+from mailstream.state.rocksdb_store import PartitionStore
+
+Headers = list[tuple[str, bytes]]
+# topic, key, value, headers, partition (None: the key's, from partition_for)
+Message = tuple[str, bytes | None, bytes, Headers | None, int | None]
+
+
+class Consumed(Protocol):
+    """Where a consumed message came from."""
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+# The ingest agent and the timer task both change user state; one at a time per worker.
+STATE_LOCK = asyncio.Lock()
+
+# A crash can land between any two records, so what a user record relies on must be
+# acknowledged before the record is sent: a replay after the crash is deduplicated
+# against that record and would not recreate it.
+BEFORE_STATE = 0  # new timers, send commands, dead letters
+STATE = 1  # user records, then each partition's progress record
+AFTER_STATE = 2  # timer deletions: a stale timer is harmless, a missing one is not
+STAGES = (BEFORE_STATE, STATE, AFTER_STATE)
+
+
+@dataclass
+class Outbox:
+    # stage -> (store, partition) -> key -> value (None deletes); insertion order is send order
+    writes: dict[int, dict[tuple[PartitionStore, int], dict[bytes, bytes | None]]] = field(
+        default_factory=lambda: {stage: {} for stage in STAGES}
+    )
+    messages: list[Message] = field(default_factory=list)
+
+    def put(
+        self,
+        store: PartitionStore,
+        partition: int,
+        key: bytes,
+        value: bytes | None,
+        stage: int = STATE,
+    ) -> None:
+        for other in STAGES:  # a later write of a key replaces an earlier one
+            if other != stage:
+                self.writes[other].get((store, partition), {}).pop(key, None)
+        items = self.writes[stage].setdefault((store, partition), {})
+        items.pop(key, None)
+        items[key] = value
+
+    def lookup(
+        self, store: PartitionStore, partition: int, key: bytes
+    ) -> tuple[bool, bytes | None]:
+        """Whether this outbox writes ``key``, and what (None: a deletion)."""
+        for stage in STAGES:
+            items = self.writes[stage].get((store, partition))
+            if items is not None and key in items:
+                return True, items[key]
+        return False, None
+
+    def get(self, store: PartitionStore, partition: int, key: bytes) -> bytes | None:
+        """``key`` as it will be once this outbox is written: its pending value (None for a
+        pending deletion), or else the store's; so a batch sees its own earlier changes."""
+        found, value = self.lookup(store, partition, key)
+        return value if found else store.get(partition, key)
+
+    def keys_between(
+        self, store: PartitionStore, partition: int, start: bytes, end: bytes, limit: int
+    ) -> list[bytes]:
+        """``store.keys_between`` as it will be once this outbox is written."""
+        pending: dict[bytes, bytes | None] = {}
+        for stage in STAGES:
+            pending.update(self.writes[stage].get((store, partition), {}))
+        stored = store.keys_between(partition, start, end, limit)
+        if not pending:
+            return stored
+        added = {k for k, v in pending.items() if v is not None and start <= k < end}
+        if len(stored) >= limit:  # past the last stored key read, the store was not read
+            added = {k for k in added if k < stored[-1]}
+        keys = sorted(added.union(k for k in stored if k not in pending or pending[k] is not None))
+        return keys[:limit]
+
+    def merge(self, other: Outbox) -> None:
+        """Add ``other``'s writes and messages after this outbox's own."""
+        for stage in STAGES:
+            for (store, partition), items in other.writes[stage].items():
+                for key, value in items.items():
+                    self.put(store, partition, key, value, stage)
+        self.messages.extend(other.messages)
+
+    def move_to_end(self, store: PartitionStore, keys: Iterable[bytes]) -> None:
+        """Send ``keys`` of ``store`` after everything else in their partitions (progress
+        records, once more writes were put after them)."""
+        wanted = set(keys)
+        for stage in STAGES:
+            for (slot_store, _), items in self.writes[stage].items():
+                if slot_store is store:
+                    for key in [k for k in items if k in wanted]:
+                        items[key] = items.pop(key)
+
+    def put_progress(
+        self,
+        store: PartitionStore,
+        messages: Iterable[Consumed],
+        key: bytes,
+        notes: dict[int, bytes] | None = None,
+    ) -> None:
+        """Each partition's progress record: the offset after the last of ``messages`` in
+        it, and that partition's note if ``notes`` has one (written in the same record, so
+        the two change together). Put it after everything else the batch writes to
+        ``store``, so it is sent last."""
+        following: dict[int, int] = {}
+        for m in messages:
+            following[m.partition] = max(following.get(m.partition, 0), m.offset + 1)
+        for partition, offset in following.items():
+            value = str(offset).encode()
+            note = (notes or {}).get(partition)
+            if note:
+                value += b" " + note
+            self.put(store, partition, key, value)
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> None:
+        """A message to a topic; sent with the first stage, before any state. Without
+        ``partition``, a keyed message goes to its key's partition (partition_for)."""
+        self.messages.append((topic, key, value, headers, partition))
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or any(self.writes.values()))
+
+
+# One flush at a time per store: a store records the changelog offset its local state
+# reflects, and recovery replays the changelog from there. Two overlapping flushes could
+# record the later one's offset before the earlier one's records are applied locally,
+# and a crash then would skip those records on recovery.
+_STORE_LOCKS: dict[str, asyncio.Lock] = {}
+
+# topic -> told of the messages a flush wrote to it, once the broker has acknowledged
+# them: (topic, partition, offset, key, value) each. The delivery agent takes the send
+# commands this worker writes from here rather than waiting for a fetch to bring them.
+Written = tuple[str, int, int, bytes | None, bytes]
+HANDOFF: dict[str, Callable[[list[Written]], None]] = {}
+
+
+async def flush(producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None) -> None:
+    """Send every record and message stage by stage, each stage acknowledged by the
+    broker before the next starts, then write the local stores. Callers acknowledge
+    their input only after this returns. ``staged(stage)`` is called as each stage is
+    acknowledged, for what may go ahead once that much is durable."""
+    names = sorted({store.name for stage in outbox.writes.values() for store, _ in stage})
+    locks = [_STORE_LOCKS.setdefault(name, asyncio.Lock()) for name in names]
+    for lock in locks:  # always in name order, so two flushes cannot deadlock
+        await lock.acquire()
+    try:
+        await _flush(producer, outbox, staged)
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+async def _send_stage(
+    producer: Any,
+    items: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]],
+    messages: list[Message],
+) -> dict[tuple[PartitionStore, int], int]:
+    """Send one stage's changelog records (and messages) and wait for the broker's
+    acknowledgement. Returns the highest changelog offset acknowledged per slot."""
+    batches = _batch_producer(producer)
+    # (slot, how many records its future's offset covers, future)
+    pending: list[tuple[tuple[PartitionStore, int], int, Any]] = []
+    for slot, records in items.items():
+        if batches is not None:
+            pending.extend(await _send_batches(batches, slot, list(records.items())))
+        else:
+            for key, value in records.items():
+                pending.append((slot, 1, await _send_record(producer, slot, key, value)))
+    futures = [future for _, _, future in pending]
+    counts: dict[str, int | None] = {}  # topic -> its partitions, asked once a flush
+    for topic, msg_key, value, headers, partition in messages:
+        if partition is None and msg_key is not None:
+            # Never the client's default partitioner: the engine's, whatever that is.
+            if topic not in counts:
+                counts[topic] = await partition_count(producer, topic)
+            count = counts[topic]
+            partition = None if count is None else partition_for(msg_key, count)
+        futures.append(await producer.send(topic, msg_key, value, partition, None, headers))
+    last: dict[tuple[PartitionStore, int], int] = {}
+    if not futures:
+        return last
+    acked = await asyncio.gather(*futures)
+    for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
+        # md.offset: the record's, or the first of a batch of ``count``
+        last[slot] = max(md.offset + count - 1, last.get(slot, -1))
+    if HANDOFF:
+        _hand_off(messages, acked[len(pending) :])
+    return last
+
+
+def _hand_off(messages: list[Message], acked: list[Any]) -> None:
+    written: dict[str, list[Written]] = {}
+    for (topic, key, value, _, _), md in zip(messages, acked, strict=True):
+        if topic in HANDOFF:
+            written.setdefault(topic, []).append((topic, md.partition, md.offset, key, value))
+    for topic, items in written.items():
+        HANDOFF[topic](items)
+
+
+async def _send_record(
+    producer: Any, slot: tuple[PartitionStore, int], key: bytes, value: bytes | None
+) -> Any:
+    return await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
+
+
+def _batch_producer(producer: Any) -> Any:
+    """The aiokafka producer under Faust's, whose record batches a flush fills itself:
+    one future per batch instead of one per record. None: send record by record."""
+    ensure = getattr(producer, "_ensure_producer", None)
+    if ensure is None:
+        return None
+    inner = ensure()
+    return inner if hasattr(inner, "create_batch") else None
+
+
+async def _send_batches(
+    producer: Any,
+    slot: tuple[PartitionStore, int],
+    records: list[tuple[bytes, bytes | None]],
+) -> list[tuple[tuple[PartitionStore, int], int, Any]]:
+    """One slot's records in as few record batches as they fit, in order."""
+    topic, partition = slot[0].changelog_topic, slot[1]
+    sent: list[tuple[tuple[PartitionStore, int], int, Any]] = []
+    builder, count = producer.create_batch(), 0
+    for key, value in records:
+        while builder.append(key=key, value=value, timestamp=None) is None:  # full
+            if count == 0:
+                raise ValueError(f"a record of {len(value or b'')} bytes does not fit a batch")
+            sent.append(
+                (slot, count, await producer.send_batch(builder, topic, partition=partition))
+            )
+            builder, count = producer.create_batch(), 0
+        count += 1
+    if count:
+        sent.append((slot, count, await producer.send_batch(builder, topic, partition=partition)))
+    return sent
+
+
+async def _flush(
+    producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None
+) -> None:
+    last: dict[tuple[PartitionStore, int], int] = {}
+    merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
+    for stage in STAGES:
+        messages = outbox.messages if stage == BEFORE_STATE else []
+        acked = await _send_stage(producer, outbox.writes[stage], messages)
+        if staged is not None:
+            staged(stage)
+        for slot, offset in acked.items():
+            last[slot] = max(offset, last.get(slot, -1))
+        for slot, items in outbox.writes[stage].items():
+            merged.setdefault(slot, {}).update(items)
+    for slot, items in merged.items():
+        store, partition = slot
+        store.write(partition, items, last[slot])
+        metrics.labelled(metrics.CHANGELOG_RECORDS, store.name).inc(len(items))

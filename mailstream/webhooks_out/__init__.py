@@ -1,0 +1,1 @@
+"""Outbound webhook calls: the ``webhook`` step, its signed POSTs, retries and circuit breaker."""

@@ -1,0 +1,1 @@
+"""Journeys: the workflow spec, the engine, the send policy, templates and workflow health."""
