@@ -5,10 +5,10 @@ from __future__ import annotations
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping
 
-from mailstream.state.store import PROGRESS_KEY, is_progress, progress_note, progress_offset
+from mailstream.state.store import Store, StoreBase, is_progress
 
 
-class MemoryStore:
+class MemoryStore(StoreBase):
     """Every partition a dict plus its keys kept sorted, so that key scans and ``items``
     run in byte order and stop where RocksDB's iterators would. Nothing is durable; the
     changelog offset each write records is kept for ``changelog_offset``."""
@@ -40,12 +40,6 @@ class MemoryStore:
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self._values.get(partition, {}).get(key)
 
-    def progress(self, partition: int, key: bytes = PROGRESS_KEY) -> int | None:
-        return progress_offset(self.get(partition, key))
-
-    def progress_note(self, partition: int, key: bytes = PROGRESS_KEY) -> bytes | None:
-        return progress_note(self.get(partition, key))
-
     def write(
         self, partition: int, items: Mapping[bytes, bytes | None], changelog_offset: int
     ) -> None:
@@ -61,9 +55,6 @@ class MemoryStore:
                     insort(keys, key)
                 values[key] = bytes(value)
         self._offsets[partition] = changelog_offset
-
-    def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
-        return self.keys_between(partition, b"", bound, limit)
 
     def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
         keys = self._keys.get(partition, [])
@@ -81,3 +72,7 @@ class MemoryStore:
 
     def active_partitions(self) -> list[int]:
         return list(self._active)
+
+
+# mypy checks here that MemoryStore is a Store.
+_: type[Store] = MemoryStore

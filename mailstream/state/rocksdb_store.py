@@ -22,13 +22,8 @@ import rocksdict
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from mailstream.observability import metrics
-from mailstream.state.store import (
-    PROGRESS_KEY,
-    Store,
-    is_progress,
-    progress_note,
-    progress_offset,
-)
+from mailstream.state.store import PROGRESS_KEY as PROGRESS_KEY  # where agents/ingest.py reads it
+from mailstream.state.store import Store, StoreBase, is_progress
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +55,7 @@ _FAUST_KEYS = b"__faust\x00"
 _FAUST_OFFSET_KEY: bytes = FaustRocksDBStore.offset_key
 
 
-class PartitionStore:
+class PartitionStore(StoreBase):
     """Read and write one RocksDB-backed Faust table by partition, bypassing its changelog:
     the ``Store`` (mailstream.state.store) the workers run on."""
 
@@ -84,13 +79,6 @@ class PartitionStore:
     def get(self, partition: int, key: bytes) -> bytes | None:
         value = self._store._db_for_partition(partition).get(key)
         return None if value is None else bytes(value)
-
-    def progress(self, partition: int, key: bytes = PROGRESS_KEY) -> int | None:
-        return progress_offset(self.get(partition, key))
-
-    def progress_note(self, partition: int, key: bytes = PROGRESS_KEY) -> bytes | None:
-        """What the progress record carries after its offset (None: nothing)."""
-        return progress_note(self.get(partition, key))
 
     def write(
         self, partition: int, items: Mapping[bytes, bytes | None], changelog_offset: int
@@ -156,10 +144,6 @@ class PartitionStore:
         """Wait for the compactions started so far to finish."""
         for running in list(self._compacting.values()):
             running.result()
-
-    def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
-        """Up to ``limit`` keys of a partition that sort before ``bound``, in order."""
-        return self.keys_between(partition, b"", bound, limit)
 
     def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` keys of a partition in [start, end), in order."""

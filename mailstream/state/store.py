@@ -17,6 +17,7 @@ the same contract tests (tests/unit/test_store.py).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from typing import Protocol
 
@@ -35,18 +36,6 @@ def progress_key(topic: str) -> bytes:
 def is_progress(key: bytes) -> bool:
     """Whether ``key`` is a progress record's (``PROGRESS_KEY`` or a ``progress_key``)."""
     return key.startswith(PROGRESS_KEY)
-
-
-def progress_offset(value: bytes | None) -> int | None:
-    """The offset a progress record's value holds (None: no record)."""
-    return None if value is None else int(value.partition(b" ")[0])
-
-
-def progress_note(value: bytes | None) -> bytes | None:
-    """What a progress record's value carries after its offset (None: no record, or
-    nothing after the offset)."""
-    note = None if value is None else value.partition(b" ")[2]
-    return note or None
 
 
 class Store(Protocol):
@@ -96,3 +85,27 @@ class Store(Protocol):
     def active_partitions(self) -> list[int]:
         """The partitions this worker actively owns, ascending."""
         ...
+
+
+class StoreBase(ABC):
+    """What an implementation of ``Store`` derives from its ``get`` and ``keys_between``."""
+
+    @abstractmethod
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    @abstractmethod
+    def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]: ...
+
+    def progress(self, partition: int, key: bytes = PROGRESS_KEY) -> int | None:
+        value = self.get(partition, key)
+        return None if value is None else int(value.partition(b" ")[0])
+
+    def progress_note(self, partition: int, key: bytes = PROGRESS_KEY) -> bytes | None:
+        """What the progress record carries after its offset (None: nothing)."""
+        value = self.get(partition, key)
+        note = None if value is None else value.partition(b" ")[2]
+        return note or None
+
+    def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
+        """Up to ``limit`` keys of a partition that sort before ``bound``, in order."""
+        return self.keys_between(partition, b"", bound, limit)
