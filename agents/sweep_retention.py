@@ -15,16 +15,14 @@ from collections import Counter
 from mailstream.app import app, config, settled
 from mailstream.delivery.retention import plan_prune
 from mailstream.observability import metrics
-from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.staged_flush import Outbox, flush
+from mailstream.state.store import Store
 from tables.deliveries import deliveries
 
 logger = logging.getLogger(__name__)
 
 # table, how long its finished records are kept (ms), whether it holds sends counters
-SWEPT: list[tuple[PartitionStore, int, bool]] = [
-    (deliveries, int(config.retention.deliveries * 1000), True)
-]
+SWEPT: list[tuple[Store, int, bool]] = [(deliveries, int(config.retention.deliveries * 1000), True)]
 if config.webhooks_out:  # the table exists only where webhook steps are configured
     from tables.webhook_calls import webhook_calls
 
@@ -35,7 +33,7 @@ if config.webhooks_out:  # the table exists only where webhook steps are configu
 cursors: dict[tuple[str, int], bytes] = {}
 
 
-async def prune(store: PartitionStore, keep_ms: int, counters: bool) -> None:
+async def prune(store: Store, keep_ms: int, counters: bool) -> None:
     """One bounded run over every partition of ``store`` this worker owns."""
     now = int(time.time() * 1000)
     outbox = Outbox()

@@ -7,8 +7,9 @@ from __future__ import annotations
 from mailstream.app import app, config
 from mailstream.feedback.replay_guard import due_of
 from mailstream.state.rocksdb_store import raw_table
+from mailstream.state.store import Store
 
-replay_guard = raw_table(
+replay_guard: Store = raw_table(
     app,
     "replay_guard",
     config.topics.partitions,

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from mailstream.app import app, config
 from mailstream.state.rocksdb_store import raw_table
+from mailstream.state.store import Store
 from mailstream.state.timer_keys import timer_due
 
-timers = raw_table(
+timers: Store = raw_table(
     app,
     "timers",
     config.topics.partitions,

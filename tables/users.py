@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from mailstream.app import app, config
 from mailstream.state.rocksdb_store import raw_table
+from mailstream.state.store import Store
 
-users = raw_table(
+users: Store = raw_table(
     app,
     "users",
     config.topics.partitions,

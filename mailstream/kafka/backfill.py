@@ -14,8 +14,8 @@ from aiokafka.errors import KafkaError
 
 from mailstream.core.ingest_batch import RawMessage, headers_of, plan_offsets
 from mailstream.observability import metrics
-from mailstream.state.rocksdb_store import PartitionStore, progress_key
 from mailstream.state.staged_flush import Outbox
+from mailstream.state.store import Store, progress_key
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Intake:
 
     def __init__(
         self,
-        store: PartitionStore,
+        store: Store,
         topics: Iterable[str] | Mapping[str, bytes],
         bootstrap_servers: str,
         lock: asyncio.Lock | None = None,

@@ -13,8 +13,8 @@ from mailstream.core.ingest_batch import RawMessage
 from mailstream.core.user_state import UserState
 from mailstream.delivery.send_command import encode_send_command, send_command, template_user
 from mailstream.observability import metrics
-from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox
+from mailstream.state.store import Store
 from mailstream.state.timer_keys import TimerKey
 from mailstream.webhooks_out.call_command import encode_command, webhook_command
 from mailstream.webhooks_out.json_body import BodyError
@@ -101,7 +101,7 @@ class EffectsApplier:
     def __init__(
         self,
         templates: Templates,
-        timers: PartitionStore,
+        timers: Store,
         send_topics: dict[str, str],
         dlq_topic: str,
         webhook_topic: str | None = None,
