@@ -7,7 +7,8 @@ from typing import Any
 
 import faust
 
-from mailstream.config.schema import Config, load_config
+from mailstream.config.load import load_config
+from mailstream.config.schema import Config
 from mailstream.kafka.broker_watch import BrokerContact, watch_broker
 from mailstream.kafka.embedded_broker import (
     EMBEDDED_FETCH_WAIT,

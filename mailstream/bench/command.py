@@ -28,7 +28,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailstream.config.schema import BROKER_URL_PATTERN, TopicsConfig
+from mailstream.config.sections import BROKER_URL_PATTERN, TopicsConfig
 from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics, free_port
 from mailstream.producer import EventProducer
 

@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from mailstream.config.schema import CONFIG_ENV, Config, load_config
+from mailstream.config.load import CONFIG_ENV, load_config
+from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import cluster_key
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.observability import log_rate

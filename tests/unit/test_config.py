@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from mailstream.config.durations import parse_duration
-from mailstream.config.schema import Config, load_config, parse_config
+from mailstream.config.load import load_config, parse_config
+from mailstream.config.schema import Config
 from mailstream.core.events import Invalid, decode_event
 from mailstream.core.windows import Cap, QuietHours, SamplingRule, ThrottleRule
 from mailstream.exceptions import ConfigError, MailstreamError
