@@ -18,7 +18,7 @@ from typing import Any
 from jinja2.exceptions import SecurityError, UndefinedError
 
 from mailstream.workflows.send_policy import DEFER_TIMER
-from mailstream.workflows.templates import TemplateError
+from mailstream.workflows.template_files import TemplateError
 
 # ---- what the worker counts ----------------------------------------------------------
 

@@ -29,7 +29,8 @@ from mailstream.workflows.health import (
     undefined_name,
 )
 from mailstream.workflows.send_policy import DEFER_TIMER
-from mailstream.workflows.templates import TemplateError, Templates
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.templates import Templates
 
 HEALTHY = WorkflowFigures(
     enrolled=120,

@@ -15,7 +15,8 @@ from mailstream.state.staged_flush import Outbox
 from mailstream.workflows.apply_effects import EffectsApplier
 from mailstream.workflows.engine import Effects, SendIntent
 from mailstream.workflows.health import render_failure
-from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, TemplateError, Templates
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
 
 CLUSTER = ClusterKey("unit-test-cluster-secret-0123456789abcdef")
 TOPICS = {"transactional": "sends.t", "marketing": "sends.m"}
