@@ -71,7 +71,7 @@ from mailstream.state.staged_flush import (
 )
 from mailstream.suppression.entries import Suppression
 from mailstream.workflows.apply_effects import dead_letter_headers, dead_letter_message
-from mailstream.workflows.health import known_workflow
+from mailstream.workflows.health_labels import known_workflow
 from tables.deliveries import deliveries, delivery_queue, sent_key, sent_on
 from tables.users import users
 

@@ -14,7 +14,7 @@ from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.staged_flush import Outbox
 from mailstream.workflows.apply_effects import EffectsApplier
 from mailstream.workflows.engine import Effects, SendIntent
-from mailstream.workflows.health import render_failure
+from mailstream.workflows.health_labels import render_failure
 from mailstream.workflows.template_files import TemplateError
 from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
 
