@@ -36,7 +36,7 @@ class BrokerConfig(Section):
     url: str = Field("kafka://127.0.0.1:9092", pattern=BROKER_URL_PATTERN)
     # tansu answers ListOffsets(latest) wrongly for multi-record batches, which makes
     # Faust's table recovery miss the tail of a changelog; on the embedded broker its
-    # recovery reads to the end offsets a fetch reports (mailstream.kafka.embedded_broker).
+    # recovery reads to the end offsets a fetch reports (mailstream.kafka.embedded_quirks).
     embedded: bool = True
     # How long the consumer's fetch waits for data. Faust asks for 1.5 s, and Kafka
     # answers as soon as data arrives; tansu waits out the full time, which would add
