@@ -16,7 +16,6 @@ from mailstream.app import (
     close_when_stopping,
     config,
     events_topic,
-    fetch_max_wait,
     settled,
 )
 from mailstream.core.events import Event
@@ -35,6 +34,7 @@ from mailstream.core.tenants import EventRates
 from mailstream.core.user_state import UserState
 from mailstream.kafka.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
 from mailstream.kafka.direct_reader import DirectReader
+from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.observability import metrics
 from mailstream.runtime.components import applier_for, automation_for, suppression_list, tenancy
 from mailstream.state.rocksdb_store import PROGRESS_KEY

@@ -16,7 +16,7 @@ from mailstream.runtime.components import applier_for, automation_for, suppressi
 from mailstream.state.staged_flush import AFTER_STATE, STATE_LOCK, Outbox, flush
 from mailstream.state.timer_keys import TimerKey, due_bound
 from mailstream.workflows.apply_effects import dead_letter_headers
-from mailstream.workflows.health import known_workflow, timer_workflow
+from mailstream.workflows.health_labels import known_workflow, timer_workflow
 from tables.timers import timers
 from tables.users import users
 

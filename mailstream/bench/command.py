@@ -28,8 +28,9 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailstream.config.schema import BROKER_URL_PATTERN, TopicsConfig
-from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.config.sections import BROKER_URL_PATTERN, TopicsConfig
+from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
+from mailstream.kafka.topics import ensure_topics
 from mailstream.producer import EventProducer
 
 BROKER_URL = re.compile(BROKER_URL_PATTERN)

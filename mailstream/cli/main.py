@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-from mailstream.config.schema import CONFIG_ENV, Config, load_config
+from mailstream.config.load import CONFIG_ENV, load_config
+from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import cluster_key
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.observability import log_rate
@@ -89,7 +90,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from mailstream.kafka.embedded_broker import EmbeddedBroker, create_topics
+    from mailstream.kafka.embedded_broker import EmbeddedBroker
+    from mailstream.kafka.topics import create_topics
 
     config = _config(args)
     broker = EmbeddedBroker(args.host, args.port)
@@ -124,7 +126,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     cluster_key(config.cluster.secret_env, os.environ)  # a missing secret fails here, first
     from faust import Worker
 
-    from mailstream.kafka.embedded_broker import create_topics
+    from mailstream.kafka.topics import create_topics
     from mailstream.runtime.preflight import check_local_state, check_port_free, lock_data_dir
 
     check_port_free(

@@ -112,7 +112,7 @@ async def end_offsets(
     """Each partition's end offset on the broker (None: its topic is gone)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from mailstream.kafka.embedded_broker import fetched_end_offsets
+    from mailstream.kafka.embedded_quirks import corrected_end_offsets
 
     wanted = sorted(set(partitions))
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
@@ -123,9 +123,7 @@ async def end_offsets(
         ends: dict[Any, int] = dict(await consumer.end_offsets(tps)) if tps else {}
     finally:
         await consumer.stop()
-    if embedded and ends:
-        # tansu lists the end of a partition short (mailstream.kafka.embedded_broker)
-        ends = await fetched_end_offsets(servers, ends)
+    ends = await corrected_end_offsets(servers, ends, embedded=embedded)
     found: dict[Partition, int | None] = {tp: None for tp in wanted}
     for tp, end in ends.items():
         found[(tp.topic, tp.partition)] = end

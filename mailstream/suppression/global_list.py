@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, MailstreamError
-from mailstream.kafka.embedded_broker import COMPACTED, ensure_topics, topic_partitions
 from mailstream.kafka.partitioning import keyed_partition
+from mailstream.kafka.topics import COMPACTED, ensure_topics, topic_partitions
 from mailstream.observability.metrics import SUPPRESSION_LIST_SIZE
 from mailstream.suppression.entries import Suppression, normalise_address
 

@@ -24,7 +24,8 @@ from mailstream.core.ingest_batch import REROUTED
 from mailstream.core.user_state import UserState
 from mailstream.delivery.pacing import warmup_cap
 from mailstream.kafka.dead_letters import describe
-from mailstream.kafka.embedded_broker import fetched_end_offsets, topic_partitions
+from mailstream.kafka.embedded_quirks import corrected_end_offsets
+from mailstream.kafka.topics import topic_partitions
 from mailstream.observability import metrics
 from mailstream.runtime.components import tenancy
 from mailstream.web.admin_auth import CSRF_COOKIE, SESSION_SECONDS
@@ -97,7 +98,7 @@ async def events_end_offsets(partitions: list[int]) -> dict[int, int | None]:
 
     Faust's consumer knows no current high-water mark for them: the direct reader reads
     the events topic while Faust's fetching of it is paused. On the embedded broker the
-    ends come from a fetch (``fetched_end_offsets``): its ListOffsets answer reads short
+    ends come from a fetch (``corrected_end_offsets``): its ListOffsets answer reads short
     after a multi-record batch, which showed a high-water mark below "applied"."""
     if not partitions:
         return {}
@@ -111,8 +112,9 @@ async def events_end_offsets(partitions: list[int]) -> dict[int, int | None]:
             listed: dict[Any, int] = await consumer.end_offsets(tps)
         finally:
             await consumer.stop()
-        if config.broker.embedded:
-            listed = await fetched_end_offsets(config.bootstrap_servers, listed, timeout=3.0)
+        listed = await corrected_end_offsets(
+            config.bootstrap_servers, listed, embedded=config.broker.embedded, timeout=3.0
+        )
     except Exception as exc:  # the dashboard shows the lag as unknown
         logger.warning("cannot read the events topic's end offsets: %r", exc)
         return {p: None for p in partitions}

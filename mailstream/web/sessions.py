@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mailstream.kafka.embedded_broker import topic_partitions
+from mailstream.kafka.topics import topic_partitions
 from mailstream.web.admin_auth import Revocations, Session
 
 logger = logging.getLogger(__name__)

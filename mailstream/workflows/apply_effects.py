@@ -20,8 +20,9 @@ from mailstream.webhooks_out.call_command import encode_command, webhook_command
 from mailstream.webhooks_out.json_body import BodyError
 from mailstream.webhooks_out.step import WebhookIntent
 from mailstream.workflows.engine import Effects, SendIntent
-from mailstream.workflows.health import TOO_LARGE, TOO_LARGE_PREFIX, render_failure
-from mailstream.workflows.templates import TemplateError, Templates
+from mailstream.workflows.health_labels import TOO_LARGE, TOO_LARGE_PREFIX, render_failure
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.templates import Templates
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from mailstream.core.events import Event, decode_event
-from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics
+from mailstream.kafka.embedded_broker import EmbeddedBroker
+from mailstream.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 README_ADDRESS = "127.0.0.1:9092"

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from mailstream.config.schema import parse_config
+from mailstream.config.load import parse_config
 from mailstream.delivery.retention import (
     FINAL_RECORD,
     SENT_COUNTER,
