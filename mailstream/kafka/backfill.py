@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from mailstream.core.ingest_batch import RawMessage, headers_of, plan_offsets
+from mailstream.kafka.clients import start_client
 from mailstream.kafka.embedded_quirks import reads_until_empty
 from mailstream.observability import metrics
 from mailstream.state.staged_flush import Outbox
@@ -53,11 +54,7 @@ class Backfill:
                 group_id=None,
                 auto_offset_reset="earliest",
             )
-            try:
-                await consumer.start()
-            except BaseException:
-                await consumer.stop()
-                raise
+            await start_client(consumer)
             self._consumer = consumer
         return self._consumer
 

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.clients import start_client
 
 # tansu holds an empty fetch for its whole wait even when data arrives: each hop from a
 # topic to an agent waits up to this long on the embedded broker.
@@ -105,7 +106,7 @@ async def fetched_end_offsets(
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
     )
-    await consumer.start()
+    await start_client(consumer)
     try:
         consumer.assign(list(probed))
         for tp in probed:

@@ -12,6 +12,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.clients import start_client
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,11 @@ async def ensure_topics(
     ``configs`` (e.g. ``{"cleanup.policy": "compact"}``) apply to the topics created here;
     a broker that rejects them gets the topics without."""
     wanted = list(dict.fromkeys(names))
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
     deadline = time.monotonic() + timeout
     while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
         try:
-            await admin.start()
+            await start_client(admin)  # closed again when it fails: a fresh one next time
             break
         except Exception as exc:  # the broker may still be starting
             if time.monotonic() > deadline:
@@ -97,7 +98,7 @@ async def _create_topics(
 async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
     """The partition ids of ``topic``; empty when it does not exist (it is not created)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
-    await admin.start()
+    await start_client(admin)
     try:
         # Metadata for all topics: asking for one by name may create it on some brokers.
         for described in await admin.describe_topics():

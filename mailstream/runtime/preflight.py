@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from mailstream.exceptions import MailstreamError
 from mailstream.kafka.broker_watch import Partition, ahead_of_broker, data_lost_line
+from mailstream.kafka.clients import start_client
 
 LOCK_FILE = "worker.lock"
 # Faust's offset of the last changelog record applied, in each table partition's RocksDB
@@ -116,7 +117,7 @@ async def end_offsets(
 
     wanted = sorted(set(partitions))
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
-    await consumer.start()
+    await start_client(consumer)
     try:
         present = await consumer.topics()
         tps = [TopicPartition(t, p) for t, p in wanted if t in present]

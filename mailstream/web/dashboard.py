@@ -23,6 +23,7 @@ from mailstream.config.schema import default_workflows
 from mailstream.core.ingest_batch import REROUTED
 from mailstream.core.user_state import UserState
 from mailstream.delivery.pacing import warmup_cap
+from mailstream.kafka.clients import start_client
 from mailstream.kafka.dead_letters import describe
 from mailstream.kafka.embedded_quirks import corrected_end_offsets
 from mailstream.kafka.topics import topic_partitions
@@ -107,7 +108,7 @@ async def events_end_offsets(partitions: list[int]) -> dict[int, int | None]:
         bootstrap_servers=config.bootstrap_servers, group_id=None, enable_auto_commit=False
     )
     try:
-        await consumer.start()
+        await start_client(consumer)
         try:
             listed: dict[Any, int] = await consumer.end_offsets(tps)
         finally:
@@ -240,7 +241,7 @@ async def latest_dead_letters() -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=config.bootstrap_servers, group_id=None, enable_auto_commit=False
     )
-    await consumer.start()
+    await start_client(consumer)
     letters: list[Any] = []
     try:
         tps = [TopicPartition(config.topics.dlq, p) for p in parts]
