@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) ## embedded broker, a worker and synthetic traffic; Ctrl-C stops all
 	$(VENV)/bin/mailstream demo
 
+# Scenario and sizes through ARGS, e.g. make bench ARGS="timers --pending 10000"
+.PHONY: bench
+bench: $(STAMP) ## mailstream bench: the pipeline's figures (ARGS= for another scenario or size)
+	$(VENV)/bin/mailstream bench $(ARGS)
+
 # Two test processes: the integration tests mostly wait (group joins, timers), and
 # each process starts its own broker. --dist loadfile keeps a file's tests together.
 PARALLEL := -n 2 --dist loadfile

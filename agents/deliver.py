@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 from faust.types import TP
 
-from mailstream.app import app, close_when_stopping, config, fetch_max_wait, settled
+from mailstream.app import app, close_when_stopping, config, settled
 from mailstream.core.events import valid_tenant
 from mailstream.core.ingest_batch import RawMessage
 from mailstream.core.tenants import over_daily_quota
@@ -50,6 +50,7 @@ from mailstream.delivery.state_machine import (
 )
 from mailstream.kafka.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
 from mailstream.kafka.direct_reader import DirectReader
+from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.kafka.partitioning import misplaced, partition_count
 from mailstream.observability import metrics
 from mailstream.providers.base import Accepted, SendFailure
@@ -71,7 +72,7 @@ from mailstream.state.staged_flush import (
 )
 from mailstream.suppression.entries import Suppression
 from mailstream.workflows.apply_effects import dead_letter_headers, dead_letter_message
-from mailstream.workflows.health import known_workflow
+from mailstream.workflows.health_labels import known_workflow
 from tables.deliveries import deliveries, delivery_queue, sent_key, sent_on
 from tables.users import users
 

@@ -31,8 +31,8 @@ from mailstream.feedback.replay_guard import (
 from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
-from mailstream.state.rocksdb_store import progress_key
 from mailstream.state.staged_flush import Outbox, flush
+from mailstream.state.store import progress_key
 from mailstream.workflows.apply_effects import dead_letter_message
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from typing import Any
 
 from faust.types import TP
 
-from mailstream.app import fetch_max_wait
 from mailstream.core.events import Event
 from mailstream.core.ingest_batch import (
     DEAD_LETTERED,
@@ -28,6 +27,7 @@ from mailstream.core.tenants import EventRates
 from mailstream.core.user_state import UserState
 from mailstream.kafka.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
 from mailstream.kafka.direct_reader import DirectReader
+from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.rocksdb_store import PROGRESS_KEY

@@ -15,7 +15,7 @@ from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import AFTER_STATE, STATE_LOCK, Outbox, flush
 from mailstream.state.timer_keys import TimerKey, due_bound
 from mailstream.workflows.apply_effects import dead_letter_headers
-from mailstream.workflows.health import known_workflow, timer_workflow
+from mailstream.workflows.health_labels import known_workflow, timer_workflow
 
 logger = logging.getLogger(__name__)
 

@@ -11,44 +11,21 @@ import faust
 
 from mailstream.config.schema import Config
 from mailstream.config.webhooks_out_settings import build_endpoints
+from mailstream.kafka import embedded_quirks
 from mailstream.kafka.broker_watch import watch_broker
-from mailstream.kafka.embedded_broker import (
-    EMBEDDED_FETCH_WAIT,
-    EMBEDDED_SIDE_FETCH_WAIT,
-    correct_recovery_highwaters,
-    set_fetch_max_wait,
-)
 from mailstream.observability import faust_metrics
 from mailstream.runtime.components import Runtime, delivery_runtime
 
 PRODUCER_BATCH_BYTES = 256 * 1024
 
 
-def fetch_max_wait(config: Config, send_path: bool = True) -> float | None:
-    """How long a fetch may wait for data (None: the client's default). tansu holds an
-    empty fetch for all of it even when data arrives, so on the embedded broker it is
-    short for a fetch on the way from an event to its send (``send_path``); the others
-    wait longer, as every idle consumer polls the broker once per wait."""
-    if config.broker.fetch_max_wait is None and config.broker.embedded:
-        return EMBEDDED_FETCH_WAIT if send_path else EMBEDDED_SIDE_FETCH_WAIT
-    return config.broker.fetch_max_wait
-
-
 def create_app(config: Config) -> faust.App:
     options: dict[str, Any] = {}
-    # tansu 0.6 reports a wrong high-water mark when a partition's last record batch
-    # holds several records, and Faust's table recovery would stop short of the
-    # changelog's tail: on the embedded broker, recovery takes the end offsets a fetch
-    # reports instead. Never needed on Apache Kafka.
-    if config.broker.embedded:
-        correct_recovery_highwaters(config.bootstrap_servers)
-    # With both direct readers on, Faust's own consumer carries only feedback and
-    # webhook calls.
-    fetch_wait = fetch_max_wait(
+    # What the broker needs of Faust's consumer (the embedded one's quirks). With both
+    # direct readers on, Faust's own consumer carries only feedback and webhook calls.
+    embedded_quirks.install(
         config, send_path=not (config.ingest.direct_read and config.delivery.direct_read)
     )
-    if fetch_wait is not None:
-        set_fetch_max_wait(fetch_wait)
     # aiohttp closes a connection still waiting for a whole request when its keep-alive
     # timer fires, and starts that timer on connect: this bounds how long a client may
     # take to send a request's headers (3630 s by default, room for slowloris).

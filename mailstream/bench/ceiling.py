@@ -18,7 +18,7 @@ from pathlib import Path
 import faust
 import orjson
 
-from mailstream.kafka.embedded_broker import EMBEDDED_FETCH_WAIT, set_fetch_max_wait
+from mailstream.kafka.embedded_quirks import EMBEDDED_FETCH_WAIT, set_fetch_max_wait
 
 # How often an agent writes its span.json.
 REPORT_EVERY = 0.1

@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from mailstream.bench.command import Site, stop_processes
-from mailstream.bench.pipeline import Sink
+from mailstream.bench.provider_sink import Sink
+from mailstream.bench.run_site import Site, stop_processes
 from mailstream.core.cluster_trust import ClusterKey
 from mailstream.delivery.send_command import encode_send_command
 from mailstream.kafka.embedded_broker import free_port
@@ -119,6 +119,7 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
 async def bench_delivery(
     sends: int, rate: float, out: Path, broker_url: str | None = None
 ) -> dict[str, Any]:
+    """Run the delivery scenario; its figures, also written to ``out``."""
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
     site = Site(root, broker_url)
     try:

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from mailstream.config.schema import load_config
-from mailstream.kafka.embedded_broker import EmbeddedBroker, create_topics
+from mailstream.config.load import load_config
+from mailstream.kafka.embedded_broker import EmbeddedBroker
+from mailstream.kafka.topics import create_topics
 from mailstream.runtime.preflight import check_port_free
 from mailstream.runtime.signals import stop_on_signals
 

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from mailstream.config.schema import CONFIG_ENV, Config, load_config
+from mailstream.config.load import CONFIG_ENV, load_config
+from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import cluster_key
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.observability import log_rate
@@ -87,7 +88,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from mailstream.kafka.embedded_broker import EmbeddedBroker, create_topics
+    from mailstream.kafka.embedded_broker import EmbeddedBroker
+    from mailstream.kafka.topics import create_topics
 
     config = _config(args)
     broker = EmbeddedBroker(args.host, args.port)
@@ -123,7 +125,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from mailstream.app import build_app
-    from mailstream.kafka.embedded_broker import create_topics
+    from mailstream.kafka.topics import create_topics
     from mailstream.runtime.preflight import check_local_state, check_port_free, lock_data_dir
 
     check_port_free(

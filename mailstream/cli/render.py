@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from mailstream.config.schema import load_config
+from mailstream.config.load import load_config
 from mailstream.exceptions import MailstreamError
 from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import orjson
 
-from mailstream.config.schema import Config, load_config
+from mailstream.config.load import load_config
+from mailstream.config.schema import Config
 from mailstream.exceptions import MailstreamError
 from mailstream.suppression.entries import REASON_SCOPES, Suppression, normalise_address, parse_csv
 

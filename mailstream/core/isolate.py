@@ -18,8 +18,8 @@ from typing import TypeVar
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
-from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.staged_flush import Outbox
+from mailstream.state.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class Unsettled:
     later recovery restores what this worker had, not what it gave up."""
 
     def __init__(self) -> None:
-        self._keys: dict[tuple[PartitionStore, int], set[bytes]] = {}
+        self._keys: dict[tuple[Store, int], set[bytes]] = {}
 
     def add(self, outbox: Outbox) -> None:
         for stage in outbox.writes.values():

@@ -13,9 +13,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from mailstream.core.ingest_batch import RawMessage, headers_of, plan_offsets
+from mailstream.kafka.clients import start_client
+from mailstream.kafka.embedded_quirks import reads_until_empty
 from mailstream.observability import metrics
-from mailstream.state.rocksdb_store import PartitionStore, progress_key
 from mailstream.state.staged_flush import Outbox
+from mailstream.state.store import Store, progress_key
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +30,20 @@ class Backfill:
     committed unprocessed.
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        timeout: float = 15.0,
+        until_empty: bool | None = None,
+    ) -> None:
+        """``until_empty``: whether a read to the end of a partition goes on until a fetch
+        comes back empty rather than stop at the listed end offset; None: as the broker
+        this process runs against needs (mailstream.kafka.embedded_quirks)."""
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self.timeout = timeout
+        self.until_empty = until_empty
         self._consumer: AIOKafkaConsumer | None = None
 
     async def _client(self) -> AIOKafkaConsumer:
@@ -42,11 +54,7 @@ class Backfill:
                 group_id=None,
                 auto_offset_reset="earliest",
             )
-            try:
-                await consumer.start()
-            except BaseException:
-                await consumer.stop()
-                raise
+            await start_client(consumer)
             self._consumer = consumer
         return self._consumer
 
@@ -55,11 +63,18 @@ class Backfill:
     ) -> list[RawMessage]:
         """Messages with ``start <= offset < end`` (fewer if the log no longer has them).
 
-        Without ``end``: up to the end of the partition, found by reading until a fetch
-        comes back empty for ``idle_ms`` (the high-water mark the embedded broker reports
-        can fall short of the last producer batch, so it is not trusted)."""
+        Without ``end``: up to the end of the partition, the end offset the broker lists;
+        on the embedded broker, whose listed end can fall short of the last producer
+        batch, found by reading until a fetch comes back empty for ``idle_ms``."""
         consumer = await self._client()
         tp = TopicPartition(self.topic, partition)
+        until_empty = self.until_empty
+        if until_empty is None:
+            until_empty = reads_until_empty()
+        if end is None and not until_empty:
+            end = (await consumer.end_offsets([tp]))[tp]
+            if end <= start:
+                return []
         consumer.assign([tp])
         consumer.seek(tp, start)
         found: list[RawMessage] = []
@@ -210,7 +225,7 @@ class Intake:
 
     def __init__(
         self,
-        store: PartitionStore,
+        store: Store,
         topics: Iterable[str] | Mapping[str, bytes],
         bootstrap_servers: str,
         lock: asyncio.Lock | None = None,

@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaError
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.clients import start_client
 from mailstream.producer import unreachable
 
 
@@ -45,7 +46,7 @@ async def read_dead_letters(config: Config, *, limit: int, idle: float) -> list[
         group_id=None,
     )
     try:
-        await consumer.start()
+        await start_client(consumer)
     except KafkaError as exc:
         await consumer.stop()
         raise BrokerError(unreachable(config.bootstrap_servers, exc)) from None

@@ -28,6 +28,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mailstream.core.ingest_batch import RawMessage, headers_of
+from mailstream.kafka.clients import start_client
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class DirectReader:
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
                 max_partition_fetch_bytes=1 << 20,
             )
-            await consumer.start()
+            await start_client(consumer)
             self._consumer = consumer
         return self._consumer
 

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from mailstream.exceptions import MailstreamError
 from mailstream.kafka.broker_watch import Partition, ahead_of_broker, data_lost_line
+from mailstream.kafka.clients import start_client
 
 LOCK_FILE = "worker.lock"
 # Faust's offset of the last changelog record applied, in each table partition's RocksDB
@@ -112,20 +113,18 @@ async def end_offsets(
     """Each partition's end offset on the broker (None: its topic is gone)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    from mailstream.kafka.embedded_broker import fetched_end_offsets
+    from mailstream.kafka.embedded_quirks import corrected_end_offsets
 
     wanted = sorted(set(partitions))
     consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
-    await consumer.start()
+    await start_client(consumer)
     try:
         present = await consumer.topics()
         tps = [TopicPartition(t, p) for t, p in wanted if t in present]
         ends: dict[Any, int] = dict(await consumer.end_offsets(tps)) if tps else {}
     finally:
         await consumer.stop()
-    if embedded and ends:
-        # tansu lists the end of a partition short (mailstream.kafka.embedded_broker)
-        ends = await fetched_end_offsets(servers, ends)
+    ends = await corrected_end_offsets(servers, ends, embedded=embedded)
     found: dict[Partition, int | None] = {tp: None for tp in wanted}
     for tp, end in ends.items():
         found[(tp.topic, tp.partition)] = end

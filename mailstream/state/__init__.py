@@ -1,1 +1,1 @@
-"""State: RocksDB partitions written directly, the staged flush, timer keys, cached user states."""
+"""State: the Store protocol (RocksDB and in-memory), the staged flush, timer keys, user cache."""

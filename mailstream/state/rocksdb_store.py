@@ -22,14 +22,10 @@ import rocksdict
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 
 from mailstream.observability import metrics
+from mailstream.state.store import PROGRESS_KEY as PROGRESS_KEY  # where agents/ingest.py reads it
+from mailstream.state.store import Store, StoreBase, is_progress
 
 logger = logging.getLogger(__name__)
-
-# One per partition: the next events offset that partition's state has not yet applied,
-# optionally followed by a space and a note that must change with it in one record (the
-# users table's ledger: mailstream.core.ingest_batch.add_to_ledger). The control byte keeps it apart
-# from user keys, which always start with a tenant id.
-PROGRESS_KEY = b"\x00next-offset"
 
 # RocksDB keeps a tombstone for each deleted key until a compaction carries it to the
 # last level, and a scan steps over every tombstone in its range: in a queue-like table
@@ -59,13 +55,9 @@ _FAUST_KEYS = b"__faust\x00"
 _FAUST_OFFSET_KEY: bytes = FaustRocksDBStore.offset_key
 
 
-def progress_key(topic: str) -> bytes:
-    """The progress record of a table fed by several topics: one per topic."""
-    return PROGRESS_KEY + b":" + topic.encode()
-
-
-class PartitionStore:
-    """Read and write one RocksDB-backed Faust table by partition, bypassing its changelog."""
+class PartitionStore(StoreBase):
+    """Read and write one RocksDB-backed Faust table by partition, bypassing its changelog:
+    the ``Store`` (mailstream.state.store) the workers run on."""
 
     def __init__(self, table: Any, due: DueTime | None = None) -> None:
         self.table = table
@@ -87,16 +79,6 @@ class PartitionStore:
     def get(self, partition: int, key: bytes) -> bytes | None:
         value = self._store._db_for_partition(partition).get(key)
         return None if value is None else bytes(value)
-
-    def progress(self, partition: int, key: bytes = PROGRESS_KEY) -> int | None:
-        value = self.get(partition, key)
-        return None if value is None else int(value.partition(b" ")[0])
-
-    def progress_note(self, partition: int, key: bytes = PROGRESS_KEY) -> bytes | None:
-        """What the progress record carries after its offset (None: nothing)."""
-        value = self.get(partition, key)
-        note = None if value is None else value.partition(b" ")[2]
-        return note or None
 
     def write(
         self, partition: int, items: Mapping[bytes, bytes | None], changelog_offset: int
@@ -163,10 +145,6 @@ class PartitionStore:
         for running in list(self._compacting.values()):
             running.result()
 
-    def keys_before(self, partition: int, bound: bytes, limit: int) -> list[bytes]:
-        """Up to ``limit`` keys of a partition that sort before ``bound``, in order."""
-        return self.keys_between(partition, b"", bound, limit)
-
     def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
         """Up to ``limit`` keys of a partition in [start, end), in order."""
         found: list[bytes] = []
@@ -183,7 +161,7 @@ class PartitionStore:
         db = self._store._db_for_partition(partition)
         for key, value in db.items(from_key=start) if start else db.items():
             raw = bytes(key)
-            if not raw.startswith(PROGRESS_KEY) and not raw.startswith(_FAUST_KEYS):
+            if not is_progress(raw) and not raw.startswith(_FAUST_KEYS):
                 yield raw, bytes(value)
 
     def find(self, key: bytes) -> bytes | None:
@@ -198,6 +176,10 @@ class PartitionStore:
         actives = self.table.app.assignor.assigned_actives()
         topic = self.changelog_topic
         return sorted(tp.partition for tp in actives if tp.topic == topic)
+
+
+# mypy checks here that PartitionStore is a Store.
+_: type[Store] = PartitionStore
 
 
 def raw_table(

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from mailstream.kafka.partitioning import partition_count, partition_for
 from mailstream.observability import metrics
-from mailstream.state.rocksdb_store import PartitionStore
+from mailstream.state.store import Store
 
 Headers = list[tuple[str, bytes]]
 # topic, key, value, headers, partition (None: the key's, from partition_for)
@@ -41,14 +41,14 @@ STAGES = (BEFORE_STATE, STATE, AFTER_STATE)
 @dataclass
 class Outbox:
     # stage -> (store, partition) -> key -> value (None deletes); insertion order is send order
-    writes: dict[int, dict[tuple[PartitionStore, int], dict[bytes, bytes | None]]] = field(
+    writes: dict[int, dict[tuple[Store, int], dict[bytes, bytes | None]]] = field(
         default_factory=lambda: {stage: {} for stage in STAGES}
     )
     messages: list[Message] = field(default_factory=list)
 
     def put(
         self,
-        store: PartitionStore,
+        store: Store,
         partition: int,
         key: bytes,
         value: bytes | None,
@@ -61,9 +61,7 @@ class Outbox:
         items.pop(key, None)
         items[key] = value
 
-    def lookup(
-        self, store: PartitionStore, partition: int, key: bytes
-    ) -> tuple[bool, bytes | None]:
+    def lookup(self, store: Store, partition: int, key: bytes) -> tuple[bool, bytes | None]:
         """Whether this outbox writes ``key``, and what (None: a deletion)."""
         for stage in STAGES:
             items = self.writes[stage].get((store, partition))
@@ -71,14 +69,14 @@ class Outbox:
                 return True, items[key]
         return False, None
 
-    def get(self, store: PartitionStore, partition: int, key: bytes) -> bytes | None:
+    def get(self, store: Store, partition: int, key: bytes) -> bytes | None:
         """``key`` as it will be once this outbox is written: its pending value (None for a
         pending deletion), or else the store's; so a batch sees its own earlier changes."""
         found, value = self.lookup(store, partition, key)
         return value if found else store.get(partition, key)
 
     def keys_between(
-        self, store: PartitionStore, partition: int, start: bytes, end: bytes, limit: int
+        self, store: Store, partition: int, start: bytes, end: bytes, limit: int
     ) -> list[bytes]:
         """``store.keys_between`` as it will be once this outbox is written."""
         pending: dict[bytes, bytes | None] = {}
@@ -101,7 +99,7 @@ class Outbox:
                     self.put(store, partition, key, value, stage)
         self.messages.extend(other.messages)
 
-    def move_to_end(self, store: PartitionStore, keys: Iterable[bytes]) -> None:
+    def move_to_end(self, store: Store, keys: Iterable[bytes]) -> None:
         """Send ``keys`` of ``store`` after everything else in their partitions (progress
         records, once more writes were put after them)."""
         wanted = set(keys)
@@ -113,7 +111,7 @@ class Outbox:
 
     def put_progress(
         self,
-        store: PartitionStore,
+        store: Store,
         messages: Iterable[Consumed],
         key: bytes,
         notes: dict[int, bytes] | None = None,
@@ -179,14 +177,14 @@ async def flush(producer: Any, outbox: Outbox, staged: Callable[[int], None] | N
 
 async def _send_stage(
     producer: Any,
-    items: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]],
+    items: dict[tuple[Store, int], dict[bytes, bytes | None]],
     messages: list[Message],
-) -> dict[tuple[PartitionStore, int], int]:
+) -> dict[tuple[Store, int], int]:
     """Send one stage's changelog records (and messages) and wait for the broker's
     acknowledgement. Returns the highest changelog offset acknowledged per slot."""
     batches = _batch_producer(producer)
     # (slot, how many records its future's offset covers, future)
-    pending: list[tuple[tuple[PartitionStore, int], int, Any]] = []
+    pending: list[tuple[tuple[Store, int], int, Any]] = []
     for slot, records in items.items():
         if batches is not None:
             pending.extend(await _send_batches(batches, slot, list(records.items())))
@@ -203,7 +201,7 @@ async def _send_stage(
             count = counts[topic]
             partition = None if count is None else partition_for(msg_key, count)
         futures.append(await producer.send(topic, msg_key, value, partition, None, headers))
-    last: dict[tuple[PartitionStore, int], int] = {}
+    last: dict[tuple[Store, int], int] = {}
     if not futures:
         return last
     acked = await asyncio.gather(*futures)
@@ -225,7 +223,7 @@ def _hand_off(messages: list[Message], acked: list[Any]) -> None:
 
 
 async def _send_record(
-    producer: Any, slot: tuple[PartitionStore, int], key: bytes, value: bytes | None
+    producer: Any, slot: tuple[Store, int], key: bytes, value: bytes | None
 ) -> Any:
     return await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
 
@@ -242,12 +240,12 @@ def _batch_producer(producer: Any) -> Any:
 
 async def _send_batches(
     producer: Any,
-    slot: tuple[PartitionStore, int],
+    slot: tuple[Store, int],
     records: list[tuple[bytes, bytes | None]],
-) -> list[tuple[tuple[PartitionStore, int], int, Any]]:
+) -> list[tuple[tuple[Store, int], int, Any]]:
     """One slot's records in as few record batches as they fit, in order."""
     topic, partition = slot[0].changelog_topic, slot[1]
-    sent: list[tuple[tuple[PartitionStore, int], int, Any]] = []
+    sent: list[tuple[tuple[Store, int], int, Any]] = []
     builder, count = producer.create_batch(), 0
     for key, value in records:
         while builder.append(key=key, value=value, timestamp=None) is None:  # full
@@ -266,8 +264,8 @@ async def _send_batches(
 async def _flush(
     producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None
 ) -> None:
-    last: dict[tuple[PartitionStore, int], int] = {}
-    merged: dict[tuple[PartitionStore, int], dict[bytes, bytes | None]] = {}
+    last: dict[tuple[Store, int], int] = {}
+    merged: dict[tuple[Store, int], dict[bytes, bytes | None]] = {}
     for stage in STAGES:
         messages = outbox.messages if stage == BEFORE_STATE else []
         acked = await _send_stage(producer, outbox.writes[stage], messages)

@@ -22,8 +22,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, MailstreamError
-from mailstream.kafka.embedded_broker import COMPACTED, ensure_topics, topic_partitions
+from mailstream.kafka.clients import start_client
 from mailstream.kafka.partitioning import keyed_partition
+from mailstream.kafka.topics import COMPACTED, ensure_topics, topic_partitions
 from mailstream.observability.metrics import SUPPRESSION_LIST_SIZE
 from mailstream.suppression.entries import Suppression, normalise_address
 
@@ -161,12 +162,15 @@ class GlobalSuppressionList:
             auto_offset_reset="earliest",
         )
         try:
-            await consumer.start()
+            await start_client(consumer)
         except Exception as exc:
             self._close()
             raise BrokerError(
                 f"suppression list: cannot reach the broker at {self.bootstrap_servers}: {exc}"
             ) from exc
+        except BaseException:  # stopped while starting
+            self._close()
+            raise
         self._consumer = consumer
         self._task = asyncio.create_task(self._follow(consumer), name="suppression-list")
 
@@ -384,7 +388,7 @@ async def publish(config: Config, changes: list[tuple[str, Suppression | None]])
     )
     producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers, acks="all", linger_ms=5)
     try:
-        await producer.start()
+        await start_client(producer)
     except Exception as exc:
         raise BrokerError(f"cannot reach the broker at {config.bootstrap_servers}: {exc}") from exc
     try:
@@ -417,7 +421,7 @@ async def read_all(config: Config, idle: float = 1.0) -> dict[str, Suppression]:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    await consumer.start()
+    await start_client(consumer)
     entries: dict[bytes, Suppression | None] = {}
     confirm_ms = int(idle * 1000)
     try:

@@ -21,8 +21,10 @@ from mailstream.config.schema import default_workflows
 from mailstream.core.ingest_batch import REROUTED
 from mailstream.core.user_state import UserState
 from mailstream.delivery.pacing import warmup_cap
+from mailstream.kafka.clients import start_client
 from mailstream.kafka.dead_letters import describe
-from mailstream.kafka.embedded_broker import fetched_end_offsets, topic_partitions
+from mailstream.kafka.embedded_quirks import corrected_end_offsets
+from mailstream.kafka.topics import topic_partitions
 from mailstream.observability import metrics
 from mailstream.web.admin_auth import CSRF_COOKIE, SESSION_SECONDS
 from mailstream.web.board import (
@@ -91,7 +93,7 @@ class Dashboard:
 
         Faust's consumer knows no current high-water mark for them: the direct reader reads
         the events topic while Faust's fetching of it is paused. On the embedded broker the
-        ends come from a fetch (``fetched_end_offsets``): its ListOffsets answer reads short
+        ends come from a fetch (``corrected_end_offsets``): its ListOffsets answer reads short
         after a multi-record batch, which showed a high-water mark below "applied"."""
         if not partitions:
             return {}
@@ -99,16 +101,16 @@ class Dashboard:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers, group_id=None, enable_auto_commit=False
         )
+        config = self.config
         try:
-            await consumer.start()
+            await start_client(consumer)
             try:
                 listed: dict[Any, int] = await consumer.end_offsets(tps)
             finally:
                 await consumer.stop()
-            if self.config.broker.embedded:
-                listed = await fetched_end_offsets(
-                    self.config.bootstrap_servers, listed, timeout=3.0
-                )
+            listed = await corrected_end_offsets(
+                config.bootstrap_servers, listed, embedded=config.broker.embedded, timeout=3.0
+            )
         except Exception as exc:  # the dashboard shows the lag as unknown
             logger.warning("cannot read the events topic's end offsets: %r", exc)
             return {p: None for p in partitions}
@@ -222,7 +224,7 @@ class Dashboard:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.config.bootstrap_servers, group_id=None, enable_auto_commit=False
         )
-        await consumer.start()
+        await start_client(consumer)
         letters: list[Any] = []
         try:
             tps = [TopicPartition(self.config.topics.dlq, p) for p in parts]

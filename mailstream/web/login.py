@@ -18,6 +18,7 @@ from mailstream.web.admin_auth import (
     LoginLimiter,
 )
 from mailstream.web.pages import render_page
+from mailstream.web.request_body import read_form
 from mailstream.web.routes import Views
 from mailstream.web.sessions import SessionFeed
 
@@ -116,7 +117,7 @@ def register(views: Views) -> Sessions:
 
         async def post(self, request: Request) -> Response:
             http: Any = request
-            form = await http.post()
+            form = await read_form(http) or {}  # a Content-Type that does not parse: no form
             client = http.remote or "unknown"
             wait = limiter.attempt(client, time.monotonic())
             if wait:
@@ -142,7 +143,7 @@ def register(views: Views) -> Sessions:
     class Logout(View):
         async def post(self, request: Request) -> Response:
             http: Any = request
-            form = await http.post()
+            form = await read_form(http) or {}  # a Content-Type that does not parse: no form
             if not auth.csrf_ok(http.cookies.get(CSRF_COOKIE), form.get("csrf")):
                 return secured(self.html("", status=403))
             session = auth.session(http.cookies.get(SESSION_COOKIE))

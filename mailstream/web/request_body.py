@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class BodyStream(Protocol):
@@ -28,3 +28,21 @@ async def read_body(content: BodyStream, limit: int) -> bytes | None:
         size += len(part)
         if size > limit:
             return None
+
+
+def content_type(request: Any) -> str | None:
+    """The media type a request declares, or None when its Content-Type header does not
+    parse: Python's header parser raises on some malformed values (``;0*``, say), and a
+    bad header must get a 4xx, never a 500."""
+    try:
+        return str(request.content_type)
+    except Exception:
+        return None
+
+
+async def read_form(request: Any) -> Any | None:
+    """The form a request posts (aiohttp's ``post()``), or None when its Content-Type
+    header does not parse."""
+    if content_type(request) is None:
+        return None
+    return await request.post()

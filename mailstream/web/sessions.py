@@ -20,7 +20,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mailstream.kafka.embedded_broker import topic_partitions
+from mailstream.kafka.clients import start_client
+from mailstream.kafka.topics import topic_partitions
 from mailstream.web.admin_auth import Revocations, Session
 
 logger = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class SessionFeed:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap_servers, group_id=None, enable_auto_commit=False
         )
-        await consumer.start()
+        await start_client(consumer)
         self._failures = 0
         try:
             consumer.assign(tps)

@@ -20,7 +20,7 @@ from jinja2 import Template, Undefined
 from jinja2.exceptions import SecurityError, TemplateSyntaxError
 
 from mailstream.exceptions import MailstreamError
-from mailstream.workflows.templates import sandbox
+from mailstream.workflows.template_sandbox import sandbox
 
 MAX_BODY_BYTES = 256 * 1024
 _WHOLE = re.compile(r"^\s*\{\{(?P<expr>.*)\}\}\s*$", re.DOTALL)

@@ -13,15 +13,16 @@ from mailstream.core.ingest_batch import RawMessage
 from mailstream.core.user_state import UserState
 from mailstream.delivery.send_command import encode_send_command, send_command, template_user
 from mailstream.observability import metrics
-from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox
+from mailstream.state.store import Store
 from mailstream.state.timer_keys import TimerKey
 from mailstream.webhooks_out.call_command import encode_command, webhook_command
 from mailstream.webhooks_out.json_body import BodyError
 from mailstream.webhooks_out.step import WebhookIntent
 from mailstream.workflows.engine import Effects, SendIntent
-from mailstream.workflows.health import TOO_LARGE, TOO_LARGE_PREFIX, render_failure
-from mailstream.workflows.templates import TemplateError, Templates
+from mailstream.workflows.health_labels import TOO_LARGE, TOO_LARGE_PREFIX, render_failure
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.templates import Templates
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class EffectsApplier:
     def __init__(
         self,
         templates: Templates,
-        timers: PartitionStore,
+        timers: Store,
         send_topics: dict[str, str],
         dlq_topic: str,
         webhook_topic: str | None = None,

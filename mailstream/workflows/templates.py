@@ -20,50 +20,37 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import logging
 import os
 import re
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from jinja2 import BaseLoader, Environment, StrictUndefined, Template, Undefined, nodes
-from jinja2.exceptions import (
-    SecurityError,
-    TemplateAssertionError,
-    TemplateNotFound,
-    TemplateSyntaxError,
-    UndefinedError,
+from jinja2 import Environment, StrictUndefined, Template
+from jinja2.exceptions import SecurityError, TemplateNotFound, TemplateSyntaxError, UndefinedError
+
+from mailstream.workflows.template_files import (
+    SUFFIX,
+    Fault,
+    TemplateDirectory,
+    TemplateError,
+    normal_name,
+    syntax_fault,
 )
-from jinja2.filters import do_format
-from jinja2.loaders import split_template_path
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from mailstream.exceptions import MailstreamError
-
-logger = logging.getLogger(__name__)
+from mailstream.workflows.template_sandbox import Sandbox, bounded_format
 
 # The shipped templates, installed with the package (package data).
 DEFAULT_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "email_templates"
-SUFFIX = ".j2"
 BLOCKS = ("subject", "text", "html")
 VERSION_CHARS = 12
-
-# Limits on what one expression may build. Without them `2 ** (10 ** 10)` hangs the
-# compiler itself (Jinja folds constant expressions at compile time).
-MAX_POWER_BITS = 4096
-MAX_REPEAT = 1_000_000
 
 _FILE_RE = re.compile(
     r"(?P<name>[A-Za-z0-9_-]+)(?:\.(?P<locale>[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8})*))?\.j2"
 )
 # Every character str.splitlines() breaks on: any of them could end a header line.
 _LINE_BREAK_RE = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_CALL_PROBES = frozenset({"jinja_pass_arg", "unsafe_callable", "alters_data"})
-_KIND = {"Extends": "extends", "Include": "includes", "Import": "imports", "FromImport": "imports"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,268 +63,6 @@ class Rendered:
     template: str
     version: str
     locale: str | None
-
-
-class TemplateError(MailstreamError):
-    """A template could not be compiled or rendered: which one, the line where known, and why.
-
-    ``file`` is the source file the line belongs to, named in the message when it is not
-    the template's own default file (a locale variant, a layout, a partial).
-    """
-
-    def __init__(
-        self, template: str, line: int | None, reason: str, file: str | None = None
-    ) -> None:
-        super().__init__(template, line, reason, file)
-        self.template = template
-        self.line = line
-        self.reason = reason
-        self.file = file
-
-    def __str__(self) -> str:
-        if not self.template:
-            return self.reason
-        where = f"template '{self.template}'"
-        if self.line is not None:
-            where += f" line {self.line}"
-        if self.file is not None and self.file != self.template + SUFFIX:
-            where += f" of {self.file}" if self.line is not None else f" in {self.file}"
-        return f"{where}: {self.reason}"
-
-
-class _Fault(Exception):
-    """A problem located in a source file, before it is tied to the template asked for."""
-
-    def __init__(self, file: str | None, line: int | None, reason: str) -> None:
-        super().__init__(file, line, reason)
-        self.file = file
-        self.line = line
-        self.reason = reason
-
-    def error(self, template: str) -> TemplateError:
-        return TemplateError(template, self.line, self.reason, self.file)
-
-
-@dataclass(frozen=True, slots=True)
-class _Ref:
-    kind: str
-    name: str
-    line: int
-    ignore_missing: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _Info:
-    """What a file's syntax tree says about it, read before compiling."""
-
-    refs: tuple[_Ref, ...]
-    dynamic_refs: bool  # a template name computed at render time: dependencies unknown
-    blocks: frozenset[str]
-    extends: str | None
-    blocks_known: bool  # False when the parent is computed or the extends is conditional
-
-
-@dataclass(frozen=True, slots=True)
-class _Source:
-    text: str
-    path: str
-    digest: bytes
-
-
-def _scan(tree: nodes.Template) -> _Info:
-    refs: list[_Ref] = []
-    dynamic = False
-    for node in tree.find_all((nodes.Extends, nodes.Include, nodes.Import, nodes.FromImport)):
-        target = node.template  # type: ignore[attr-defined]
-        if isinstance(target, nodes.Const) and isinstance(target.value, str):
-            missing_ok = bool(getattr(node, "ignore_missing", False))
-            refs.append(_Ref(_KIND[type(node).__name__], target.value, node.lineno, missing_ok))
-        else:
-            dynamic = True
-    extends_nodes = list(tree.find_all(nodes.Extends))
-    extends = None
-    known = not extends_nodes
-    if len(extends_nodes) == 1 and any(node is extends_nodes[0] for node in tree.body):
-        target = extends_nodes[0].template
-        if isinstance(target, nodes.Const) and isinstance(target.value, str):
-            extends, known = target.value, True
-    blocks = frozenset(block.name for block in tree.find_all(nodes.Block))
-    return _Info(tuple(refs), dynamic, blocks, extends, known)
-
-
-def _normal(name: str) -> str | None:
-    """A template reference as a path relative to the directory; None if it leaves it."""
-    try:
-        return "/".join(split_template_path(name))
-    except TemplateNotFound:
-        return None
-
-
-class _Directory(BaseLoader):
-    """Reads each file once and records its syntax tree facts when it is first compiled."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.display = f"{os.fspath(directory).rstrip('/')}/"
-        if not directory.is_dir():
-            raise TemplateError(
-                "", None, f"template directory {self.display} does not exist or is not a directory"
-            )
-        self.files = sorted(
-            relative.as_posix()
-            for relative in (path.relative_to(directory) for path in directory.rglob(f"*{SUFFIX}"))
-            if (directory / relative).is_file()
-            and not any(part.startswith(".") for part in relative.parts)
-        )
-        self._sources: dict[str, _Source] = {}
-        self._infos: dict[str, _Info] = {}
-
-    def exists(self, name: str) -> bool:
-        key = _normal(name)
-        return key is not None and (key in self._sources or (self.directory / key).is_file())
-
-    def source(self, name: str) -> _Source:
-        key = _normal(name)
-        if key is None:
-            raise TemplateNotFound(name)
-        cached = self._sources.get(key)
-        if cached is not None:
-            return cached
-        path = self.directory / key
-        try:
-            data = path.read_bytes()
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            raise TemplateNotFound(name) from None
-        except OSError as exc:
-            raise _Fault(key, None, f"cannot be read: {exc.strerror or exc}") from None
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _Fault(
-                key, None, f"is not UTF-8 text (byte {exc.start}): save it as UTF-8"
-            ) from None
-        source = _Source(text, os.fspath(path), hashlib.sha256(data).digest())
-        self._sources[key] = source
-        return source
-
-    def info(self, name: str) -> _Info:
-        return self._infos[_normal(name) or name]
-
-    def get_source(
-        self, environment: Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool] | None]:
-        source = self.source(template)
-        return source.text, source.path, lambda: True
-
-    def load(
-        self,
-        environment: Environment,
-        name: str,
-        globals: MutableMapping[str, Any] | None = None,
-    ) -> Template:
-        # Parse here rather than in BaseLoader.load so the tree can be read before the
-        # compiler's optimiser rewrites it.
-        source = self.source(name)
-        tree = environment.parse(source.text, name, source.path)
-        self._infos.setdefault(_normal(name) or name, _scan(tree))
-        code = environment.compile(tree, name, source.path)
-        logger.debug("compiled %s (autoescape %s)", name, environment.autoescape)
-        return environment.template_class.from_code(environment, code, globals or {}, None)
-
-
-def _huge_power(left: Any, right: Any) -> bool:
-    if not (isinstance(left, int) and isinstance(right, int)) or abs(left) < 2 or right < 1:
-        return False
-    return abs(left).bit_length() * right > MAX_POWER_BITS
-
-
-def _huge_repeat(left: Any, right: Any) -> bool:
-    for seq, times in ((left, right), (right, left)):
-        if isinstance(times, int) and isinstance(seq, str | list | tuple):
-            return len(seq) * times > MAX_REPEAT
-    if isinstance(left, int) and isinstance(right, int):  # squaring in a loop grows too
-        return abs(left).bit_length() + abs(right).bit_length() > MAX_POWER_BITS
-    return False
-
-
-# Methods and format specs that pad a string to a width: bounded like repetition.
-_WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
-_WIDE_SPEC = re.compile(r"\d{7,}")  # a width or precision of a million or more
-
-
-def _huge_width(method: Any, args: tuple[Any, ...]) -> bool:
-    method = getattr(method, "__wrapped__", method)  # the sandbox wraps str.format
-    owner = getattr(method, "__self__", None)
-    if not isinstance(owner, str):
-        return False
-    name = getattr(method, "__name__", "")
-    if name in _WIDTH_METHODS:
-        return any(isinstance(a, int) and a > MAX_REPEAT for a in args)
-    return name in ("format", "format_map") and bool(_WIDE_SPEC.search(owner))
-
-
-def _bounded_format(value: Any, *args: Any, **kwargs: Any) -> str:
-    """Jinja's ``format`` filter (printf style), refusing widths past the repeat limit."""
-    if isinstance(value, str) and _WIDE_SPEC.search(value):
-        raise SecurityError(f"a format width past {MAX_REPEAT} is not allowed in a template")
-    return str(do_format(value, *args, **kwargs))
-
-
-class _MissingKey(StrictUndefined):
-    """A key a mapping lacks that is also the name of one of its methods (``items``, ``get``).
-
-    It is undefined, so ``context.items | default([])`` and ``is defined`` mean the key,
-    yet calling it still calls the method, so ``user.items()`` and ``user.get("x")`` work.
-    """
-
-    __slots__ = ("_method",)
-
-    def __init__(self, method: Callable[..., Any], obj: Any, name: str) -> None:
-        super().__init__(obj=obj, name=name)
-        self._method = method
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        # Jinja probes callables for these with getattr/hasattr, which only tolerate
-        # AttributeError; any other attribute is the undefined error it should be.
-        if name in _CALL_PROBES:
-            raise AttributeError(name)
-        return super().__getattr__(name)
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, with mapping keys before methods and bounded ``*`` and ``**``."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if not isinstance(obj, Mapping):
-            return super().getattr(obj, attribute)
-        try:
-            return obj[attribute]
-        except (KeyError, TypeError):
-            pass
-        value = super().getattr(obj, attribute)  # the sandbox vets the method
-        if callable(value) and not isinstance(value, Undefined):
-            return _MissingKey(value, obj, attribute)
-        return value
-
-    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
-        if _huge_width(__obj, args) or _huge_width(__obj, tuple(kwargs.values())):
-            raise SecurityError(f"padding a string past {MAX_REPEAT} is not allowed")
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and _huge_power(left, right):
-            raise SecurityError(f"a power over {MAX_POWER_BITS} bits is not allowed in a template")
-        if operator == "*" and _huge_repeat(left, right):
-            raise SecurityError(
-                f"repeating a sequence past {MAX_REPEAT} items (or multiplying numbers past"
-                f" {MAX_POWER_BITS} bits) is not allowed"
-            )
-        return super().call_binop(context, operator, left, right)
 
 
 def _template_of(file: str) -> str:
@@ -362,12 +87,6 @@ def _where(tb: TracebackType | None) -> tuple[str | None, int | None]:
     return file, line
 
 
-def _syntax_fault(exc: TemplateSyntaxError) -> _Fault:
-    file = _normal(exc.name) if exc.name else None
-    what = "" if isinstance(exc, TemplateAssertionError) else "syntax error: "
-    return _Fault(file, exc.lineno, f"{what}{exc.message}")
-
-
 def _missing_block(block: str) -> str:
     return (
         f"has no {{% block {block} %}}: every template needs subject, text and html blocks, "
@@ -380,7 +99,7 @@ class Templates:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
-        self._files = _Directory(self.directory)
+        self._files = TemplateDirectory(self.directory)
         self._variants: dict[str, dict[str, tuple[str | None, str]]] = {}
         for file in self._files.files:
             match = _FILE_RE.fullmatch(file)
@@ -396,11 +115,11 @@ class Templates:
             "auto_reload": False,
             "cache_size": -1,
         }
-        self._text_env = _Sandbox(autoescape=False, **options)
-        self._html_env = _Sandbox(autoescape=True, **options)
+        self._text_env = Sandbox(autoescape=False, **options)
+        self._html_env = Sandbox(autoescape=True, **options)
         for env in (self._text_env, self._html_env):
-            env.filters["format"] = _bounded_format
-        self._prepared: dict[str, _Fault | None] = {}
+            env.filters["format"] = bounded_format
+        self._prepared: dict[str, Fault | None] = {}
         self._versions: dict[str, str] = {}
 
     def names(self) -> list[str]:
@@ -413,9 +132,9 @@ class Templates:
         seen: set[tuple[str | None, int | None, str]] = set()
         for file in self._files.files:
             template = _template_of(file)
-            fault: _Fault | None = None
+            fault: Fault | None = None
             if "/" not in file and _FILE_RE.fullmatch(file) is None:
-                fault = _Fault(
+                fault = Fault(
                     file,
                     None,
                     "file name is not <name>.j2 or <name>.<locale>.j2, e.g. welcome.fr.j2",
@@ -423,7 +142,7 @@ class Templates:
             else:
                 try:
                     self._prepare(file)
-                except _Fault as exc:
+                except Fault as exc:
                     fault = exc
             if fault is not None and (fault.file, fault.line, fault.reason) not in seen:
                 seen.add((fault.file, fault.line, fault.reason))
@@ -458,10 +177,10 @@ class Templates:
             subject, text = self._render(self._text_env, file, variables, ("subject", "text"))
             (html,) = self._render(self._html_env, file, variables, ("html",))
             version = self._version(file)
-        except _Fault as fault:
+        except Fault as fault:
             raise fault.error(name) from None
         except TemplateSyntaxError as exc:  # a dynamic include of a broken file
-            raise _syntax_fault(exc).error(name) from None
+            raise syntax_fault(exc).error(name) from None
         except Exception as exc:
             raise self._runtime_error(name, exc) from exc
         subject = subject.strip()
@@ -510,16 +229,16 @@ class Templates:
                 try:
                     env.get_template(file)
                 except TemplateSyntaxError as exc:
-                    raise _syntax_fault(exc) from None
+                    raise syntax_fault(exc) from None
                 except TemplateNotFound:
-                    raise _Fault(file, None, "was removed after the directory was read") from None
+                    raise Fault(file, None, "was removed after the directory was read") from None
             info = self._files.info(file)
             for ref in info.refs:
-                target = _normal(ref.name)
+                target = normal_name(ref.name)
                 if target is None or not self._files.exists(target):
                     if ref.ignore_missing:
                         continue
-                    raise _Fault(
+                    raise Fault(
                         file,
                         ref.line,
                         f"{ref.kind} '{ref.name}', which is not in {self._files.display}",
@@ -531,8 +250,8 @@ class Templates:
                 blocks = self._blocks(file)
                 for block in BLOCKS:
                     if blocks is not None and block not in blocks:
-                        raise _Fault(file, None, _missing_block(block))
-        except _Fault as fault:
+                        raise Fault(file, None, _missing_block(block))
+        except Fault as fault:
             self._prepared[file] = fault
             raise
         self._prepared[file] = None
@@ -545,13 +264,13 @@ class Templates:
         while current is not None:
             if current in chain:
                 loop = " -> ".join([*chain, current])
-                raise _Fault(file, None, f"extends itself in a loop: {loop}")
+                raise Fault(file, None, f"extends itself in a loop: {loop}")
             chain.append(current)
             info = self._files.info(current)
             if not info.blocks_known:
                 return None
             found |= info.blocks
-            current = _normal(info.extends) if info.extends else None
+            current = normal_name(info.extends) if info.extends else None
         return frozenset(found)
 
     def _render(
@@ -566,7 +285,7 @@ class Templates:
         for block in blocks:
             stack = ctx.blocks.get(block)
             if not stack:
-                raise _Fault(file, None, _missing_block(block))
+                raise Fault(file, None, _missing_block(block))
             parts.append(str(env.concat(stack[0](ctx))))
         return parts
 
@@ -581,7 +300,7 @@ class Templates:
             reason = f"'{exc.name}' is not in {self._files.display}"
         else:
             reason = f"{type(exc).__name__} while rendering: {message}"
-        return TemplateError(name, line, reason, _normal(file) if file else None)
+        return TemplateError(name, line, reason, normal_name(file) if file else None)
 
     def _version(self, file: str) -> str:
         version = self._versions.get(file)
@@ -606,16 +325,7 @@ class Templates:
             if info.dynamic_refs:
                 return set(self._files.files) | files
             for ref in info.refs:
-                target = _normal(ref.name)
+                target = normal_name(ref.name)
                 if target is not None and self._files.exists(target):
                     todo.append(target)
         return files
-
-
-def sandbox() -> Environment:
-    """The sandbox email templates render in (plain text, ``StrictUndefined``, bounded
-    ``*``, ``**`` and padding), without a loader: for short templates kept in the config,
-    such as webhook bodies."""
-    env = _Sandbox(autoescape=False, undefined=StrictUndefined, auto_reload=False)
-    env.filters["format"] = _bounded_format
-    return env

@@ -19,7 +19,8 @@ import aiohttp
 import yaml
 from aiokafka import AIOKafkaConsumer
 
-from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics, free_port
+from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
+from mailstream.kafka.topics import ensure_topics
 from mailstream.producer import EventProducer
 
 T = TypeVar("T")

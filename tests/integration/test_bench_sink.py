@@ -9,7 +9,7 @@ import dataclasses
 import aiohttp
 import pytest
 
-from mailstream.bench.pipeline import Sink
+from mailstream.bench.provider_sink import Sink
 from mailstream.providers.base import Accepted
 from mailstream.providers.postmark import PostmarkProvider, PostmarkSettings
 from tests.integration.test_http_providers import message

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mailstream.config.schema import load_config
+from mailstream.config.load import load_config
 from mailstream.suppression.entries import Suppression
 from mailstream.suppression.global_list import publish
 from tests.integration.harness import Deployment, wait_for

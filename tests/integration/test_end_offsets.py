@@ -12,7 +12,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from mailstream.exceptions import BrokerError
-from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics, fetched_end_offsets
+from mailstream.kafka.embedded_broker import EmbeddedBroker
+from mailstream.kafka.embedded_quirks import fetched_end_offsets
+from mailstream.kafka.topics import ensure_topics
 
 
 async def test_fetched_end_offsets_count_every_record_of_a_many_record_last_batch(

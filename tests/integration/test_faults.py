@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from mailstream.config.schema import IngestConfig
+from mailstream.config.sections import IngestConfig
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
 from tests.fakes.http_providers import FakeProviders
 from tests.integration.harness import Deployment, Worker, metric_sum, wait_for

@@ -14,18 +14,19 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from mailstream.core.events import Event, decode_event
-from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics
+from mailstream.kafka.embedded_broker import EmbeddedBroker
+from mailstream.kafka.topics import ensure_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 README_ADDRESS = "127.0.0.1:9092"
 
 
 def readme_python_example() -> str:
-    """The first ``python`` block under "### Producing"."""
+    """The first ``python`` block under "## Producing events"."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text.split("### Producing", 1)[1]
+    section = text.split("\n## Producing events", 1)[1]
     found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert found, "no python example under ### Producing"
+    assert found, "no python example under ## Producing events"
     return found.group(1)
 
 

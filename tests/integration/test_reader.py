@@ -14,7 +14,8 @@ from aiokafka import AIOKafkaProducer
 
 from mailstream.core.ingest_batch import RawMessage
 from mailstream.kafka.direct_reader import DirectReader
-from mailstream.kafka.embedded_broker import EmbeddedBroker, ensure_topics
+from mailstream.kafka.embedded_broker import EmbeddedBroker
+from mailstream.kafka.topics import ensure_topics
 
 
 class Applier:

@@ -174,6 +174,12 @@ async def test_plain_http_with_cookie_secure_false_and_a_slow_client_is_cut_off(
     assert browser.set_cookie_headers
     assert not any("Secure" in c for c in browser.set_cookie_headers)
 
+    # a Content-Type the header parser chokes on is refused, not a server error
+    bad = {"Content-Type": ";0*"}
+    for path in ("/login", "/logout"):
+        status, _, _ = await browser.request("POST", worker.url + path, None, **bad)
+        assert status == 403, path
+
     # slowloris: headers that never end are cut off after header_timeout
     reader, writer = await asyncio.open_connection("127.0.0.1", worker.web_port)
     writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")

@@ -14,7 +14,7 @@ import orjson
 import pytest
 import yaml
 
-from mailstream.config.schema import load_config, parse_config
+from mailstream.config.load import load_config, parse_config
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
 from mailstream.suppression.entries import Suppression
 from mailstream.suppression.global_list import GlobalSuppressionList, publish, read_all

@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mailstream.bench.command import topic_names
+from mailstream.bench.consume_rates import concurrent_rate, steady_rate
+from mailstream.bench.cpu_time import cpu_ticks
 from mailstream.bench.delivery_rate import first_and_last_fifth
-from mailstream.bench.pipeline import (
-    Bench,
-    Phase,
-    _scale_out,
-    concurrent_rate,
-    cpu_ticks,
-    steady_rate,
-)
+from mailstream.bench.pipeline_site import Bench
+from mailstream.bench.run_site import topic_names
+from mailstream.bench.scale_out import Phase, scale_out_figures
 from mailstream.cli.main import main
 
 
@@ -208,7 +204,7 @@ def test_bench_refuses_what_it_cannot_run(
 def test_scale_out_is_the_ratio_of_the_means_with_each_pair_beside_it() -> None:
     ones = [Phase(10_000, 90, 0.0), Phase(12_000, 80, 0.01), Phase(11_000, 85, 0.0)]
     twos = [Phase(19_800, 95, 0.0, 0.4, "1.70+0.17", 0.05), Phase(17_250, 99, 0.0)]
-    figures = _scale_out(ones, twos)
+    figures = scale_out_figures(ones, twos)
     # 18,525 against 11,000
     assert figures["two_workers_ratio_to_one"] == 1.684
     # each two against the ones on both sides of it: 19,800 / 11,000, 17,250 / 11,500

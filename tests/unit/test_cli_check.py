@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mailstream.cli.main import main
-from mailstream.config.schema import CONFIG_ENV, ENV_OVERRIDES
+from mailstream.config.load import CONFIG_ENV, ENV_OVERRIDES
 
 
 @pytest.fixture(autouse=True)

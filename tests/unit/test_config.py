@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from mailstream.config.durations import parse_duration
-from mailstream.config.schema import Config, load_config, parse_config
+from mailstream.config.load import load_config, parse_config
+from mailstream.config.schema import Config
 from mailstream.core.events import Invalid, decode_event
 from mailstream.core.windows import Cap, QuietHours, SamplingRule, ThrottleRule
 from mailstream.exceptions import ConfigError, MailstreamError
@@ -632,7 +633,7 @@ def test_the_example_file_is_valid_and_spells_out_the_defaults() -> None:
     ],
 )
 def test_fetch_waits(broker: dict[str, Any], send_path: bool, wait: float | None) -> None:
-    from mailstream.app import fetch_max_wait
+    from mailstream.kafka.embedded_quirks import fetch_max_wait
 
     config = parse_config({"broker": broker}, SOURCE, env={})
     assert fetch_max_wait(config, send_path=send_path) == wait

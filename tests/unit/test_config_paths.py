@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mailstream.cli.main import main
-from mailstream.config.schema import CONFIG_ENV, ENV_OVERRIDES, load_config
+from mailstream.config.load import CONFIG_ENV, ENV_OVERRIDES, load_config
 
 NOTE = (
     "{% block subject %}Note for {{ user.email }}{% endblock %}"
@@ -83,7 +83,7 @@ def test_a_directory_only_the_working_directory_has_is_still_used_with_a_warning
     (tmp_path / "old_templates").mkdir()
     monkeypatch.chdir(tmp_path)
 
-    with caplog.at_level(logging.WARNING, logger="mailstream.config.schema"):
+    with caplog.at_level(logging.WARNING, logger="mailstream.config.load"):
         config = load_config(path, env={})
 
     assert config.templates_dir == (tmp_path / "old_templates").resolve()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from mailstream.config.schema import load_config
+from mailstream.config.load import load_config
 from tests.system_packages import install_debian_package
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,22 +14,22 @@ from mailstream.web.pages import render_page
 from mailstream.workflows.health import (
     NO_DATA,
     TemplateFailure,
-    Window,
     WorkflowFigures,
     assess,
     category,
-    flat,
-    known_workflow,
-    local_figures,
     pct,
-    quantile,
-    render_failure,
     report,
+)
+from mailstream.workflows.health_labels import (
+    known_workflow,
+    render_failure,
     timer_workflow,
     undefined_name,
 )
+from mailstream.workflows.health_window import Window, flat, local_figures, quantile
 from mailstream.workflows.send_policy import DEFER_TIMER
-from mailstream.workflows.templates import TemplateError, Templates
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.templates import Templates
 
 HEALTHY = WorkflowFigures(
     enrolled=120,

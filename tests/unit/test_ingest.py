@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +25,7 @@ from mailstream.core.ingest_batch import (
 )
 from mailstream.core.user_state import UserState, split_key, user_key
 from mailstream.core.windows import SamplingRule, ThrottleRule
+from tests.unit.users_in_memory import UsersTable
 
 NOW_MS = 1_700_000_000_000
 MINUTE_MS = 60_000
@@ -77,29 +77,13 @@ def batch(*values: bytes | None | tuple[bytes | None, Any], partition: int = 0) 
     return out
 
 
-class Store:
-    """The user table as bytes, as the worker keeps it: decoded on load, encoded on write."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[int, bytes], bytes] = {}
-        self.loads: Counter[tuple[int, bytes]] = Counter()
-
-    def load(self, partition: int, key: bytes) -> UserState | None:
-        self.loads[(partition, key)] += 1
-        raw = self.data.get((partition, key))
-        return None if raw is None else UserState.decode(raw)
-
-    def write(self, result: BatchResult) -> None:
-        for slot, state in result.changed.items():
-            self.data[slot] = state.encode()
+class Store(UsersTable):
+    """The users table in memory; ``run`` decides a batch against it and writes it back."""
 
     def run(self, messages: Sequence[RawMessage], now_ms: int = NOW_MS) -> BatchResult:
         result = ingest_batch(messages, self.load, now_ms, SETTINGS)
-        self.write(result)
+        self.write(result.changed)
         return result
-
-    def user(self, user_id: str, tenant_id: str = "default", partition: int = 0) -> UserState:
-        return UserState.decode(self.data[(partition, user_key(tenant_id, user_id))])
 
 
 def totals(result: BatchResult) -> dict[str, int]:
@@ -502,7 +486,7 @@ def run_ruled(store: Store, messages: Sequence[RawMessage], now_ms: int = NOW_MS
     result = ingest_batch(
         messages, store.load, now_ms, RULED, lambda state, e: reacted.append(e.event_id)
     )
-    store.write(result)
+    store.write(result.changed)
     assert reacted == [e.event_id for e in result.events]  # only processed events react
     return result
 

@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, Requ
 from faust.exceptions import ProducerSendError
 
 from mailstream.core.isolate import Unsettled, describe, isolate, transient
+from mailstream.state.memory_store import MemoryStore
 from mailstream.state.staged_flush import STATE, Outbox
 
 
@@ -138,24 +139,14 @@ def test_describe_is_one_short_line() -> None:
     assert "\n" not in text and len(text) == 500
 
 
-class Store:
-    """A PartitionStore as Unsettled reads it."""
-
-    name = "users"
-
-    def __init__(self, data: dict[tuple[int, bytes], bytes]) -> None:
-        self.data = data
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self.data.get((partition, key))
-
-
 def test_unsettled_writes_back_what_the_store_holds_for_every_key_a_failed_flush_touched() -> None:
-    store = Store({(0, b"ada"): b"ada as stored", (1, b"progress"): b"41"})
+    store = MemoryStore("users")
+    store.write(0, {b"ada": b"ada as stored"}, 0)
+    store.write(1, {b"progress": b"41"}, 0)
     failed = Outbox()
-    failed.put(store, 0, b"ada", b"ada with the poison applied")  # type: ignore[arg-type]
-    failed.put(store, 0, b"bob", b"bob, new")  # type: ignore[arg-type]
-    failed.put(store, 1, b"progress", b"45 {}")  # type: ignore[arg-type]
+    failed.put(store, 0, b"ada", b"ada with the poison applied")
+    failed.put(store, 0, b"bob", b"bob, new")
+    failed.put(store, 1, b"progress", b"45 {}")
     unsettled = Unsettled()
     assert not unsettled
 

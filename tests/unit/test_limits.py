@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from mailstream.cli.loadgen import synthetic_events
-from mailstream.config.schema import parse_config
+from mailstream.config.load import parse_config
 from mailstream.core.events import (
     DEFAULT_LIMITS,
     Event,

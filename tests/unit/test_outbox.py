@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from mailstream.state import staged_flush as outbox_module
+from mailstream.state.memory_store import MemoryStore
 from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox, flush
 
 
@@ -38,17 +40,21 @@ class Producer:
         return future
 
 
-class Store:
+class Table(MemoryStore):
+    """A table in memory that keeps each write it is given: what a flush wrote at once."""
+
     def __init__(self, name: str) -> None:
-        self.name = name
-        self.changelog_topic = f"{name}-changelog"
+        super().__init__(name)
         self.written: list[tuple[int, dict[bytes, bytes | None], int]] = []
 
-    def write(self, partition: int, items: dict[bytes, bytes | None], offset: int) -> None:
-        self.written.append((partition, dict(items), offset))
+    def write(
+        self, partition: int, items: Mapping[bytes, bytes | None], changelog_offset: int
+    ) -> None:
+        self.written.append((partition, dict(items), changelog_offset))
+        super().write(partition, items, changelog_offset)
 
 
-def three_stage_outbox(users: Store, timers: Store) -> Outbox:
+def three_stage_outbox(users: Table, timers: Table) -> Outbox:
     box = Outbox()
     box.put(timers, 0, b"t1", b"1", BEFORE_STATE)
     box.put(timers, 0, b"t2", b"2", BEFORE_STATE)
@@ -62,7 +68,7 @@ def three_stage_outbox(users: Store, timers: Store) -> Outbox:
 
 
 async def test_each_partition_ends_with_the_records_last_key_and_stores_get_acked_offsets() -> None:
-    users, timers = Store("users"), Store("timers")
+    users, timers = Table("users"), Table("timers")
     producer = Producer()
     await flush(producer, three_stage_outbox(users, timers))
 
@@ -78,10 +84,13 @@ async def test_each_partition_ends_with_the_records_last_key_and_stores_get_acke
         (1, {b"u3": b"c"}, 0),
     ]
     assert timers.written == [(0, {b"t1": b"1", b"t2": b"2", b"old": None}, 2)]
+    # and the tables hold what was sent, with the changelog offset it reached
+    assert dict(users.items(0)) == {b"u1": b"a", b"u2": b"b", b"progress": b"10"}
+    assert (users.changelog_offset(0), users.changelog_offset(1)) == (2, 0)
 
 
 async def test_a_stage_goes_in_one_round() -> None:
-    users, timers = Store("users"), Store("timers")
+    users, timers = Table("users"), Table("timers")
     producer = Producer()
     await flush(producer, three_stage_outbox(users, timers))
     # u1, u2, u3 and progress are sent back to back, none waiting for another's ack
@@ -116,7 +125,7 @@ def test_a_progress_record_is_the_next_offset_with_its_partitions_note(
     notes: dict[int, bytes] | None, expected: dict[int, bytes]
 ) -> None:
     box = Outbox()
-    users = Store("users")
+    users = Table("users")
     box.put(users, 0, b"u1", b"a")
     box.put_progress(users, [Msg(0, 10), Msg(1, 4), Msg(0, 12)], b"progress", notes)
     written = {p: items for (store, p), items in box.writes[1].items() if store is users}
@@ -168,7 +177,7 @@ class FaustProducer:
 async def test_batched_records_keep_their_order_and_stores_get_the_last_acked_offset(
     capacity: int,
 ) -> None:
-    users, timers = Store("users"), Store("timers")
+    users, timers = Table("users"), Table("timers")
     client = BatchingClient(capacity)
     await flush(FaustProducer(client), three_stage_outbox(users, timers))
 
@@ -191,7 +200,7 @@ async def test_batched_records_keep_their_order_and_stores_get_the_last_acked_of
 async def test_messages_of_a_handed_off_topic_are_handed_over_once_acknowledged(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    users, timers = Store("users"), Store("timers")
+    users, timers = Table("users"), Table("timers")
     producer = Producer()
     handed: list[tuple[object, ...]] = []
     sent_when_handed: list[int] = []
@@ -211,7 +220,7 @@ async def test_messages_of_a_handed_off_topic_are_handed_over_once_acknowledged(
 
 
 async def test_staged_is_told_each_stage_once_the_broker_has_acknowledged_it() -> None:
-    users, timers = Store("users"), Store("timers")
+    users, timers = Table("users"), Table("timers")
     producer = Producer()
     told: list[tuple[int, list[bytes | None]]] = []
 
@@ -227,25 +236,17 @@ async def test_staged_is_told_each_stage_once_the_broker_has_acknowledged_it() -
     assert b"old" not in told[1][1] and b"old" in told[2][1]
 
 
-class KeyedStore(Store):
-    """A store with contents, read as a PartitionStore is."""
-
-    def __init__(self, name: str, contents: dict[tuple[int, bytes], bytes]) -> None:
-        super().__init__(name)
-        self.contents = contents
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self.contents.get((partition, key))
-
-    def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
-        keys = sorted(k for p, k in self.contents if p == partition and start <= k < end)
-        return keys[:limit]
+QUEUE = {0: {b"b": b"stored b", b"d": b"stored d", b"f": b"stored f"}, 1: {b"a": b"x"}}
 
 
-QUEUE = {(0, b"b"): b"stored b", (0, b"d"): b"stored d", (0, b"f"): b"stored f", (1, b"a"): b"x"}
+def stored_queue() -> MemoryStore:
+    queue = MemoryStore("queue")
+    for partition, items in QUEUE.items():
+        queue.write(partition, items, 0)
+    return queue
 
 
-def pending_queue(queue: Store) -> Outbox:
+def pending_queue(queue: MemoryStore) -> Outbox:
     box = Outbox()
     box.put(queue, 0, b"c", b"new c", BEFORE_STATE)  # queued by this outbox
     box.put(queue, 0, b"d", None, AFTER_STATE)  # taken off the queue by it
@@ -271,9 +272,9 @@ def pending_queue(queue: Store) -> Outbox:
 def test_keys_between_reads_the_store_as_the_outbox_will_leave_it(
     partition: int, start: bytes, end: bytes, limit: int, expected: list[bytes]
 ) -> None:
-    queue = KeyedStore("queue", dict(QUEUE))
+    queue = stored_queue()
     box = pending_queue(queue)
-    assert box.keys_between(queue, partition, start, end, limit) == expected  # type: ignore[arg-type]
+    assert box.keys_between(queue, partition, start, end, limit) == expected
 
 
 @pytest.mark.parametrize(
@@ -283,14 +284,14 @@ def test_keys_between_reads_the_store_as_the_outbox_will_leave_it(
 def test_get_prefers_the_pending_write_and_a_pending_deletion_hides_the_stored_value(
     key: bytes, expected: bytes | None
 ) -> None:
-    queue = KeyedStore("queue", dict(QUEUE))
+    queue = stored_queue()
     box = pending_queue(queue)
-    assert box.get(queue, 0, key) == expected  # type: ignore[arg-type]
-    assert box.lookup(queue, 0, key) == (key in (b"c", b"d"), expected if key == b"c" else None)  # type: ignore[arg-type]
+    assert box.get(queue, 0, key) == expected
+    assert box.lookup(queue, 0, key) == (key in (b"c", b"d"), expected if key == b"c" else None)
 
 
 def test_a_merged_outbox_keeps_both_writes_in_order_and_the_later_write_of_a_key_wins() -> None:
-    users = Store("users")
+    users = Table("users")
     first, second = Outbox(), Outbox()
     first.put(users, 0, b"a", b"1")
     first.put(users, 0, b"progress", b"10")
@@ -299,8 +300,8 @@ def test_a_merged_outbox_keeps_both_writes_in_order_and_the_later_write_of_a_key
     second.put(users, 0, b"a", b"3")  # the same key, written later
     second.send("dlq", b"k", b"second letter")
     first.merge(second)
-    assert list(first.writes[BEFORE_STATE][(users, 0)].items()) == [(b"b", b"2")]  # type: ignore[index]
-    assert list(first.writes[1][(users, 0)].items()) == [(b"progress", b"10"), (b"a", b"3")]  # type: ignore[index]
+    assert list(first.writes[BEFORE_STATE][(users, 0)].items()) == [(b"b", b"2")]
+    assert list(first.writes[1][(users, 0)].items()) == [(b"progress", b"10"), (b"a", b"3")]
     assert [m[2] for m in first.messages] == [b"first letter", b"second letter"]
 
 
@@ -308,12 +309,12 @@ async def test_progress_moved_to_the_end_is_sent_after_writes_put_after_it() -> 
     # A send chosen in the round that queued it: its `attempting` record is put after the
     # progress record of the batch that accepted it. Sent in that order, a crash between
     # the two would leave the command's offset passed with no record of it.
-    deliveries = Store("deliveries")
+    deliveries = Table("deliveries")
     box = Outbox()
     box.put(deliveries, 0, b"send-1", b"queued")
     box.put(deliveries, 0, b"progress", b"41")
     box.put(deliveries, 0, b"send-1", b"attempting")
-    box.move_to_end(deliveries, [b"progress", b"not written"])  # type: ignore[arg-type]
+    box.move_to_end(deliveries, [b"progress", b"not written"])
     producer = Producer()
     await flush(producer, box)
     assert [key for _, _, key, _ in producer.sent] == [b"send-1", b"progress"]

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from mailstream.config.schema import CONFIG_ENV, Config
+from mailstream.config.load import CONFIG_ENV
+from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
 from mailstream.kafka.embedded_broker import BROKER_BIN_ENV, find_broker_bin
 

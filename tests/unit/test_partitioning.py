@@ -24,10 +24,10 @@ from mailstream.core.ingest_batch import (
     headers_of,
     ingest_batch,
 )
-from mailstream.core.user_state import UserState
 from mailstream.kafka.partitioning import keyed_partition, misplaced, partition_for
 from mailstream.producer import EventProducer
 from mailstream.state.staged_flush import Outbox, flush
+from tests.unit.users_in_memory import UsersTable
 
 NOW_MS = 1_700_000_000_000
 PARTITIONS = 4
@@ -96,21 +96,12 @@ def at(partition: int, offset: int, key: bytes | None, value: bytes) -> RawMessa
     return RawMessage("events", partition, offset, key, value, (("trace", b"t-1"),))
 
 
-class Store:
-    def __init__(self) -> None:
-        self.loads: Counter[tuple[int, bytes]] = Counter()
-
-    def load(self, partition: int, key: bytes) -> UserState | None:
-        self.loads[(partition, key)] += 1
-        return None
-
-
 def test_an_event_outside_its_users_partition_is_rerouted_unread() -> None:
     [user] = split_users(1)
     home = partition_for(user.encode(), PARTITIONS)
     wrong = crc32_partition(user.encode(), PARTITIONS)
     moved = at(wrong, 7, user.encode(), event("e1", user))
-    store = Store()
+    store = UsersTable()
     result = ingest_batch([moved], store.load, NOW_MS, SETTINGS)
 
     assert [(r.message, r.partition) for r in result.reroutes] == [(moved, home)]
@@ -125,7 +116,7 @@ def test_the_copy_in_its_users_partition_is_processed_and_a_second_copy_deduplic
     [user] = split_users(1)
     home = partition_for(user.encode(), PARTITIONS)
     value = event("e1", user)
-    first = ingest_batch([at(home, 0, user.encode(), value)], Store().load, NOW_MS, SETTINGS)
+    first = ingest_batch([at(home, 0, user.encode(), value)], UsersTable().load, NOW_MS, SETTINGS)
     assert first.reroutes == [] and first.outcomes == {(PROCESSED, "page_view"): 1}
     # A crash after the copy and before the progress record copies it twice.
     [stored] = first.changed.values()
@@ -159,7 +150,7 @@ def test_a_mixed_batch_reroutes_only_the_misplaced_and_keeps_their_order() -> No
             event("a2", users[0]),
         ),
     ]
-    result = ingest_batch(messages, Store().load, NOW_MS, SETTINGS)
+    result = ingest_batch(messages, UsersTable().load, NOW_MS, SETTINGS)
     assert [r.message for r in result.reroutes] == messages[1:]
     assert [r.partition for r in result.reroutes] == [
         partition_for(u.encode(), PARTITIONS) for u in (users[0], users[1], users[0])
@@ -170,7 +161,9 @@ def test_a_mixed_batch_reroutes_only_the_misplaced_and_keeps_their_order() -> No
 
 
 def test_a_message_without_a_key_is_still_dead_lettered_where_it_is() -> None:
-    result = ingest_batch([at(3, 0, None, event("e1", "anyone"))], Store().load, NOW_MS, SETTINGS)
+    result = ingest_batch(
+        [at(3, 0, None, event("e1", "anyone"))], UsersTable().load, NOW_MS, SETTINGS
+    )
     assert result.reroutes == []
     assert [dl.code for dl in result.dead_letters] == ["missing_key"]
     assert result.outcomes == {(DEAD_LETTERED, "missing_key"): 1}
@@ -181,7 +174,7 @@ def test_without_a_partition_count_every_message_is_taken_where_it_is() -> None:
     wrong = crc32_partition(user.encode(), PARTITIONS)
     loose = dataclasses.replace(SETTINGS, partitions=None)
     result = ingest_batch(
-        [at(wrong, 0, user.encode(), event("e1", user))], Store().load, NOW_MS, loose
+        [at(wrong, 0, user.encode(), event("e1", user))], UsersTable().load, NOW_MS, loose
     )
     assert result.reroutes == [] and result.outcomes == {(PROCESSED, "page_view"): 1}
 

@@ -50,7 +50,9 @@ from mailstream.workflows.send_policy import (
     PolicySettings,
     decide,
 )
-from mailstream.workflows.templates import MAX_POWER_BITS, MAX_REPEAT, TemplateError, Templates
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.template_sandbox import MAX_POWER_BITS, MAX_REPEAT
+from mailstream.workflows.templates import Templates
 
 FAST = settings(max_examples=150, deadline=None, database=None)
 SLOW = settings(

@@ -9,7 +9,7 @@ import pytest
 
 from mailstream.cli.render import add_render_parser, cmd_render
 from mailstream.exceptions import MailstreamError
-from mailstream.workflows.templates import TemplateError
+from mailstream.workflows.template_files import TemplateError
 
 USER = '{"email": "ada@example.com", "first_name": "Ada"}'
 

@@ -8,7 +8,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from mailstream.config.schema import parse_config
+from mailstream.config.load import parse_config
 from mailstream.delivery.retention import (
     FINAL_RECORD,
     SENT_COUNTER,
@@ -29,7 +29,7 @@ from mailstream.delivery.state_machine import (
     QueueKey,
 )
 from mailstream.exceptions import ConfigError
-from mailstream.state.rocksdb_store import PROGRESS_KEY, progress_key
+from mailstream.state.store import PROGRESS_KEY, progress_key
 
 DAY_MS = 86_400_000
 NOW = 1_800_000_000_000  # 2027-01-15T08:00:00Z

@@ -14,8 +14,9 @@ from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.staged_flush import Outbox
 from mailstream.workflows.apply_effects import EffectsApplier
 from mailstream.workflows.engine import Effects, SendIntent
-from mailstream.workflows.health import render_failure
-from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, TemplateError, Templates
+from mailstream.workflows.health_labels import render_failure
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
 
 CLUSTER = ClusterKey("unit-test-cluster-secret-0123456789abcdef")
 TOPICS = {"transactional": "sends.t", "marketing": "sends.m"}

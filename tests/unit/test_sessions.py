@@ -199,7 +199,7 @@ def test_the_feed_applies_records_and_skips_expired_ones() -> None:
     ],
 )
 def test_a_bad_web_setting_names_its_key(web: dict[str, object], key: str) -> None:
-    from mailstream.config.schema import parse_config
+    from mailstream.config.load import parse_config
     from mailstream.exceptions import ConfigError
 
     with pytest.raises(ConfigError) as info:

@@ -1,4 +1,5 @@
-"""A queue-like table drops the tombstones of what it deleted, and nothing else."""
+"""What only the RocksDB store does: a queue-like table drops the tombstones of what it
+deleted, and nothing else; Faust's persisted offset; active partitions from the assignor."""
 
 from __future__ import annotations
 
@@ -8,48 +9,12 @@ from typing import Any
 
 import pytest
 import rocksdict
-from faust.stores.rocksdb import Store as FaustRocksDBStore
 from faust.types import TP
 
 from mailstream.delivery.state_machine import QueueKey, queue_ready
 from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.timer_keys import TimerKey, timer_due
-
-
-class FaustStore:
-    """What PartitionStore uses of Faust's RocksDB store, over real RocksDB partitions."""
-
-    offset_key = FaustRocksDBStore.offset_key
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.dbs: dict[int, rocksdict.Rdict] = {}
-
-    def _db_for_partition(self, partition: int) -> rocksdict.Rdict:
-        if partition not in self.dbs:
-            path = str(self.root / f"p{partition}")
-            self.dbs[partition] = rocksdict.Rdict(path, options=rocksdict.Options(raw_mode=True))
-        return self.dbs[partition]
-
-    def persisted_offset(self, tp: TP) -> int | None:
-        """Where Faust's recovery of the partition resumes: its own code, on this store."""
-        return FaustRocksDBStore.persisted_offset(self, tp)  # type: ignore[arg-type]
-
-    def close(self) -> None:
-        for db in self.dbs.values():
-            db.close()
-
-
-class Topic:
-    def get_topic_name(self) -> str:
-        return "queue-changelog"
-
-
-class Table:
-    def __init__(self, data: FaustStore) -> None:
-        self.name = "queue"
-        self.data = data
-        self.changelog_topic = Topic()
+from tests.fakes.rocksdb_partitions import FaustStore, Table
 
 
 @pytest.fixture
@@ -157,3 +122,13 @@ def test_each_write_records_the_changelog_offset_where_faust_recovery_reads_it(
     assert faust_store.persisted_offset(TP("queue-changelog", 0)) is None
     # Faust's record is its own: the table's records do not include it
     assert list(store.items(3)) == [(b"default\x1fuser-2", b"s")]
+
+
+def test_active_partitions_are_those_of_the_tables_own_changelog(faust_store: FaustStore) -> None:
+    table = Table(faust_store)
+    store = PartitionStore(table)
+    table.assign([2, 0])
+    # the assignor holds every topic's partitions: another table's are not this one's
+    table.app.assignor.actives |= {TP("users-changelog", 1), TP("mailstream.events", 3)}
+
+    assert store.active_partitions() == [0, 2]

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from mailstream.exceptions import MailstreamError
 from mailstream.workflows.digest import template_view
-from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Rendered, TemplateError, Templates
+from mailstream.workflows.template_files import TemplateError
+from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Rendered, Templates
 
 USER = {"email": "a@example.com"}
 ITEMS = [{"name": "Mug", "qty": 2, "price": "12.50"}, {"name": "Tea", "qty": 1}]

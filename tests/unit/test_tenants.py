@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from mailstream.config.schema import parse_config
+from mailstream.config.load import parse_config
 from mailstream.core.ingest_batch import (
     DEAD_LETTERED,
     PROCESSED,

@@ -455,7 +455,7 @@ def test_picking_the_field_to_store(answer: Any, path: str, found: tuple[bool, A
 
 
 def test_a_webhook_step_must_name_a_configured_endpoint() -> None:
-    from mailstream.config.schema import parse_config
+    from mailstream.config.load import parse_config
 
     raw: dict[str, Any] = {"workflows": {"onboard": WORKFLOW}}
     with pytest.raises(ConfigError, match=r"steps\[0\]\.webhook\.endpoint: no endpoint 'crm'"):
@@ -477,7 +477,7 @@ def test_a_webhook_step_must_name_a_configured_endpoint() -> None:
     ],
 )
 def test_bad_endpoint_config_names_the_key(settings: dict[str, Any], problem: str) -> None:
-    from mailstream.config.schema import parse_config
+    from mailstream.config.load import parse_config
 
     with pytest.raises(ConfigError, match=problem.replace(".", r"\.")):
         parse_config({"webhooks_out": {"crm": settings}}, env={})
