@@ -15,13 +15,13 @@ from typing import Any
 from mailstream.app import app, config, settled
 from mailstream.config.webhooks_out_settings import build_endpoints
 from mailstream.core.ingest_batch import RawMessage
-from mailstream.delivery.dispatch_shell import QueueTables
+from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.state_machine import Delivery
 from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
 from mailstream.observability import metrics
 from mailstream.runtime.components import cluster
-from mailstream.state.staged_flush import BEFORE_STATE, Outbox, flush
+from mailstream.state.staged_flush import BEFORE_STATE, Outbox
 from mailstream.webhooks_out.call_command import decode_command, verified_command
 from mailstream.webhooks_out.call_dispatcher import CallDispatcher
 from mailstream.webhooks_out.call_state import accept_call
@@ -32,15 +32,11 @@ from tables.webhook_calls import webhook_calls, webhook_queue
 logger = logging.getLogger(__name__)
 
 TOPIC = config.topics.webhooks
-webhooks_topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
 # The agent and the tail sweep both accept commands, one batch at a time.
 intake = Intake(webhook_calls, [TOPIC], config.bootstrap_servers)
 endpoints = build_endpoints(config.webhooks_out)
 tables = QueueTables(webhook_calls, webhook_queue, config.topics.dlq, "webhooks")
-
-
-async def flush_outbox(outbox: Outbox, staged: Any = None) -> None:
-    await flush(app.producer, outbox, staged)
+flush_outbox = flush_with(lambda: app.producer)
 
 
 async def accept_batch(messages: list[RawMessage]) -> None:
@@ -104,7 +100,11 @@ async def accept_batch(messages: list[RawMessage]) -> None:
         metrics.WEBHOOK_COMMANDS.labels(name, "queued").inc()
     intake.put_progress(outbox, fresh, TOPIC)
     if outbox:
-        await flush(app.producer, outbox)
+        await flush_outbox(outbox)
+
+
+# The Faust wiring.
+webhooks_topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
 
 
 @app.agent(webhooks_topic, name="mailstream.webhooks")

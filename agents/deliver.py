@@ -17,7 +17,7 @@ from faust.types import TP
 
 from mailstream.app import app, close_when_stopping, config, fetch_max_wait, settled
 from mailstream.core.ingest_batch import RawMessage
-from mailstream.delivery.dispatch_shell import QueueTables
+from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.send_dispatcher import SendDispatcher
 from mailstream.delivery.send_intake import SendIntake
 from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
@@ -29,7 +29,7 @@ from mailstream.runtime.components import (
     suppression_list,
     tenancy,
 )
-from mailstream.state.staged_flush import HANDOFF, Outbox, flush
+from mailstream.state.staged_flush import HANDOFF
 from tables.deliveries import deliveries, delivery_queue
 from tables.users import users
 
@@ -38,10 +38,7 @@ SEND_TOPICS = (config.topics.sends_transactional, config.topics.sends_marketing)
 READ_WITHIN = 0.2
 
 
-async def flush_outbox(outbox: Outbox, staged: Any = None) -> None:
-    await flush(app.producer, outbox, staged)
-
-
+flush_outbox = flush_with(lambda: app.producer)
 tables = QueueTables(deliveries, delivery_queue, config.topics.dlq, "delivery")
 # The reader accepts commands, one batch at a time, under the intake's lock.
 intake = Intake(deliveries, SEND_TOPICS, config.bootstrap_servers)

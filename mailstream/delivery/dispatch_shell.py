@@ -15,7 +15,7 @@ from mailstream.delivery.guarded_loop import GuardedLoop, dead_letter_queued
 from mailstream.delivery.settlement import Settlement
 from mailstream.delivery.state_machine import Delivery
 from mailstream.observability import metrics
-from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox
+from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox, flush
 from mailstream.workflows.apply_effects import dead_letter_headers
 
 
@@ -26,6 +26,16 @@ class Flush(Protocol):
     def __call__(
         self, outbox: Outbox, staged: Callable[[int], None] | None = None
     ) -> Awaitable[None]: ...
+
+
+def flush_with(producer: Callable[[], Any]) -> Flush:
+    """The flush effect through the producer ``producer()`` returns when it is called
+    (Faust's is made when the worker starts)."""
+
+    async def flush_outbox(outbox: Outbox, staged: Callable[[int], None] | None = None) -> None:
+        await flush(producer(), outbox, staged)
+
+    return flush_outbox
 
 
 class QueueTables:
