@@ -32,7 +32,7 @@ from mailstream.core.ingest_batch import (
 from mailstream.core.isolate import ENGINE_ERROR, Unsettled, describe, isolate
 from mailstream.core.tenants import EventRates
 from mailstream.core.user_state import UserState
-from mailstream.kafka.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
+from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.observability import metrics
@@ -63,7 +63,7 @@ settings = IngestSettings(
 )
 # The tenants' events-per-second quotas: this worker's share, by the partitions it owns.
 event_rates = EventRates(tenancy)
-# The agent and the tail sweep both change user records, as the timers do: STATE_LOCK.
+# The reader changes user records, as the timers do: STATE_LOCK.
 intake = Intake(users, {config.topics.events: PROGRESS_KEY}, config.bootstrap_servers, STATE_LOCK)
 reader = DirectReader(
     config.bootstrap_servers,
@@ -211,49 +211,40 @@ async def reject(message: RawMessage, exc: Exception, now: int) -> None:
     count(result, 1)
 
 
-@app.agent(events_topic, name="mailstream.ingest")
-async def ingest(stream: Any) -> None:
-    """Process events in batches; acknowledge each batch only after its effects are durable."""
-    within = PAUSED_WITHIN if config.ingest.direct_read else config.ingest.batch_within
-    await intake.consume(stream, process, size=config.ingest.batch_size, within=within)
-
-
 def pause_faust_fetching(partitions: list[int]) -> None:
     """Faust keeps the events partitions assigned; the direct reader reads them."""
     app.consumer.pause_partitions({TP(config.topics.events, p) for p in partitions})
 
 
-if config.ingest.direct_read:
+# The Faust wiring: the agent only keeps the events partitions assigned, the reader reads.
+@app.agent(events_topic, name="mailstream.ingest")
+async def ingest(stream: Any) -> None:
+    await intake.consume(stream, process, size=config.ingest.batch_size, within=PAUSED_WITHIN)
 
-    @app.task
-    async def read_events() -> None:
-        await reader.run(
-            users.active_partitions,
-            lambda _topic, partition: users.progress(partition),
-            settled,
-            process,
-            STATE_LOCK,
-            pause_faust_fetching,
-        )
 
-    @app.on_partitions_revoked.connect
-    async def _stop_reading(*_: Any, **__: Any) -> None:
-        # Under the lock: a batch being applied finishes before the partitions move.
-        async with STATE_LOCK:
-            reader.invalidate()
-            user_cache.clear()
+@app.task
+async def read_events() -> None:
+    await reader.run(
+        users.active_partitions,
+        lambda _topic, partition: users.progress(partition),
+        settled,
+        process,
+        STATE_LOCK,
+        pause_faust_fetching,
+    )
 
-    @app.on_partitions_assigned.connect
-    async def _read_again(*_: Any, **__: Any) -> None:
+
+@app.on_partitions_revoked.connect
+async def _stop_reading(*_: Any, **__: Any) -> None:
+    # Under the lock: a batch being applied finishes before the partitions move.
+    async with STATE_LOCK:
         reader.invalidate()
+        user_cache.clear()
 
 
-@app.timer(interval=QUIET_SECONDS)
-async def sweep_skipped_tails() -> None:
-    """Events the consumer skipped at the end of a quiet partition (see
-    mailstream.kafka.backfill.sweep_quiet_partitions). The direct reader skips nothing."""
-    if settled() and not config.ingest.direct_read:
-        await intake.sweep(process)
+@app.on_partitions_assigned.connect
+async def _read_again(*_: Any, **__: Any) -> None:
+    reader.invalidate()
 
 
 close_when_stopping(intake, reader)

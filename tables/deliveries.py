@@ -5,7 +5,7 @@ the order they may go: transactional first, then by ready time)."""
 from __future__ import annotations
 
 from mailstream.app import app, config
-from mailstream.delivery.retention import SENT_PREFIX
+from mailstream.delivery.retention import sent_key
 from mailstream.delivery.state_machine import queue_ready
 from mailstream.state.rocksdb_store import raw_table
 
@@ -24,14 +24,6 @@ delivery_queue = raw_table(
     "(mailstream.delivery.state_machine.QueueKey) -> command.",
     due=queue_ready,
 )
-
-
-def sent_key(day: str, tenant: str | None = None) -> bytes:
-    """The record counting a partition's sends on a UTC day (ISO date), for the warm-up
-    cap and the dashboard, or only a tenant's (its delivery lane's), for its sends per
-    day; the control byte keeps it apart from delivery keys."""
-    key = SENT_PREFIX + day.encode()
-    return key if tenant is None else key + b"\x1f" + tenant.encode()
 
 
 def sent_on(partition: int, day: str, tenant: str | None = None) -> int:
