@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailstream.config.schema import parse_config
+from mailstream.config.load import parse_config
 from mailstream.exceptions import ConfigError
 
 
