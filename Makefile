@@ -31,8 +31,8 @@ PARALLEL := -n 2 --dist loadfile
 test: $(STAMP) ## the whole suite: unit tests and integration tests on a real broker, two at a time
 	$(PY) -m pytest $(PARALLEL) tests
 
-unit: $(STAMP) ## unit tests of the pure core only
-	$(PY) -m pytest tests/unit
+unit: $(STAMP) ## tests without a broker: the pure core, and the agents on in-memory tables
+	$(PY) -m pytest tests/unit tests/agents
 
 integration: $(STAMP) ## integration tests only (real broker, real worker processes)
 	$(PY) -m pytest $(PARALLEL) tests/integration

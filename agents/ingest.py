@@ -25,13 +25,13 @@ from mailstream.core.ingest_batch import (
 from mailstream.core.isolate import ENGINE_ERROR, Unsettled, describe, isolate
 from mailstream.core.tenants import EventRates
 from mailstream.core.user_state import UserState
-from mailstream.kafka.backfill import PAUSED_WITHIN, QUIET_SECONDS, Intake
+from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
-from mailstream.state.rocksdb_store import PROGRESS_KEY
 from mailstream.state.staged_flush import STATE_LOCK, Outbox, flush
+from mailstream.state.store import PROGRESS_KEY
 from mailstream.state.user_cache import StateCache
 from mailstream.workflows.apply_effects import dead_letter_message
 from mailstream.workflows.engine import Effects
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 TURN_EVENTS = 100
 
 
-class Ingest:
+class IngestAgent:
     """Decides the events of the partitions this worker owns, batch by batch."""
 
     def __init__(self, rt: Runtime) -> None:
@@ -62,14 +62,11 @@ class Ingest:
             partitions=config.topics.partitions,
             limits=config.ingest.limits.limits(),
         )
-        # The tenants' events-per-second quotas: this worker's share, by the partitions
-        # it owns.
+        # The tenants' events-per-second quotas: this worker's share, by its partitions.
         self.event_rates = EventRates(rt.tenancy)
-        # The agent and the tail sweep both change user records, as the timers do:
-        # STATE_LOCK.
-        self.intake = Intake(
-            self.users, {config.topics.events: PROGRESS_KEY}, config.bootstrap_servers, STATE_LOCK
-        )
+        # The reader changes user records, as the timers do: STATE_LOCK.
+        topics = {config.topics.events: PROGRESS_KEY}
+        self.intake = Intake(self.users, topics, config.bootstrap_servers, STATE_LOCK)
         self.reader = DirectReader(
             config.bootstrap_servers,
             [config.topics.events],
@@ -210,24 +207,21 @@ class Ingest:
         await flush(self.rt.app.producer, self.to_outbox(result, [message], now))
         self.count(result, 1)
 
-    async def consume(self, stream: Any) -> None:
-        """Process events in batches; acknowledge each batch only after its effects are
-        durable."""
-        config = self.config
-        within = PAUSED_WITHIN if config.ingest.direct_read else config.ingest.batch_within
-        await self.intake.consume(
-            stream, self.process, size=config.ingest.batch_size, within=within
-        )
-
     def pause_faust_fetching(self, partitions: list[int]) -> None:
         """Faust keeps the events partitions assigned; the direct reader reads them."""
-        topic = self.config.topics.events
-        self.rt.app.consumer.pause_partitions({TP(topic, p) for p in partitions})
+        self.rt.app.consumer.pause_partitions(
+            {TP(self.config.topics.events, p) for p in partitions}
+        )
+
+    async def consume(self, stream: Any) -> None:
+        size = self.config.ingest.batch_size
+        await self.intake.consume(stream, self.process, size=size, within=PAUSED_WITHIN)
 
     async def read_events(self) -> None:
+        users = self.users
         await self.reader.run(
-            self.users.active_partitions,
-            lambda _topic, partition: self.users.progress(partition),
+            users.active_partitions,
+            lambda _topic, partition: users.progress(partition),
             self.rt.settled,
             self.process,
             STATE_LOCK,
@@ -243,20 +237,13 @@ class Ingest:
     async def read_again(self, *_: Any, **__: Any) -> None:
         self.reader.invalidate()
 
-    async def sweep_skipped_tails(self) -> None:
-        """Events the consumer skipped at the end of a quiet partition (see
-        mailstream.kafka.backfill.sweep_quiet_partitions). The direct reader skips nothing."""
-        if self.rt.settled() and not self.config.ingest.direct_read:
-            await self.intake.sweep(self.process)
-
 
 def register(rt: Runtime) -> None:
-    app = rt.app
-    ingest = Ingest(rt)
+    """The Faust wiring: the agent only keeps the events partitions assigned, the reader
+    reads."""
+    app, ingest = rt.app, IngestAgent(rt)
     app.agent(rt.events_topic, name="mailstream.ingest")(ingest.consume)
-    if rt.config.ingest.direct_read:
-        app.task(ingest.read_events)
-        app.on_partitions_revoked.connect(ingest.stop_reading)
-        app.on_partitions_assigned.connect(ingest.read_again)
-    app.timer(interval=QUIET_SECONDS)(ingest.sweep_skipped_tails)
+    app.task(ingest.read_events)
+    app.on_partitions_revoked.connect(ingest.stop_reading)
+    app.on_partitions_assigned.connect(ingest.read_again)
     rt.close_when_stopping(ingest.intake, ingest.reader)

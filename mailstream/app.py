@@ -116,7 +116,7 @@ def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtim
     if config.webhooks_out:
         import agents.call_webhooks
 
-        agents.call_webhooks.register(rt, build_endpoints(config.webhooks_out))
+        agents.call_webhooks.register(rt, build_endpoints(config.webhooks_out, env))
     agents.sweep_retention.register(rt)
     views = routes.register(rt)
     sessions = login.register(views)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailstream.delivery.retention import SENT_PREFIX
+from mailstream.delivery.retention import sent_key
 from mailstream.delivery.state_machine import queue_ready
 from mailstream.state.rocksdb_store import PartitionStore, raw_table
+from mailstream.state.store import Store
 
 
 def delivery_tables(app: Any, partitions: int) -> tuple[PartitionStore, PartitionStore]:
@@ -31,14 +32,7 @@ def delivery_tables(app: Any, partitions: int) -> tuple[PartitionStore, Partitio
     return deliveries, queue
 
 
-def sent_key(day: str, tenant: str | None = None) -> bytes:
-    """The record counting a partition's sends on a UTC day (ISO date), for the warm-up
-    cap and the dashboard, or only a tenant's (its delivery lane's), for its sends per
-    day; the control byte keeps it apart from delivery keys."""
-    key = SENT_PREFIX + day.encode()
-    return key if tenant is None else key + b"\x1f" + tenant.encode()
-
-
-def sent_on(deliveries: PartitionStore, partition: int, day: str, tenant: str | None = None) -> int:
+def sent_on(deliveries: Store, partition: int, day: str, tenant: str | None = None) -> int:
+    """How many sends a partition made on a UTC day (ISO date), or a tenant's lane."""
     raw = deliveries.get(partition, sent_key(day, tenant))
     return int(raw) if raw is not None else 0

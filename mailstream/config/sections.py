@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from mailstream.config.durations import parse_duration
 from mailstream.config.provider_settings import MailgunSettings, PostmarkSettings, SendGridSettings
@@ -117,6 +117,19 @@ class IngestLimits(Section):
         return Limits(**self.model_dump())
 
 
+def _only_direct_read(value: bool) -> bool:
+    if not value:
+        raise ValueError(
+            "false is no longer supported: mailstream reads with its own batch reader"
+            " only (mailstream.kafka.direct_reader); delete the key"
+        )
+    return value
+
+
+# Kept only so that files written for earlier releases still load: true is the one path.
+DirectRead = Annotated[bool, AfterValidator(_only_direct_read)]
+
+
 class IngestConfig(Section):
     dedup_window: Seconds = 86400.0
     # Bounds a single user's dedup memory even inside the window.
@@ -124,10 +137,9 @@ class IngestConfig(Section):
     max_event_bytes: int = Field(65_536, ge=256, le=10_000_000)
     batch_size: int = Field(1000, ge=1, le=100_000)
     batch_within: Seconds = 0.05
-    # Read the events topic with mailstream's own batch consumer (from the progress
-    # records) instead of Faust's per-message stream: same guarantees, a fraction of
-    # the cost per event (mailstream.kafka.direct_reader). false: Faust's stream.
-    direct_read: bool = True
+    # The events topic is read with mailstream's own batch consumer, from the progress
+    # records (mailstream.kafka.direct_reader); Faust's stream is no longer an option.
+    direct_read: DirectRead = True
     # Decoded user states kept between batches (mailstream.state.user_cache); 0: none.
     # Roughly 4 KB of memory each.
     user_cache: int = Field(10_000, ge=0, le=10_000_000)
@@ -175,10 +187,10 @@ class DeliveryConfig(Section):
     warmup: WarmupConfig | None = None
     retry: RetryConfig = RetryConfig()
     concurrency: int = Field(16, ge=1, le=1000)  # provider calls in flight per worker
-    # read send commands with mailstream's batch reader (mailstream.kafka.direct_reader), and
-    # take the ones this worker writes as they are acknowledged, not through Faust's stream.
-    # false: Faust's stream.
-    direct_read: bool = True
+    # Send commands are read with mailstream's batch reader (mailstream.kafka.direct_reader),
+    # the ones this worker writes taken as they are acknowledged; Faust's stream is no
+    # longer an option.
+    direct_read: DirectRead = True
     # where one-click unsubscribe links point; default: this worker's web address
     public_url: str | None = Field(None, pattern=r"^https?://\S+$")
     unsubscribe_mailto: str | None = None

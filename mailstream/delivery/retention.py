@@ -17,12 +17,21 @@ from datetime import UTC, date, datetime
 
 from mailstream.delivery.state_machine import FINAL, Delivery
 
-# The deliveries table's record of a partition's sends on a UTC day (tables.deliveries
-# sent_key): b"\x00sent:" + ISO date, optionally + b"\x1f" + a tenant's lane.
+# The deliveries table's record of a partition's sends on a UTC day (sent_key):
+# b"\x00sent:" + ISO date, optionally + b"\x1f" + a tenant's lane.
 SENT_PREFIX = b"\x00sent:"
 # Sends counters are read for today only (the warm-up cap, the tenants' sends per day,
 # the dashboard); yesterday's is kept for a day around midnight, older ones go.
 SENT_COUNTER_DAYS_KEPT = 2
+
+
+def sent_key(day: str, tenant: str | None = None) -> bytes:
+    """The record counting a partition's sends on a UTC day (ISO date), for the warm-up
+    cap and the dashboard, or only a tenant's (its delivery lane's), for its sends per
+    day; the control byte keeps it apart from delivery keys."""
+    key = SENT_PREFIX + day.encode()
+    return key if tenant is None else key + b"\x1f" + tenant.encode()
+
 
 FINAL_RECORD = "final"
 SENT_COUNTER = "sent_counter"

@@ -7,7 +7,9 @@ from typing import Any
 import orjson
 
 from mailstream.core.cluster_trust import SEND_COMMAND, ClusterKey
+from mailstream.core.events import valid_tenant
 from mailstream.core.user_state import UserState
+from mailstream.delivery.command_decoding import decode_object
 from mailstream.workflows.engine import SendIntent, user_scope
 from mailstream.workflows.templates import Rendered
 
@@ -61,6 +63,25 @@ def verified_send_command(
 ) -> bytes | str:
     """The command a worker of this deployment signed, or why it is not one."""
     return cluster.unseal(SEND_COMMAND, key, value)
+
+
+REQUIRED = ("send_id", "tenant_id", "user_id", "to", "category", "subject", "text", "html")
+PRIORITIES = ("high", "normal", "low")
+
+
+def decode_send_command(value: bytes | None) -> dict[str, Any] | str:
+    """The send command in a verified ``value``, or why it is not one (for the
+    dead-letter topic)."""
+    command = decode_object(value, REQUIRED)
+    if isinstance(command, str):
+        return command
+    if command["category"] not in ("transactional", "marketing"):
+        return f"unknown category {command['category']!r}"
+    if command.get("priority", "normal") not in PRIORITIES:
+        return f"priority must be one of {', '.join(PRIORITIES)}"
+    if not valid_tenant(command["tenant_id"]):
+        return "tenant_id must be 1 to 64 letters, digits or _ . -"
+    return command
 
 
 def template_user(user: UserState) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import orjson
 
 from mailstream.core.cluster_trust import WEBHOOK_COMMAND, ClusterKey
 from mailstream.core.user_state import UserState
+from mailstream.delivery.command_decoding import decode_object
 from mailstream.webhooks_out.json_body import MAX_BODY_BYTES
 from mailstream.webhooks_out.step import WebhookIntent
 
@@ -52,15 +53,9 @@ def verified_command(cluster: ClusterKey, key: bytes | None, value: bytes | None
 
 def decode_command(value: bytes | None) -> dict[str, Any] | str:
     """The command, or why it is not one (for the dead-letter topic)."""
-    try:
-        command = orjson.loads(value or b"")
-    except orjson.JSONDecodeError as exc:
-        return f"not JSON: {exc}"
-    if not isinstance(command, dict):
-        return "not a JSON object"
-    missing = [f for f in REQUIRED if not isinstance(command.get(f), str) or not command[f]]
-    if missing:
-        return f"missing or not a non-empty string: {', '.join(missing)}"
+    command = decode_object(value, REQUIRED, non_empty=True)
+    if isinstance(command, str):
+        return command
     if not isinstance(command.get("body"), dict):
         return "body: missing or not a JSON object"
     size = len(orjson.dumps(command["body"]))

@@ -5,6 +5,7 @@ queued -> attempting -> sent (2xx)
                      -> failed (another 4xx or 3xx, or the retries used up)
 queued, its breaker open -> queued again for when the breaker lets a call through
 queued longer than the endpoint's give_up_after -> failed (expired)
+queued, its endpoint no longer configured -> failed (endpoint_gone)
 attempting, found after a crash -> queued again (the receiver drops repeats by the id)
 
 Pure: the agent passes the time, the answer and the jitter in.
@@ -49,6 +50,21 @@ def hold(delivery: Delivery, until: int) -> None:
     assert delivery.queue_key is not None, "a queued call has a queue key"
     old = QueueKey.decode(delivery.queue_key)
     delivery.queue_key = QueueKey(old.rank, until, old.send_id).encode()
+
+
+def breaker_wait_until(now: int, mono: float, until_mono: float | None, timeout: float) -> int:
+    """When (epoch ms) a call held back by its open breaker is to be tried again: when
+    the breaker's cool-down ends (``until_mono``, on the monotonic clock that reads
+    ``mono`` now), or after the endpoint's ``timeout`` while a probe is out; 1 ms at
+    least, so that it is not taken again in this round."""
+    wait = until_mono - mono if until_mono is not None else timeout
+    return now + max(1, int(wait * 1000))
+
+
+def endpoint_gone(delivery: Delivery, now: int) -> None:
+    """Its endpoint was removed from the config since the command was queued: failed."""
+    delivery.state, delivery.queue_key, delivery.updated = FAILED, None, now
+    delivery.history.append([now, "unknown_endpoint", "the endpoint is no longer configured"])
 
 
 def expired(command: Mapping[str, Any], give_up_after_ms: int, now: int) -> bool:

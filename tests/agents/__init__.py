@@ -1,0 +1,1 @@
+"""Agents tier: the dispatchers driven in-process, on in-memory tables and a fake clock."""
