@@ -7,7 +7,6 @@ import logging
 import time
 from typing import Any
 
-from mailstream.app import app, close_when_stopping, config, settled
 from mailstream.core.ingest_batch import NOT_READ, RawMessage
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key, note_feedback
@@ -15,100 +14,111 @@ from mailstream.feedback.normalised import Feedback, FeedbackSettings, apply_fee
 from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.kafka.partitioning import partition_for
 from mailstream.observability import metrics
+from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import STATE_LOCK, Outbox, flush
 from mailstream.workflows.apply_effects import dead_letter_message
-from tables.deliveries import deliveries
-from tables.users import users
 
 logger = logging.getLogger(__name__)
 
-TOPIC = config.topics.feedback
-feedback_topic = app.topic(TOPIC, key_serializer="raw", value_serializer="raw")
-# Feedback changes user records, as the ingest agent does: its batches take STATE_LOCK.
-intake = Intake(users, [TOPIC], config.bootstrap_servers, STATE_LOCK)
-settings = FeedbackSettings(
-    soft_bounces=config.feedback.soft_bounces,
-    soft_bounce_window_ms=int(config.feedback.soft_bounce_window * 1000),
-)
 
+class FeedbackApplier:
+    """Applies the feedback of the partitions of the feedback topic this worker owns."""
 
-async def apply_batch(messages: list[RawMessage]) -> None:
-    """Apply a batch of feedback; call with STATE_LOCK held."""
-    fresh = await intake.fresh(messages, TOPIC)
-    if not fresh:
-        return
-    now_s = int(time.time())
-    outbox = Outbox()
-    states: dict[tuple[int, bytes], UserState] = {}
-    for m in fresh:
-        home = None if m.key is None else partition_for(m.key, config.topics.partitions)
-        if home is not None and home != m.partition:
-            # Written by something that partitions otherwise: applied here it would start
-            # a second record for the user. Copied to the user's partition first.
-            outbox.send(TOPIC, m.key, m.value or b"", list(m.headers), home)
-            metrics.FEEDBACK.labels(NOT_READ, "rerouted").inc()
-            continue
-        try:
-            fb = Feedback.decode(m.value or b"")
-        except (ValueError, TypeError) as exc:
-            dead_letter_message(outbox, config.topics.dlq, m, "bad_feedback", str(exc))
-            metrics.DEAD_LETTERS.labels("bad_feedback").inc()
-            continue
-        if not fb.user_id:
-            metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
-            continue
-        slot = (m.partition, user_key(fb.tenant_id or config.ingest.default_tenant, fb.user_id))
-        state = states.get(slot)
-        if state is None:
-            stored = users.get(*slot)
-            # Feedback can overtake the user's own first events (another topic): it
-            # starts the record rather than be lost, and their identify fills it in.
-            tenant = fb.tenant_id or config.ingest.default_tenant
-            state = UserState.decode(stored) if stored else UserState(tenant, fb.user_id)
-        # Providers retry webhooks: an event they sent before changes nothing again.
-        if fb.event_id is not None:
-            marker = f"feedback:{fb.provider}:{fb.event_id}"
-            if marker in state.seen:
-                metrics.FEEDBACK.labels(fb.kind, "duplicate").inc()
+    def __init__(self, rt: Runtime) -> None:
+        config = rt.config
+        self.rt = rt
+        self.config = config
+        self.topic = config.topics.feedback
+        self.users = rt.tables.users
+        self.deliveries = rt.tables.deliveries
+        # Feedback changes user records, as the ingest agent does: its batches take
+        # STATE_LOCK.
+        self.intake = Intake(self.users, [self.topic], config.bootstrap_servers, STATE_LOCK)
+        self.settings = FeedbackSettings(
+            soft_bounces=config.feedback.soft_bounces,
+            soft_bounce_window_ms=int(config.feedback.soft_bounce_window * 1000),
+        )
+
+    async def apply_batch(self, messages: list[RawMessage]) -> None:
+        """Apply a batch of feedback; call with STATE_LOCK held."""
+        fresh = await self.intake.fresh(messages, self.topic)
+        if not fresh:
+            return
+        now_s = int(time.time())
+        outbox = Outbox()
+        states: dict[tuple[int, bytes], UserState] = {}
+        for m in fresh:
+            home = None if m.key is None else partition_for(m.key, self.config.topics.partitions)
+            if home is not None and home != m.partition:
+                # Written by something that partitions otherwise: applied here it would start
+                # a second record for the user. Copied to the user's partition first.
+                outbox.send(self.topic, m.key, m.value or b"", list(m.headers), home)
+                metrics.FEEDBACK.labels(NOT_READ, "rerouted").inc()
                 continue
-            state.seen.add(marker, now_s)
-        done = apply_feedback(state, fb, settings)
-        states[slot] = state
-        metrics.FEEDBACK.labels(fb.kind, done or "no_change").inc()
-        if done in ("hard_bounce", "complaint", "unsubscribe"):
-            metrics.SUPPRESSED.labels(done).inc()
-        if fb.send_id:
-            _note_delivery(outbox, m.partition, fb)
-    for (partition, key), state in states.items():
-        outbox.put(users, partition, key, state.encode())
-    intake.put_progress(outbox, fresh, TOPIC)
-    await flush(app.producer, outbox)
+            try:
+                fb = Feedback.decode(m.value or b"")
+            except (ValueError, TypeError) as exc:
+                dead_letter_message(outbox, self.config.topics.dlq, m, "bad_feedback", str(exc))
+                metrics.DEAD_LETTERS.labels("bad_feedback").inc()
+                continue
+            if not fb.user_id:
+                metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
+                continue
+            slot = (
+                m.partition,
+                user_key(fb.tenant_id or self.config.ingest.default_tenant, fb.user_id),
+            )
+            state = states.get(slot)
+            if state is None:
+                stored = self.users.get(*slot)
+                # Feedback can overtake the user's own first events (another topic): it
+                # starts the record rather than be lost, and their identify fills it in.
+                tenant = fb.tenant_id or self.config.ingest.default_tenant
+                state = UserState.decode(stored) if stored else UserState(tenant, fb.user_id)
+            # Providers retry webhooks: an event they sent before changes nothing again.
+            if fb.event_id is not None:
+                marker = f"feedback:{fb.provider}:{fb.event_id}"
+                if marker in state.seen:
+                    metrics.FEEDBACK.labels(fb.kind, "duplicate").inc()
+                    continue
+                state.seen.add(marker, now_s)
+            done = apply_feedback(state, fb, self.settings)
+            states[slot] = state
+            metrics.FEEDBACK.labels(fb.kind, done or "no_change").inc()
+            if done in ("hard_bounce", "complaint", "unsubscribe"):
+                metrics.SUPPRESSED.labels(done).inc()
+            if fb.send_id:
+                self._note_delivery(outbox, m.partition, fb)
+        for (partition, key), state in states.items():
+            outbox.put(self.users, partition, key, state.encode())
+        self.intake.put_progress(outbox, fresh, self.topic)
+        await flush(self.rt.app.producer, outbox)
+
+    def _note_delivery(self, outbox: Outbox, partition: int, fb: Feedback) -> None:
+        assert fb.send_id is not None
+        key = delivery_key(fb.tenant_id or self.config.ingest.default_tenant, fb.send_id)
+        # an earlier event of this batch may have changed it
+        raw = outbox.get(self.deliveries, partition, key)
+        if raw is None:
+            return  # not sent by this deployment, or long forgotten
+        delivery = Delivery.decode(raw)
+        kind = f"{fb.kind}:{fb.bounce}" if fb.bounce else fb.kind
+        if note_feedback(delivery, fb.at, kind):
+            outbox.put(self.deliveries, partition, key, delivery.encode())
+
+    async def consume(self, stream: Any) -> None:
+        await self.intake.consume(stream, self.apply_batch)
+
+    async def sweep(self) -> None:
+        """Feedback the consumer skipped at the end of a quiet partition: a skipped
+        unsubscribe would otherwise wait for the next feedback on its partition."""
+        if self.rt.settled():
+            await self.intake.sweep(self.apply_batch)
 
 
-def _note_delivery(outbox: Outbox, partition: int, fb: Feedback) -> None:
-    assert fb.send_id is not None
-    key = delivery_key(fb.tenant_id or config.ingest.default_tenant, fb.send_id)
-    # an earlier event of this batch may have changed it
-    raw = outbox.get(deliveries, partition, key)
-    if raw is None:
-        return  # not sent by this deployment, or long forgotten
-    delivery = Delivery.decode(raw)
-    kind = f"{fb.kind}:{fb.bounce}" if fb.bounce else fb.kind
-    if note_feedback(delivery, fb.at, kind):
-        outbox.put(deliveries, partition, key, delivery.encode())
-
-
-@app.agent(feedback_topic, name="mailstream.feedback")
-async def apply_feedback_events(stream: Any) -> None:
-    await intake.consume(stream, apply_batch)
-
-
-@app.timer(interval=QUIET_SECONDS)
-async def sweep_skipped_feedback() -> None:
-    """Feedback the consumer skipped at the end of a quiet partition: a skipped
-    unsubscribe would otherwise wait for the next feedback on its partition."""
-    if settled():
-        await intake.sweep(apply_batch)
-
-
-close_when_stopping(intake)
+def register(rt: Runtime) -> None:
+    applier = FeedbackApplier(rt)
+    topic = rt.app.topic(applier.topic, key_serializer="raw", value_serializer="raw")
+    rt.app.agent(topic, name="mailstream.feedback")(applier.consume)
+    rt.app.timer(interval=QUIET_SECONDS)(applier.sweep)
+    rt.close_when_stopping(applier.intake)

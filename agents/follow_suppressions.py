@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 
-from mailstream.app import app
-from mailstream.runtime.components import suppression_list
+from mailstream.runtime.components import Runtime
 
 
-@app.task
-async def follow_suppression_list() -> None:
-    await suppression_list.start()
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await suppression_list.stop()
+def register(rt: Runtime) -> None:
+    suppression_list = rt.suppression_list
+
+    async def follow_suppression_list() -> None:
+        await suppression_list.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await suppression_list.stop()
+
+    rt.app.task(follow_suppression_list)

@@ -1,17 +1,20 @@
-"""The one Faust app; agents and tables import it from here."""
+"""The one Faust app: ``build_app(config)`` makes it, with its runtime, and registers
+every table, agent and view on it. Nothing here runs at import."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import faust
 
-from mailstream.config.load import load_config
 from mailstream.config.schema import Config
+from mailstream.config.webhooks_out_settings import build_endpoints
 from mailstream.kafka import embedded_quirks
-from mailstream.kafka.broker_watch import BrokerContact, watch_broker
+from mailstream.kafka.broker_watch import watch_broker
 from mailstream.observability import faust_metrics
+from mailstream.runtime.components import Runtime, delivery_runtime
 
 PRODUCER_BATCH_BYTES = 256 * 1024
 
@@ -63,32 +66,14 @@ def create_app(config: Config) -> faust.App:
     return app
 
 
-def close_when_stopping(*resources: Any) -> None:
-    """Close each of ``resources`` (its ``close()`` coroutine) when the worker stops."""
-
-    async def close_on_stop() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            for resource in resources:
-                await resource.close()
-
-    app.task(close_on_stop)
-
-
-def settled() -> bool:
-    """True once this worker has joined its group and recovered its tables, and is not
-    rebalancing: only then is its view of its partitions complete."""
-    recovery: Any = app.tables.recovery  # type: ignore[attr-defined]
-    return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
-
-
-def watch_the_broker() -> None:
+def watch_the_broker(rt: Runtime) -> None:
     """Have the worker ask the broker for its metadata every second: ``/health`` reports
     it not ready within seconds of losing the broker, and it stops after
     ``broker.lost_after``, or when the broker came back without its data
     (mailstream.kafka.broker_watch)."""
     from mailstream.runtime.preflight import broker_data_problem, persisted_offsets
+
+    config = rt.config
 
     async def check_data() -> str | None:
         persisted = await asyncio.to_thread(persisted_offsets, config.data_dir, config.app_id)
@@ -98,22 +83,45 @@ def watch_the_broker() -> None:
 
     async def watch() -> None:
         await watch_broker(
-            config.bootstrap_servers, broker_contact, check_data, config.topics.all_names()
+            config.bootstrap_servers, rt.broker_contact, check_data, config.topics.all_names()
         )
 
-    app.task(watch)
+    rt.app.task(watch)
 
 
-config = load_config()
-app = create_app(config)
-broker_contact = BrokerContact(lost_after=config.broker.lost_after)
+def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtime]:
+    """The worker's app, with every table, agent, timer and view ``config`` asks for
+    registered on it, and the runtime they share. A missing secret or API key fails
+    here, naming its key, before anything starts."""
+    import agents.apply_feedback
+    import agents.follow_suppressions
+    import agents.guard_replays
+    import agents.ingest
+    import agents.run_timers
+    import agents.sweep_retention
+    from mailstream.web import dashboard, feedback_views, login, routes
+    from mailstream.workflows import health_snapshots
 
-# Read directly (mailstream.kafka.direct_reader), Faust only keeps the events partitions assigned:
-# without acks, its monitor does not take the paused stream for a stuck one.
-events_topic = app.topic(
-    config.topics.events,
-    key_serializer="raw",
-    value_serializer="raw",
-    acks=not config.ingest.direct_read,
-)
-dlq_topic = app.topic(config.topics.dlq, key_serializer="raw", value_serializer="raw")
+    app = create_app(config)
+    rt = Runtime(app, config, env)
+    agents.follow_suppressions.register(rt)
+    agents.ingest.register(rt)
+    agents.run_timers.register(rt)
+    if config.delivery.enabled:
+        import agents.deliver
+
+        agents.deliver.register(rt, delivery_runtime(config, env))
+    agents.apply_feedback.register(rt)
+    agents.guard_replays.register(rt)
+    if config.webhooks_out:
+        import agents.call_webhooks
+
+        agents.call_webhooks.register(rt, build_endpoints(config.webhooks_out, env))
+    agents.sweep_retention.register(rt)
+    views = routes.register(rt)
+    sessions = login.register(views)
+    health = health_snapshots.register(app, rt.workflow_names)
+    dashboard.register(views, sessions, health)
+    feedback_views.register(rt)
+    watch_the_broker(rt)
+    return app, rt

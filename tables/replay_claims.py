@@ -4,15 +4,17 @@ Partitioned by replay key, like the claims topic it is fed from."""
 
 from __future__ import annotations
 
-from mailstream.app import app, config
-from mailstream.feedback.replay_guard import due_of
-from mailstream.state.rocksdb_store import raw_table
-from mailstream.state.store import Store
+from typing import Any
 
-replay_guard: Store = raw_table(
-    app,
-    "replay_guard",
-    config.topics.partitions,
-    "Replay keys let through (mailstream.feedback.replay_guard.Entry) and their expiry index.",
-    due=due_of,
-)
+from mailstream.feedback.replay_guard import due_of
+from mailstream.state.rocksdb_store import PartitionStore, raw_table
+
+
+def replay_guard_table(app: Any, partitions: int) -> PartitionStore:
+    return raw_table(
+        app,
+        "replay_guard",
+        partitions,
+        "Replay keys let through (mailstream.feedback.replay_guard.Entry) and their expiry index.",
+        due=due_of,
+    )

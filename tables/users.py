@@ -3,13 +3,15 @@ window and workflow enrollments (mailstream.core.user_state.UserState)."""
 
 from __future__ import annotations
 
-from mailstream.app import app, config
-from mailstream.state.rocksdb_store import raw_table
-from mailstream.state.store import Store
+from typing import Any
 
-users: Store = raw_table(
-    app,
-    "users",
-    config.topics.partitions,
-    "UserState records (mailstream.core.user_state), keyed by tenant and user id.",
-)
+from mailstream.state.rocksdb_store import PartitionStore, raw_table
+
+
+def users_table(app: Any, partitions: int) -> PartitionStore:
+    return raw_table(
+        app,
+        "users",
+        partitions,
+        "UserState records (mailstream.core.user_state), keyed by tenant and user id.",
+    )

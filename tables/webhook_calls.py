@@ -4,22 +4,27 @@ queue (the calls waiting to be made, in ready-time order)."""
 
 from __future__ import annotations
 
-from mailstream.app import app, config
-from mailstream.delivery.state_machine import queue_ready
-from mailstream.state.rocksdb_store import raw_table
+from typing import Any
 
-webhook_calls = raw_table(
-    app,
-    "webhook_calls",
-    config.topics.partitions,
-    "Webhook call records (mailstream.delivery.state_machine.Delivery) keyed by "
-    "webhook id; progress.",
-)
-webhook_queue = raw_table(
-    app,
-    "webhook_queue",
-    config.topics.partitions,
-    "Waiting webhook calls: ready time and webhook id "
-    "(mailstream.delivery.state_machine.QueueKey) -> command.",
-    due=queue_ready,
-)
+from mailstream.delivery.state_machine import queue_ready
+from mailstream.state.rocksdb_store import PartitionStore, raw_table
+
+
+def webhook_tables(app: Any, partitions: int) -> tuple[PartitionStore, PartitionStore]:
+    """The webhook calls table and the webhook queue."""
+    calls = raw_table(
+        app,
+        "webhook_calls",
+        partitions,
+        "Webhook call records (mailstream.delivery.state_machine.Delivery) keyed by "
+        "webhook id; progress.",
+    )
+    queue = raw_table(
+        app,
+        "webhook_queue",
+        partitions,
+        "Waiting webhook calls: ready time and webhook id "
+        "(mailstream.delivery.state_machine.QueueKey) -> command.",
+        due=queue_ready,
+    )
+    return calls, queue

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -20,6 +20,9 @@ from mailstream.core.cluster_trust import cluster_key
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.observability import log_rate
 from mailstream.runtime.signals import stop_on_signals
+
+if TYPE_CHECKING:
+    from mailstream.runtime.components import Runtime
 
 # allocations between young-generation collections in a worker (Python's default: 700)
 GC_THRESHOLD = 20_000
@@ -47,11 +50,6 @@ commands:
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None))
-
-
-def _export_config_path(args: argparse.Namespace) -> None:
-    if getattr(args, "config", None):
-        os.environ[CONFIG_ENV] = os.path.abspath(args.config)
 
 
 def template_problems(config: Config) -> list[str]:
@@ -114,18 +112,19 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    env = dict(os.environ)  # the command line's options win over the environment's
     if args.web_port is not None:
-        os.environ["MAILSTREAM_WEB_PORT"] = str(args.web_port)
+        env["MAILSTREAM_WEB_PORT"] = str(args.web_port)
     if args.data_dir is not None:
-        os.environ["MAILSTREAM_DATA_DIR"] = args.data_dir
-    _export_config_path(args)
-    config = load_config()  # fail here, with the key path, before Faust starts
+        env["MAILSTREAM_DATA_DIR"] = args.data_dir
+    config = load_config(args.config, env)  # fail here, with the key path, before Faust starts
     problems = template_problems(config)
     if problems:
         raise MailstreamError("\n".join(problems))
-    cluster_key(config.cluster.secret_env, os.environ)  # a missing secret fails here, first
+    cluster_key(config.cluster.secret_env, env)  # a missing secret fails here, first
     from faust import Worker
 
+    from mailstream.app import build_app
     from mailstream.kafka.topics import create_topics
     from mailstream.runtime.preflight import check_local_state, check_port_free, lock_data_dir
 
@@ -141,43 +140,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
             config.bootstrap_servers, config.data_dir, config.app_id, config.broker.embedded
         )
     )
-
-    import agents.follow_suppressions  # noqa: F401
-    import agents.ingest  # noqa: F401  (registers the agents)
-    import agents.run_timers  # noqa: F401
-
-    if config.delivery.enabled:
-        from mailstream.runtime.components import delivery_runtime
-
-        delivery_runtime()  # a missing secret or API key fails here, before Faust starts
-        import agents.deliver  # noqa: F401
-    import agents.apply_feedback  # noqa: F401
-    import agents.guard_replays  # noqa: F401
-
-    if config.webhooks_out:
-        from mailstream.config.webhooks_out_settings import build_endpoints
-
-        build_endpoints(config.webhooks_out)  # a missing secret fails here, before Faust
-        import agents.call_webhooks  # noqa: F401
-    import agents.sweep_retention  # noqa: F401  (after the tables it sweeps)
-    import mailstream.web.dashboard  # noqa: F401  (the dashboard and its JSON twins)
-    import mailstream.web.feedback_views  # noqa: F401  (webhooks and one-click unsubscribe)
-    import mailstream.web.routes  # noqa: F401  (registers the views)
-    from mailstream.app import app, watch_the_broker
-
-    watch_the_broker()
+    app, rt = build_app(config, env)  # a missing secret or API key fails here, first
 
     # The worker makes many short-lived objects per event and keeps a large, long-lived
     # heap (Faust, the modules, the app): collect the young generation less often, and
     # keep what exists at start out of every full collection.
     gc.set_threshold(GC_THRESHOLD, 20, 20)
     gc.freeze()
-    worker = _stopping_worker(Worker)(app, loglevel=config.log_level)
+    worker = _stopping_worker(Worker, rt)(app, loglevel=config.log_level)
     worker.execute_from_commandline()
     return 0
 
 
-def _stopping_worker(base: type) -> type:
+def _stopping_worker(base: type, rt: Runtime) -> type:
     """Faust's worker, with a deadline on stopping.
 
     Faust waits up to a minute for its consumer thread when the broker has gone away;
@@ -212,7 +187,7 @@ def _stopping_worker(base: type) -> type:
         async def on_stop(self) -> None:
             reason = self.crash_reason
             if reason is not None:
-                _explain_crash(reason)
+                _explain_crash(reason, rt)
             threading.Thread(target=self._exit_if_still_stopping, daemon=True).start()
             await super().on_stop()
 
@@ -226,12 +201,12 @@ def _stopping_worker(base: type) -> type:
     return StoppingWorker
 
 
-def _explain_crash(reason: BaseException) -> None:
+def _explain_crash(reason: BaseException, rt: Runtime) -> None:
     """One line on why the worker crashed and what to do; exits at once when the broker
     lost the data the local state was built from (restarting would crash again)."""
     from faust.exceptions import ConsistencyError
 
-    from mailstream.app import broker_contact, config
+    config, broker_contact = rt.config, rt.broker_contact
     from mailstream.kafka.broker_watch import (
         EXIT_BROKER_DATA_LOST,
         consistency_error_where,

@@ -51,11 +51,31 @@ def install(config: Config, send_path: bool = True) -> None:
     on their way to a send (it does not when the direct readers read those topics)."""
     global _reads_until_empty
     _reads_until_empty = config.broker.embedded
+    _restore()  # an app built before in this process (the tests) leaves no patch behind
     if config.broker.embedded:
         correct_recovery_highwaters(config.bootstrap_servers)
     wait = fetch_max_wait(config, send_path=send_path)
     if wait is not None:
         set_fetch_max_wait(wait)
+
+
+# Faust's own methods that the patches below replace, as they were before the first.
+_FAUST_ORIGINALS: dict[str, Any] = {}
+
+
+def _faust_original(name: str) -> Any:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    if name not in _FAUST_ORIGINALS:
+        _FAUST_ORIGINALS[name] = getattr(AIOKafkaConsumerThread, name)
+    return _FAUST_ORIGINALS[name]
+
+
+def _restore() -> None:
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    for name, original in _FAUST_ORIGINALS.items():
+        setattr(AIOKafkaConsumerThread, name, original)
 
 
 def reads_until_empty() -> bool:
@@ -143,7 +163,7 @@ def set_fetch_max_wait(seconds: float) -> None:
     soon as data arrives (then ``broker.fetch_max_wait`` would need Faust's setting)."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    create = AIOKafkaConsumerThread._create_worker_consumer
+    create = _faust_original("_create_worker_consumer")
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = create(self, transport)
@@ -162,7 +182,7 @@ def correct_recovery_highwaters(bootstrap_servers: str) -> None:
     ListOffsets(latest) with the offset after the last record."""
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    listed_highwaters = AIOKafkaConsumerThread._highwaters
+    listed_highwaters = _faust_original("_highwaters")
 
     async def _highwaters(self: Any, partitions: Any) -> Any:
         listed = await listed_highwaters(self, partitions)

@@ -54,8 +54,17 @@ class Renamed(Collector):
             yield renamed
 
 
+# What ``install`` served last: a process serves one app's sensors, the last built.
+_served: list[Renamed] = []
+
+
 def install(app: faust.App, prefix: str = "faust") -> None:
-    """Faust's sensors on ``app``, served (renamed) with mailstream's own metrics."""
+    """Faust's sensors on ``app``, served (renamed) with mailstream's own metrics, in
+    place of those of an app built before in this process."""
     registry = CollectorRegistry()
     app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(registry, prefix))
-    REGISTRY.register(Renamed(registry))
+    while _served:
+        REGISTRY.unregister(_served.pop())
+    renamed = Renamed(registry)
+    REGISTRY.register(renamed)
+    _served.append(renamed)

@@ -1,13 +1,15 @@
-"""The worker's shared pieces, built once from the config: workflows, policy, effects."""
+"""What a worker's agents and views share, built once from its config: tables, topics,
+the suppression list, workflows, policy, effects, and the delivery pieces."""
 
 from __future__ import annotations
 
-import os
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailstream.app import config
+import faust
+
 from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import cluster_key
 from mailstream.core.tenants import OTHER_LABEL
@@ -17,74 +19,142 @@ from mailstream.delivery.pacing import Pacer
 from mailstream.delivery.state_machine import RetryPolicy
 from mailstream.delivery.unsubscribe_links import UnsubscribeTokens
 from mailstream.exceptions import ConfigError
+from mailstream.kafka.broker_watch import BrokerContact
 from mailstream.providers import build_provider
 from mailstream.providers.base import Provider
+from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.suppression.global_list import GlobalSuppressionList
 from mailstream.workflows.apply_effects import EffectsApplier
 from mailstream.workflows.automation import Automation
 from mailstream.workflows.engine import Engine
 from mailstream.workflows.send_policy import Policy
 from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
-from tables.timers import timers
-
-suppression_list = GlobalSuppressionList(
-    config.bootstrap_servers, config.topics.suppression, config.data_dir / "suppression-list"
-)
-tenancy = config.tenancy()
-# signs the commands this worker writes and the lookups it forwards (mailstream.core.cluster_trust)
-cluster = cluster_key(config.cluster.secret_env, os.environ)
+from tables.deliveries import delivery_tables
+from tables.replay_claims import replay_guard_table
+from tables.timers import timers_table
+from tables.users import users_table
+from tables.webhook_calls import webhook_tables
 
 
-def _automation(cfg: Config) -> Automation:
-    return Automation(
-        Engine(cfg.compiled_workflows()),
-        Policy(cfg.policy.settings(), listed=suppression_list.get),
-    )
+@dataclass
+class Tables:
+    """The worker's tables; the webhook tables exist only where webhook steps are configured."""
+
+    users: PartitionStore
+    timers: PartitionStore
+    deliveries: PartitionStore
+    delivery_queue: PartitionStore
+    replay_guard: PartitionStore
+    webhook_calls: PartitionStore | None = None
+    webhook_queue: PartitionStore | None = None
+
+    @classmethod
+    def declare(cls, app: faust.App, config: Config) -> Tables:
+        partitions = config.topics.partitions
+        users = users_table(app, partitions)
+        timers = timers_table(app, partitions)
+        deliveries, delivery_queue = delivery_tables(app, partitions)
+        replay_guard = replay_guard_table(app, partitions)
+        tables = cls(users, timers, deliveries, delivery_queue, replay_guard)
+        if config.webhooks_out:
+            tables.webhook_calls, tables.webhook_queue = webhook_tables(app, partitions)
+        return tables
 
 
-def _applier(cfg: Config, label: str) -> EffectsApplier:
-    return EffectsApplier(
-        Templates(cfg.templates_dir or DEFAULT_TEMPLATE_DIR),
-        timers,
-        {
-            "transactional": config.topics.sends_transactional,
-            "marketing": config.topics.sends_marketing,
-        },
-        config.topics.dlq,
-        config.topics.webhooks,
-        tenant_label=label,
-        cluster=cluster,
-        max_message_bytes=cfg.delivery.max_message_bytes,
-    )
+class Runtime:
+    """What one worker's agents and views share, built from its config and environment:
+    the app, its tables and topics, the suppression list, and per tenant the workflows,
+    the send policy and what turns their effects into messages."""
 
+    def __init__(self, app: faust.App, config: Config, env: Mapping[str, str]) -> None:
+        self.app = app
+        self.config = config
+        self.env = env
+        self.tables = Tables.declare(app, config)
+        self.broker_contact = BrokerContact(lost_after=config.broker.lost_after)
+        # Read directly (mailstream.kafka.direct_reader), Faust only keeps the events
+        # partitions assigned: without acks, its monitor does not take the paused stream
+        # for a stuck one.
+        self.events_topic = app.topic(
+            config.topics.events,
+            key_serializer="raw",
+            value_serializer="raw",
+            acks=not config.ingest.direct_read,
+        )
+        self.suppression_list = GlobalSuppressionList(
+            config.bootstrap_servers,
+            config.topics.suppression,
+            config.data_dir / "suppression-list",
+        )
+        self.tenancy = config.tenancy()
+        # signs the commands this worker writes and the lookups it forwards
+        # (mailstream.core.cluster_trust)
+        self.cluster = cluster_key(config.cluster.secret_env, env)
+        # The default settings, and each configured tenant's own (workflows, policy,
+        # templates). Unconfigured tenants (when allowed) run with the defaults,
+        # labelled (other).
+        self.automation = self._automation(config)
+        self.applier = self._applier(config, self.tenancy.label(config.ingest.default_tenant))
+        self._automations = {name: self._automation(config.tenant(name)) for name in config.tenants}
+        self._appliers = {name: self._applier(config.tenant(name), name) for name in config.tenants}
+        self._other_applier = self._applier(config, OTHER_LABEL)
 
-# The default settings, and each configured tenant's own (workflows, policy, templates).
-automation = _automation(config)
-applier = _applier(config, tenancy.label(config.ingest.default_tenant))
-_automations = {name: _automation(config.tenant(name)) for name in config.tenants}
-_appliers = {name: _applier(config.tenant(name), name) for name in config.tenants}
-# Unconfigured tenants (when allowed) run with the defaults, labelled (other).
-_other_applier = _applier(config, OTHER_LABEL)
+    def _automation(self, cfg: Config) -> Automation:
+        return Automation(
+            Engine(cfg.compiled_workflows()),
+            Policy(cfg.policy.settings(), listed=self.suppression_list.get),
+        )
 
+    def _applier(self, cfg: Config, label: str) -> EffectsApplier:
+        topics = self.config.topics
+        return EffectsApplier(
+            Templates(cfg.templates_dir or DEFAULT_TEMPLATE_DIR),
+            self.tables.timers,
+            {"transactional": topics.sends_transactional, "marketing": topics.sends_marketing},
+            topics.dlq,
+            topics.webhooks,
+            tenant_label=label,
+            cluster=self.cluster,
+            max_message_bytes=cfg.delivery.max_message_bytes,
+        )
 
-def automation_for(tenant: str) -> Automation:
-    return _automations.get(tenant, automation)
+    def automation_for(self, tenant: str) -> Automation:
+        return self._automations.get(tenant, self.automation)
 
+    def applier_for(self, tenant: str) -> EffectsApplier:
+        found = self._appliers.get(tenant)
+        if found is not None:
+            return found
+        if tenant == self.config.ingest.default_tenant:
+            return self.applier
+        return self._other_applier
 
-def workflow_names() -> set[str]:
-    """Every workflow configured, by default or for any tenant (named alike, counted
-    as one in workflow health)."""
-    names = set(automation.engine.workflows)
-    for tenant_automation in _automations.values():
-        names.update(tenant_automation.engine.workflows)
-    return names
+    def workflow_names(self) -> set[str]:
+        """Every workflow configured, by default or for any tenant (named alike, counted
+        as one in workflow health)."""
+        names = set(self.automation.engine.workflows)
+        for tenant_automation in self._automations.values():
+            names.update(tenant_automation.engine.workflows)
+        return names
 
+    def settled(self) -> bool:
+        """True once this worker has joined its group and recovered its tables, and is
+        not rebalancing: only then is its view of its partitions complete."""
+        app: Any = self.app
+        recovery = app.tables.recovery
+        return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
 
-def applier_for(tenant: str) -> EffectsApplier:
-    found = _appliers.get(tenant)
-    if found is not None:
-        return found
-    return applier if tenant == config.ingest.default_tenant else _other_applier
+    def close_when_stopping(self, *resources: Any) -> None:
+        """Close each of ``resources`` (its ``close()`` coroutine) when the worker stops."""
+
+        async def close_on_stop() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                for resource in resources:
+                    await resource.close()
+
+        self.app.task(close_on_stop)
 
 
 @dataclass
@@ -112,18 +182,18 @@ class DeliveryRuntime:
         return [self.provider, *self.providers.values()]
 
 
-def _sender(cfg: Config) -> Sender:
+def _sender(cfg: Config, web_url: str) -> Sender:
     d = cfg.delivery
     return Sender(
         from_address=d.from_address,
         reply_to=d.reply_to,
         message_id_domain=d.message_id_domain or Sender.domain_of(d.from_address),
-        public_url=d.public_url or config.web_url,
+        public_url=d.public_url or web_url,
         unsubscribe_mailto=d.unsubscribe_mailto,
     )
 
 
-def unsubscribe_tokens(env: Mapping[str, str] = os.environ) -> UnsubscribeTokens:
+def unsubscribe_tokens(config: Config, env: Mapping[str, str]) -> UnsubscribeTokens:
     """The signer of one-click unsubscribe links; its secret must be set and long enough."""
     var = config.delivery.unsubscribe_secret_env
     secret = env.get(var)
@@ -136,8 +206,9 @@ def unsubscribe_tokens(env: Mapping[str, str] = os.environ) -> UnsubscribeTokens
     return UnsubscribeTokens(secret)
 
 
-def delivery_runtime(env: Mapping[str, str] = os.environ) -> DeliveryRuntime:
+def delivery_runtime(config: Config, env: Mapping[str, str]) -> DeliveryRuntime:
     d = config.delivery
+    quotas = config.tenancy().quotas
     pacer = Pacer(
         d.rate_limit,
         d.burst or d.rate_limit,
@@ -148,21 +219,21 @@ def delivery_runtime(env: Mapping[str, str] = os.environ) -> DeliveryRuntime:
     rt = DeliveryRuntime(
         provider=build_provider(config, env),
         pacer=pacer,
-        sender=_sender(config),
-        tokens=unsubscribe_tokens(env),
+        sender=_sender(config, config.web_url),
+        tokens=unsubscribe_tokens(config, env),
         retry=RetryPolicy(d.retry.max_attempts, d.retry.base, d.retry.max_delay),
         concurrency=d.concurrency,
-        fair=FairPacer(pacer, {name: q.rate_share for name, q in tenancy.quotas.items()}),
+        fair=FairPacer(pacer, {name: q.rate_share for name, q in quotas.items()}),
     )
     for name in config.tenants:
         own = config.tenant(name)
         if own.delivery != config.delivery or own.providers != config.providers:
             rt.providers[name] = build_provider(own, env)
-            rt.senders[name] = _sender(own)
+            rt.senders[name] = _sender(own, config.web_url)
     return rt
 
 
-def webhook_handlers(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+def webhook_handlers(config: Config, env: Mapping[str, str]) -> dict[str, Any]:
     """A verifier and parser per configured provider webhook, keyed by provider name."""
     from mailstream.feedback.provider_webhooks import build_webhooks
 

@@ -7,9 +7,9 @@ with the cluster secret (mailstream.core.cluster_trust), and so is the answer.""
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any, cast
 from urllib.parse import quote
 
@@ -20,22 +20,20 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from yarl import URL
 
-from mailstream.app import app, broker_contact, config, events_topic, settled
+from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import REQUEST_HEADER, RESPONSE_HEADER, NonceGuard, request_nonce
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key
 from mailstream.exceptions import ConfigError
-from mailstream.runtime.components import cluster, suppression_list
+from mailstream.runtime.components import Runtime
 from mailstream.web.admin_auth import SESSION_COOKIE, AdminAuth, bearer_matches, mask_email
-from tables.deliveries import deliveries
-from tables.users import users
 
 logger = logging.getLogger(__name__)
 
 ROUTED_HEADER = "X-Mailstream-Routed"
 
 
-def admin_auth(env: Any = os.environ) -> AdminAuth:
+def admin_auth(config: Config, env: Mapping[str, str]) -> AdminAuth:
     var = config.web.admin_token_env
     token = env.get(var) or ""
     if len(token) < 16:
@@ -46,11 +44,6 @@ def admin_auth(env: Any = os.environ) -> AdminAuth:
     return AdminAuth(token)
 
 
-auth = admin_auth()
-# nonces of the forwarded requests this worker answered, so none is answered twice
-forwarded_nonces = NonceGuard()
-
-
 class UnsignedAnswer(Exception):
     """A worker answered a forwarded request without the cluster's signature."""
 
@@ -59,194 +52,216 @@ def json_response(web: View, body: Any, status: int = 200) -> Response:
     return web.bytes(orjson.dumps(body), content_type="application/json", status=status)
 
 
-def authorised(request: Request) -> bool:
-    """The admin token as a bearer header, or a valid session cookie."""
-    http: Any = request
-    if auth.bearer_ok(http.headers.get("Authorization")):
-        return True
-    return auth.session_ok(http.cookies.get(SESSION_COOKIE))
-
-
 def refused(web: View) -> Response:
     return json_response(web, {"error": "unauthorized", "detail": "the admin token is needed"}, 401)
 
 
-def worker_urls() -> list[URL]:
-    try:
-        return [URL(u) for u in app.router.external_topics_metadata()]
-    except Exception:  # no assignment yet
-        return []
+class Views:
+    """What the worker's views share: admin access, the workers of the deployment and
+    asking them, and the users this worker owns."""
 
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.app = rt.app
+        self.config = rt.config
+        self.cluster = rt.cluster
+        self.users = rt.tables.users
+        self.deliveries = rt.tables.deliveries
+        self.auth = admin_auth(rt.config, rt.env)
+        # nonces of the forwarded requests this worker answered, so none is answered twice
+        self.forwarded_nonces = NonceGuard()
 
-def is_me(url: URL) -> bool:
-    me = URL(app.conf.canonical_url)
-    return (url.host, url.port) == (me.host, me.port)
+    def authorised(self, request: Request) -> bool:
+        """The admin token as a bearer header, or a valid session cookie."""
+        http: Any = request
+        if self.auth.bearer_ok(http.headers.get("Authorization")):
+            return True
+        return self.auth.session_ok(http.cookies.get(SESSION_COOKIE))
 
-
-def forwarded_by_member(request: Request) -> str | None:
-    """The nonce of a request another worker forwarded, signed with the cluster secret
-    (fresh, first use); None for any other request."""
-    http: Any = request
-    header = http.headers.get(REQUEST_HEADER)
-    if header is None:
-        return None
-    problem = cluster.check_request(
-        http.method,
-        http.raw_path,
-        header,
-        time.time(),
-        config.cluster.request_max_age,
-        forwarded_nonces,
-    )
-    if problem is not None:
-        logger.warning("a forwarded request was refused: %s", problem)
-        return None
-    return request_nonce(header)
-
-
-def member_answer(web: View, body: Any, nonce: str | None, status: int = 200) -> Response:
-    """A JSON answer; to a request another worker forwarded (``nonce``), signed back."""
-    data = orjson.dumps(body)
-    headers = cluster.answer_header(nonce, status, data) if nonce is not None else None
-    return web.bytes(data, content_type="application/json", status=status, headers=headers)
-
-
-async def ask(url: URL, path_qs: str) -> tuple[int, bytes]:
-    """GET a path of another worker, signed with the cluster secret (never with the
-    caller's credentials), marked as already routed; the answer must be signed too."""
-    target = URL(str(url).rstrip("/") + path_qs)
-    path = target.raw_path_qs  # as it goes on the wire, and as the receiver reads it
-    nonce = secrets.token_urlsafe(18)
-    headers = {ROUTED_HEADER: "1", **cluster.request_headers("GET", path, time.time(), nonce)}
-    async with app.http_client.get(target, headers=headers) as resp:
-        body = await resp.read()
-        if not cluster.answer_ok(nonce, resp.status, body, resp.headers.get(RESPONSE_HEADER)):
-            raise UnsignedAnswer(
-                f"HTTP {resp.status} without the cluster's signature: not a worker of this"
-                " deployment, or its cluster secret differs (cluster.secret_env)"
-            )
-        return resp.status, body
-
-
-@app.page("/metrics")
-async def metrics_page(web: View, request: Request) -> Response:
-    """Prometheus text; with ``$MAILSTREAM_METRICS_TOKEN`` set, only for that bearer."""
-    token = os.environ.get(config.web.metrics_token_env)
-    http: Any = request
-    if token and not bearer_matches(http.headers.get("Authorization"), token):
-        return web.text("the metrics token is needed\n", status=401)
-    headers = {"Content-Type": CONTENT_TYPE_LATEST}
-    # ?name[]=...: only those metrics, as Prometheus' own client serves them
-    names = http.query.getall("name[]", [])
-    registry = REGISTRY.restricted_registry(names) if names else REGISTRY
-    return cast(Response, AioResponse(body=generate_latest(registry), headers=headers))
-
-
-@app.page("/health")
-async def health(web: View, request: Request) -> Response:
-    now = time.monotonic()
-    return json_response(
-        web,
-        {
-            "status": "ok",
-            # not while the broker does not answer: nothing this worker takes in can be
-            # made durable (mailstream.kafka.broker_watch)
-            "ready": settled()
-            and suppression_list.ready.is_set()
-            and broker_contact.reachable(now),
-            "broker": broker_contact.status(now),
-            "suppression_list": len(suppression_list) if suppression_list.ready.is_set() else None,
-            "app_id": config.app_id,
-            "url": str(app.conf.canonical_url),
-            "partitions": users.active_partitions(),
-        },
-    )
-
-
-def local_user(tenant: str, user_id: str, full: bool) -> dict[str, Any] | None:
-    """A user this worker owns, with the delivery records of their recent sends."""
-    key = user_key(tenant, user_id)
-    for partition in users.active_partitions():
-        raw = users.get(partition, key)
-        if raw is None:
-            continue
-        state = UserState.decode(raw)
-        view = state.to_json()
-        sent: dict[str, Any] = {}
-        for decision in view["send_decisions"]:
-            send_id = decision["send_id"]
-            record = deliveries.get(partition, delivery_key(tenant, send_id))
-            if record is not None and send_id not in sent:
-                sent[send_id] = {"send_id": send_id, **Delivery.decode(record).to_json()}
-        view["deliveries"] = list(sent.values())
-        email = view["traits"].get("email")
-        view["global_suppression"] = global_suppression(email)
-        if isinstance(email, str) and not full:
-            view["traits"] = {**view["traits"], "email": mask_email(email)}
-        return view
-    return None
-
-
-def global_suppression(email: Any) -> dict[str, Any] | None:
-    """The global suppression list's entry for a user's address (every worker holds the
-    whole list), so a user's view shows what the send policy sees."""
-    if not isinstance(email, str):
-        return None
-    try:
-        entry = suppression_list.get(email)
-    except RuntimeError:  # the list is not open yet
-        return None
-    return None if entry is None else entry.to_json()
-
-
-async def find_user(
-    request: Request, user_id: str, forwarded: bool = False
-) -> tuple[int, dict[str, Any]]:
-    """A user's view from whichever worker owns the user's partition (asked there as
-    ``/api/users/{user_id}`` with this request's query). A request ``forwarded`` by
-    another worker is answered from this one's partitions only."""
-    http: Any = request
-    tenant = http.query.get("tenant") or config.ingest.default_tenant
-    full = http.query.get("full") == "1"
-    view = local_user(tenant, user_id, full)
-    if view is not None:
-        return 200, view
-    not_found = {"error": f"no user {user_id!r} in tenant {tenant!r}"}
-    if forwarded or http.headers.get(ROUTED_HEADER):
-        return 404, not_found
-    # Ask the owner of the partition the default partitioner gives this user id; then, for
-    # producers that partition differently, every other worker.
-    try:
-        owner = app.router.external_topic_key_store(events_topic, user_id.encode())
-    except (KeyError, SameNode):
-        owner = None
-    candidates = ([owner] if owner is not None else []) + [u for u in worker_urls() if u != owner]
-    unreachable = 0
-    path_qs = "/api/users/" + quote(user_id, safe="")
-    if http.query_string:
-        path_qs += "?" + http.query_string
-    for url in candidates:
-        if is_me(url):
-            continue
+    def worker_urls(self) -> list[URL]:
         try:
-            status, body = await ask(url, path_qs)
-        except Exception as exc:
-            logger.warning("asking %s for a user failed: %r", url, exc)
-            unreachable += 1
-            continue
-        if status == 200:
-            return 200, orjson.loads(body)
-    if unreachable:
-        return 503, {"error": f"{unreachable} worker(s) did not answer; try again"}
-    return 404, not_found
+            return [URL(u) for u in self.app.router.external_topics_metadata()]
+        except Exception:  # no assignment yet
+            return []
+
+    def is_me(self, url: URL) -> bool:
+        me = URL(self.app.conf.canonical_url)
+        return (url.host, url.port) == (me.host, me.port)
+
+    def forwarded_by_member(self, request: Request) -> str | None:
+        """The nonce of a request another worker forwarded, signed with the cluster secret
+        (fresh, first use); None for any other request."""
+        http: Any = request
+        header = http.headers.get(REQUEST_HEADER)
+        if header is None:
+            return None
+        problem = self.cluster.check_request(
+            http.method,
+            http.raw_path,
+            header,
+            time.time(),
+            self.config.cluster.request_max_age,
+            self.forwarded_nonces,
+        )
+        if problem is not None:
+            logger.warning("a forwarded request was refused: %s", problem)
+            return None
+        return request_nonce(header)
+
+    def member_answer(self, web: View, body: Any, nonce: str | None, status: int = 200) -> Response:
+        """A JSON answer; to a request another worker forwarded (``nonce``), signed back."""
+        data = orjson.dumps(body)
+        headers = self.cluster.answer_header(nonce, status, data) if nonce is not None else None
+        return web.bytes(data, content_type="application/json", status=status, headers=headers)
+
+    async def ask(self, url: URL, path_qs: str) -> tuple[int, bytes]:
+        """GET a path of another worker, signed with the cluster secret (never with the
+        caller's credentials), marked as already routed; the answer must be signed too."""
+        target = URL(str(url).rstrip("/") + path_qs)
+        path = target.raw_path_qs  # as it goes on the wire, and as the receiver reads it
+        nonce = secrets.token_urlsafe(18)
+        headers = {
+            ROUTED_HEADER: "1",
+            **self.cluster.request_headers("GET", path, time.time(), nonce),
+        }
+        async with self.app.http_client.get(target, headers=headers) as resp:
+            body = await resp.read()
+            if not self.cluster.answer_ok(
+                nonce, resp.status, body, resp.headers.get(RESPONSE_HEADER)
+            ):
+                raise UnsignedAnswer(
+                    f"HTTP {resp.status} without the cluster's signature: not a worker of this"
+                    " deployment, or its cluster secret differs (self.cluster.secret_env)"
+                )
+            return resp.status, body
+
+    def local_user(self, tenant: str, user_id: str, full: bool) -> dict[str, Any] | None:
+        """A user this worker owns, with the delivery records of their recent sends."""
+        key = user_key(tenant, user_id)
+        for partition in self.users.active_partitions():
+            raw = self.users.get(partition, key)
+            if raw is None:
+                continue
+            state = UserState.decode(raw)
+            view = state.to_json()
+            sent: dict[str, Any] = {}
+            for decision in view["send_decisions"]:
+                send_id = decision["send_id"]
+                record = self.deliveries.get(partition, delivery_key(tenant, send_id))
+                if record is not None and send_id not in sent:
+                    sent[send_id] = {"send_id": send_id, **Delivery.decode(record).to_json()}
+            view["deliveries"] = list(sent.values())
+            email = view["traits"].get("email")
+            view["global_suppression"] = self.global_suppression(email)
+            if isinstance(email, str) and not full:
+                view["traits"] = {**view["traits"], "email": mask_email(email)}
+            return view
+        return None
+
+    def global_suppression(self, email: Any) -> dict[str, Any] | None:
+        """The global suppression list's entry for a user's address (every worker holds the
+        whole list), so a user's view shows what the send policy sees."""
+        if not isinstance(email, str):
+            return None
+        try:
+            entry = self.rt.suppression_list.get(email)
+        except RuntimeError:  # the list is not open yet
+            return None
+        return None if entry is None else entry.to_json()
+
+    async def find_user(
+        self, request: Request, user_id: str, forwarded: bool = False
+    ) -> tuple[int, dict[str, Any]]:
+        """A user's view from whichever worker owns the user's partition (asked there as
+        ``/api/users/{user_id}`` with this request's query). A request ``forwarded`` by
+        another worker is answered from this one's partitions only."""
+        http: Any = request
+        tenant = http.query.get("tenant") or self.config.ingest.default_tenant
+        full = http.query.get("full") == "1"
+        view = self.local_user(tenant, user_id, full)
+        if view is not None:
+            return 200, view
+        not_found = {"error": f"no user {user_id!r} in tenant {tenant!r}"}
+        if forwarded or http.headers.get(ROUTED_HEADER):
+            return 404, not_found
+        # Ask the owner of the partition the default partitioner gives this user id; then, for
+        # producers that partition differently, every other worker.
+        try:
+            owner = self.app.router.external_topic_key_store(self.rt.events_topic, user_id.encode())
+        except (KeyError, SameNode):
+            owner = None
+        candidates = ([owner] if owner is not None else []) + [
+            u for u in self.worker_urls() if u != owner
+        ]
+        unreachable = 0
+        path_qs = "/api/users/" + quote(user_id, safe="")
+        if http.query_string:
+            path_qs += "?" + http.query_string
+        for url in candidates:
+            if self.is_me(url):
+                continue
+            try:
+                status, body = await self.ask(url, path_qs)
+            except Exception as exc:
+                logger.warning("asking %s for a user failed: %r", url, exc)
+                unreachable += 1
+                continue
+            if status == 200:
+                return 200, orjson.loads(body)
+        if unreachable:
+            return 503, {"error": f"{unreachable} worker(s) did not answer; try again"}
+        return 404, not_found
 
 
-@app.page("/api/users/{user_id}")
-async def user_detail(web: View, request: Request, user_id: str) -> Response:
-    """A user's state, from whichever worker owns the user's partition: for the admin, or
-    for another worker asking on the admin's behalf (its answer signed back)."""
-    nonce = forwarded_by_member(request)
-    if nonce is None and not authorised(request):
-        return refused(web)
-    status, body = await find_user(request, user_id, forwarded=nonce is not None)
-    return member_answer(web, body, nonce, status)
+def register(rt: Runtime) -> Views:
+    """Health, metrics and the user API, on ``rt``'s app; the views the others share."""
+    views = Views(rt)
+    app, config = rt.app, rt.config
+    suppression_list, broker_contact = rt.suppression_list, rt.broker_contact
+
+    async def metrics_page(web: View, request: Request) -> Response:
+        """Prometheus text; with ``$MAILSTREAM_METRICS_TOKEN`` set, only for that bearer."""
+        token = rt.env.get(config.web.metrics_token_env)
+        http: Any = request
+        if token and not bearer_matches(http.headers.get("Authorization"), token):
+            return web.text("the metrics token is needed\n", status=401)
+        headers = {"Content-Type": CONTENT_TYPE_LATEST}
+        # ?name[]=...: only those metrics, as Prometheus' own client serves them
+        names = http.query.getall("name[]", [])
+        registry = REGISTRY.restricted_registry(names) if names else REGISTRY
+        return cast(Response, AioResponse(body=generate_latest(registry), headers=headers))
+
+    async def health(web: View, request: Request) -> Response:
+        now = time.monotonic()
+        return json_response(
+            web,
+            {
+                "status": "ok",
+                # not while the broker does not answer: nothing this worker takes in can be
+                # made durable (mailstream.kafka.broker_watch)
+                "ready": rt.settled()
+                and suppression_list.ready.is_set()
+                and broker_contact.reachable(now),
+                "broker": broker_contact.status(now),
+                "suppression_list": len(suppression_list)
+                if suppression_list.ready.is_set()
+                else None,
+                "app_id": config.app_id,
+                "url": str(app.conf.canonical_url),
+                "partitions": views.users.active_partitions(),
+            },
+        )
+
+    async def user_detail(web: View, request: Request, user_id: str) -> Response:
+        """A user's state, from whichever worker owns the user's partition: for the admin, or
+        for another worker asking on the admin's behalf (its answer signed back)."""
+        nonce = views.forwarded_by_member(request)
+        if nonce is None and not views.authorised(request):
+            return refused(web)
+        status, body = await views.find_user(request, user_id, forwarded=nonce is not None)
+        return views.member_answer(web, body, nonce, status)
+
+    app.page("/metrics")(metrics_page)
+    app.page("/health")(health)
+    app.page("/api/users/{user_id}")(user_detail)
+    return views
