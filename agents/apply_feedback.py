@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from mailstream.core.ingest_batch import NOT_READ, RawMessage
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key, note_feedback
 from mailstream.feedback.normalised import Feedback, FeedbackSettings, apply_feedback
-from mailstream.kafka.backfill import QUIET_SECONDS, Intake
+from mailstream.kafka.backfill import Intake
 from mailstream.kafka.partitioning import partition_for
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import STATE_LOCK, Outbox, flush
-from mailstream.workflows.apply_effects import dead_letter_message
+from mailstream.workflows.apply_effects import dead_letter_counted
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +57,7 @@ class FeedbackApplier:
             try:
                 fb = Feedback.decode(m.value or b"")
             except (ValueError, TypeError) as exc:
-                dead_letter_message(outbox, self.config.topics.dlq, m, "bad_feedback", str(exc))
-                metrics.DEAD_LETTERS.labels("bad_feedback").inc()
+                dead_letter_counted(outbox, self.config.topics.dlq, m, "bad_feedback", str(exc))
                 continue
             if not fb.user_id:
                 metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
@@ -106,19 +104,10 @@ class FeedbackApplier:
         if note_feedback(delivery, fb.at, kind):
             outbox.put(self.deliveries, partition, key, delivery.encode())
 
-    async def consume(self, stream: Any) -> None:
-        await self.intake.consume(stream, self.apply_batch)
-
-    async def sweep(self) -> None:
-        """Feedback the consumer skipped at the end of a quiet partition: a skipped
-        unsubscribe would otherwise wait for the next feedback on its partition."""
-        if self.rt.settled():
-            await self.intake.sweep(self.apply_batch)
-
 
 def register(rt: Runtime) -> None:
+    """The agent, and the sweep of quiet partitions' tails: a skipped unsubscribe would
+    otherwise wait for the next feedback on its partition."""
     applier = FeedbackApplier(rt)
-    topic = rt.app.topic(applier.topic, key_serializer="raw", value_serializer="raw")
-    rt.app.agent(topic, name="mailstream.feedback")(applier.consume)
-    rt.app.timer(interval=QUIET_SECONDS)(applier.sweep)
+    rt.read_through(applier.topic, "mailstream.feedback", applier.intake, applier.apply_batch)
     rt.close_when_stopping(applier.intake)

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from mailstream.config.webhooks_out_settings import Endpoint
 from mailstream.core.ingest_batch import RawMessage
 from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.state_machine import Delivery
-from mailstream.kafka.backfill import QUIET_SECONDS, Intake
+from mailstream.kafka.backfill import Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
@@ -24,7 +23,7 @@ from mailstream.state.staged_flush import BEFORE_STATE, Outbox
 from mailstream.webhooks_out.call_command import decode_command, verified_command
 from mailstream.webhooks_out.call_dispatcher import CallDispatcher
 from mailstream.webhooks_out.call_state import accept_call
-from mailstream.workflows.apply_effects import dead_letter_message
+from mailstream.workflows.apply_effects import dead_letter_counted
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +58,12 @@ class WebhookCallAgent:
             # put here, or for a command called again from another partition.
             wrong = misplaced(m.key, m.partition, partitions)
             if wrong is not None:
-                dead_letter_message(outbox, self.config.topics.dlq, m, "misplaced_command", wrong)
-                metrics.DEAD_LETTERS.labels("misplaced_command").inc()
+                dead_letter_counted(outbox, self.config.topics.dlq, m, "misplaced_command", wrong)
                 metrics.WEBHOOK_COMMANDS.labels("unknown", "untrusted").inc()
                 continue
             signed = verified_command(self.rt.cluster, m.key, m.value)
             if isinstance(signed, str):
-                dead_letter_message(outbox, self.config.topics.dlq, m, "untrusted_command", signed)
-                metrics.DEAD_LETTERS.labels("untrusted_command").inc()
+                dead_letter_counted(outbox, self.config.topics.dlq, m, "untrusted_command", signed)
                 metrics.WEBHOOK_COMMANDS.labels("unknown", "untrusted").inc()
                 logger.warning(
                     "webhook command on %s[%d] at offset %d dead-lettered: %s",
@@ -78,10 +75,9 @@ class WebhookCallAgent:
                 continue
             command = decode_command(signed)
             if isinstance(command, str):
-                dead_letter_message(
+                dead_letter_counted(
                     outbox, self.config.topics.dlq, m, "bad_webhook_command", command
                 )
-                metrics.DEAD_LETTERS.labels("bad_webhook_command").inc()
                 metrics.WEBHOOK_COMMANDS.labels("unknown", "bad_command").inc()
                 continue
             name = command["endpoint"]
@@ -89,8 +85,7 @@ class WebhookCallAgent:
                 reason = (
                     f"endpoint {name!r} is not under webhooks_out ({', '.join(self.endpoints)})"
                 )
-                dead_letter_message(outbox, self.config.topics.dlq, m, "unknown_endpoint", reason)
-                metrics.DEAD_LETTERS.labels("unknown_endpoint").inc()
+                dead_letter_counted(outbox, self.config.topics.dlq, m, "unknown_endpoint", reason)
                 metrics.WEBHOOK_COMMANDS.labels("unknown", "unknown_endpoint").inc()
                 continue
             webhook_id = command["webhook_id"]
@@ -113,15 +108,6 @@ class WebhookCallAgent:
         if outbox:
             await self.flush(outbox)
 
-    async def accept_commands(self, stream: Any) -> None:
-        """Acknowledge webhook commands only once they are durably queued."""
-        await self.intake.consume(stream, self.accept_batch)
-
-    async def sweep_skipped_tails(self) -> None:
-        """Commands the consumer skipped at the end of a quiet partition."""
-        if self.rt.settled():
-            await self.intake.sweep(self.accept_batch)
-
     async def run_dispatcher(self) -> None:
         dispatcher = CallDispatcher(
             endpoints=self.endpoints,
@@ -139,7 +125,6 @@ class WebhookCallAgent:
 def register(rt: Runtime, endpoints: dict[str, Endpoint]) -> None:
     """The Faust wiring."""
     app, agent = rt.app, WebhookCallAgent(rt, endpoints)
-    topic = app.topic(agent.topic, key_serializer="raw", value_serializer="raw")
-    app.agent(topic, name="mailstream.webhooks")(agent.accept_commands)
-    app.timer(interval=QUIET_SECONDS)(agent.sweep_skipped_tails)
+    # webhook commands acknowledged only once they are durably queued
+    rt.read_through(agent.topic, "mailstream.webhooks", agent.intake, agent.accept_batch)
     app.task(agent.run_dispatcher)

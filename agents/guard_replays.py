@@ -13,7 +13,6 @@ the user's worker drops the repeat by its event id) and never lets a replay thro
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from mailstream.core.ingest_batch import RawMessage
 from mailstream.feedback.normalised import destination
@@ -28,12 +27,12 @@ from mailstream.feedback.replay_guard import (
     expiry_range,
     judge,
 )
-from mailstream.kafka.backfill import QUIET_SECONDS, Intake
+from mailstream.kafka.backfill import Intake
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import Outbox, flush
 from mailstream.state.store import progress_key
-from mailstream.workflows.apply_effects import dead_letter_message
+from mailstream.workflows.apply_effects import dead_letter_counted
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +72,7 @@ class ReplayGuard:
             try:
                 claim = Claim.decode(m.value or b"")
             except (ValueError, TypeError) as exc:
-                dead_letter_message(outbox, self.config.topics.dlq, m, "bad_claim", str(exc))
-                metrics.DEAD_LETTERS.labels("bad_claim").inc()
+                dead_letter_counted(outbox, self.config.topics.dlq, m, "bad_claim", str(exc))
                 continue
             assert claim.key is not None  # decode refuses a claim without one
             newest[m.partition] = max(newest[m.partition], claim.received)
@@ -127,18 +125,8 @@ class ReplayGuard:
         for key in expired(index, received, entries):
             outbox.put(self.replay_guard, partition, key, None)
 
-    async def sweep(self) -> None:
-        """Claims the consumer skipped at the end of a quiet partition."""
-        if self.rt.settled():
-            await self.intake.sweep(self.apply_batch)
-
-    async def consume(self, stream: Any) -> None:
-        await self.intake.consume(stream, self.apply_batch)
-
 
 def register(rt: Runtime) -> None:
     guard = ReplayGuard(rt)
-    claims = rt.app.topic(guard.topic, key_serializer="raw", value_serializer="raw")
-    rt.app.agent(claims, name="mailstream.replay_guard")(guard.consume)
-    rt.app.timer(interval=QUIET_SECONDS)(guard.sweep)
+    rt.read_through(guard.topic, "mailstream.replay_guard", guard.intake, guard.apply_batch)
     rt.close_when_stopping(guard.intake)

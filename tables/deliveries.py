@@ -4,32 +4,22 @@ to go, in the order they may go: transactional first, then by ready time)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mailstream.delivery.retention import sent_key
 from mailstream.delivery.state_machine import queue_ready
-from mailstream.state.rocksdb_store import PartitionStore, raw_table
+from mailstream.state.rocksdb_store import TableSpec
 from mailstream.state.store import Store
 
-
-def delivery_tables(app: Any, partitions: int) -> tuple[PartitionStore, PartitionStore]:
-    """The deliveries table and the delivery queue."""
-    deliveries = raw_table(
-        app,
-        "deliveries",
-        partitions,
-        "Delivery records (mailstream.delivery.state_machine.Delivery) keyed by send id; "
-        "progress per send topic.",
-    )
-    queue = raw_table(
-        app,
-        "delivery_queue",
-        partitions,
-        "Waiting sends: rank, ready time and send id "
-        "(mailstream.delivery.state_machine.QueueKey) -> command.",
-        due=queue_ready,
-    )
-    return deliveries, queue
+DELIVERIES = TableSpec(
+    "deliveries",
+    "Delivery records (mailstream.delivery.state_machine.Delivery) keyed by send id;"
+    " progress per send topic.",
+)
+DELIVERY_QUEUE = TableSpec(
+    "delivery_queue",
+    "Waiting sends: rank, ready time and send id (mailstream.delivery.state_machine"
+    ".QueueKey) -> command.",
+    due=queue_ready,
+)
 
 
 def sent_on(deliveries: Store, partition: int, day: str, tenant: str | None = None) -> int:

@@ -4,17 +4,11 @@ Partitioned by replay key, like the claims topic it is fed from."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mailstream.feedback.replay_guard import due_of
-from mailstream.state.rocksdb_store import PartitionStore, raw_table
+from mailstream.state.rocksdb_store import TableSpec
 
-
-def replay_guard_table(app: Any, partitions: int) -> PartitionStore:
-    return raw_table(
-        app,
-        "replay_guard",
-        partitions,
-        "Replay keys let through (mailstream.feedback.replay_guard.Entry) and their expiry index.",
-        due=due_of,
-    )
+REPLAY_GUARD = TableSpec(
+    "replay_guard",
+    "Replay keys let through (mailstream.feedback.replay_guard.Entry) and their expiry index.",
+    due=due_of,
+)

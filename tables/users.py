@@ -3,15 +3,8 @@ window and workflow enrollments (mailstream.core.user_state.UserState)."""
 
 from __future__ import annotations
 
-from typing import Any
+from mailstream.state.rocksdb_store import TableSpec
 
-from mailstream.state.rocksdb_store import PartitionStore, raw_table
-
-
-def users_table(app: Any, partitions: int) -> PartitionStore:
-    return raw_table(
-        app,
-        "users",
-        partitions,
-        "UserState records (mailstream.core.user_state), keyed by tenant and user id.",
-    )
+USERS = TableSpec(
+    "users", "UserState records (mailstream.core.user_state), keyed by tenant and user id."
+)

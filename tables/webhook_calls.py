@@ -4,27 +4,17 @@ queue (the calls waiting to be made, in ready-time order)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mailstream.delivery.state_machine import queue_ready
-from mailstream.state.rocksdb_store import PartitionStore, raw_table
+from mailstream.state.rocksdb_store import TableSpec
 
-
-def webhook_tables(app: Any, partitions: int) -> tuple[PartitionStore, PartitionStore]:
-    """The webhook calls table and the webhook queue."""
-    calls = raw_table(
-        app,
-        "webhook_calls",
-        partitions,
-        "Webhook call records (mailstream.delivery.state_machine.Delivery) keyed by "
-        "webhook id; progress.",
-    )
-    queue = raw_table(
-        app,
-        "webhook_queue",
-        partitions,
-        "Waiting webhook calls: ready time and webhook id "
-        "(mailstream.delivery.state_machine.QueueKey) -> command.",
-        due=queue_ready,
-    )
-    return calls, queue
+WEBHOOK_CALLS = TableSpec(
+    "webhook_calls",
+    "Webhook call records (mailstream.delivery.state_machine.Delivery) keyed by webhook id;"
+    " progress.",
+)
+WEBHOOK_QUEUE = TableSpec(
+    "webhook_queue",
+    "Waiting webhook calls: ready time and webhook id (mailstream.delivery.state_machine"
+    ".QueueKey) -> command.",
+    due=queue_ready,
+)

@@ -10,7 +10,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
-from mailstream.delivery.dispatch_plan import DeadLetterNote
+from mailstream.delivery.dispatch_plan import IN_FLIGHT, STALE, DeadLetterNote, Entry, triage
 from mailstream.delivery.guarded_loop import GuardedLoop, dead_letter_queued
 from mailstream.delivery.settlement import Settlement
 from mailstream.delivery.state_machine import Delivery
@@ -47,6 +47,18 @@ class QueueTables:
         self.queue = queue
         self.dlq_topic = dlq_topic
         self.source = source
+
+    def entry(
+        self, outbox: Outbox, p: int, key: bytes, record_key: bytes, in_flight: bool
+    ) -> Entry | None:
+        """The queue entry under ``key`` as this round sees it (with what ``outbox``
+        already changed), or None when there is nothing to do with it: its call is in
+        flight, or it is stale (left by a crash), and then it is dropped."""
+        records, queue = outbox.get(self.records, p, record_key), outbox.get(self.queue, p, key)
+        entry = triage(key, records, queue, in_flight)
+        if entry.verdict == STALE:
+            self.drop(outbox, p, key)
+        return None if entry.verdict in (IN_FLIGHT, STALE) else entry
 
     def drop(self, outbox: Outbox, p: int, key: bytes) -> None:
         """Off the queue, once the record's new state is durable."""

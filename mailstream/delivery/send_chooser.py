@@ -19,15 +19,12 @@ from mailstream.core.tenants import Tenancy
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.compose import Sender, recipient_domain
 from mailstream.delivery.dispatch_plan import (
-    IN_FLIGHT,
     ORPHANED,
-    STALE,
     SendDay,
     Taken,
     admission_answer,
     hold,
     resolve_orphan,
-    triage,
 )
 from mailstream.delivery.dispatch_shell import QueueTables
 from mailstream.delivery.fair_share import CHOSEN, CLASSES, SKIP, STOP, FairPacer
@@ -179,16 +176,8 @@ class SendChooser:
         p, key = item
         qk = QueueKey.decode(key)
         t = self.tables
-        entry = triage(
-            key,
-            outbox.get(t.records, p, qk.record_key),
-            outbox.get(t.queue, p, key),
-            qk.record_key in in_flight,
-        )
-        if entry.verdict == IN_FLIGHT:
-            return SKIP
-        if entry.verdict == STALE:
-            t.drop(outbox, p, key)  # left by a crash
+        entry = t.entry(outbox, p, key, qk.record_key, qk.record_key in in_flight)
+        if entry is None:
             return SKIP
         assert entry.record is not None and entry.raw is not None
         record, raw = entry.record, entry.raw

@@ -19,7 +19,7 @@ from mailstream.kafka.backfill import Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
 from mailstream.observability import metrics
 from mailstream.state.staged_flush import BEFORE_STATE, Outbox
-from mailstream.workflows.apply_effects import dead_letter_message
+from mailstream.workflows.apply_effects import dead_letter_counted
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,7 @@ class SendIntake:
         self.wake: Callable[[], None] | None = None
 
     def _dead_letter(self, outbox: Outbox, m: RawMessage, code: str, reason: str) -> None:
-        dead_letter_message(outbox, self.tables.dlq_topic, m, code, reason)
-        metrics.DEAD_LETTERS.labels(code).inc()
+        dead_letter_counted(outbox, self.tables.dlq_topic, m, code, reason)
 
     async def accept(self, messages: list[RawMessage]) -> None:
         """Record each new send command as queued; a send id seen before is a duplicate."""

@@ -4,7 +4,7 @@ the suppression list, workflows, policy, effects, and the delivery pieces."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +12,7 @@ import faust
 
 from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import cluster_key
+from mailstream.core.ingest_batch import RawMessage
 from mailstream.core.tenants import OTHER_LABEL
 from mailstream.delivery.compose import Sender
 from mailstream.delivery.fair_share import FairPacer
@@ -19,21 +20,25 @@ from mailstream.delivery.pacing import Pacer
 from mailstream.delivery.state_machine import RetryPolicy
 from mailstream.delivery.unsubscribe_links import UnsubscribeTokens
 from mailstream.exceptions import ConfigError
+from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.kafka.broker_watch import BrokerContact
 from mailstream.providers import build_provider
 from mailstream.providers.base import Provider
-from mailstream.state.rocksdb_store import PartitionStore
+from mailstream.state.rocksdb_store import PartitionStore, TableSpec, raw_table
 from mailstream.suppression.global_list import GlobalSuppressionList
 from mailstream.workflows.apply_effects import EffectsApplier
 from mailstream.workflows.automation import Automation
 from mailstream.workflows.engine import Engine
 from mailstream.workflows.send_policy import Policy
 from mailstream.workflows.templates import DEFAULT_TEMPLATE_DIR, Templates
-from tables.deliveries import delivery_tables
-from tables.replay_claims import replay_guard_table
-from tables.timers import timers_table
-from tables.users import users_table
-from tables.webhook_calls import webhook_tables
+from tables.deliveries import DELIVERIES, DELIVERY_QUEUE
+from tables.replay_claims import REPLAY_GUARD
+from tables.timers import TIMERS
+from tables.users import USERS
+from tables.webhook_calls import WEBHOOK_CALLS, WEBHOOK_QUEUE
+
+# what an agent does with a batch of messages
+ApplyBatch = Callable[[list[RawMessage]], Awaitable[None]]
 
 
 @dataclass
@@ -51,13 +56,19 @@ class Tables:
     @classmethod
     def declare(cls, app: faust.App, config: Config) -> Tables:
         partitions = config.topics.partitions
-        users = users_table(app, partitions)
-        timers = timers_table(app, partitions)
-        deliveries, delivery_queue = delivery_tables(app, partitions)
-        replay_guard = replay_guard_table(app, partitions)
-        tables = cls(users, timers, deliveries, delivery_queue, replay_guard)
+
+        def table(spec: TableSpec) -> PartitionStore:
+            return raw_table(app, spec, partitions)
+
+        tables = cls(
+            table(USERS),
+            table(TIMERS),
+            table(DELIVERIES),
+            table(DELIVERY_QUEUE),
+            table(REPLAY_GUARD),
+        )
         if config.webhooks_out:
-            tables.webhook_calls, tables.webhook_queue = webhook_tables(app, partitions)
+            tables.webhook_calls, tables.webhook_queue = table(WEBHOOK_CALLS), table(WEBHOOK_QUEUE)
         return tables
 
 
@@ -143,6 +154,30 @@ class Runtime:
         app: Any = self.app
         recovery = app.tables.recovery
         return not app.rebalancing and not recovery.in_recovery and recovery.completed.is_set()
+
+    def read_through(
+        self,
+        topic: str,
+        agent: str,
+        intake: Intake,
+        apply: Callable[[list[RawMessage]], Awaitable[None]],
+    ) -> None:
+        """An agent named ``agent`` that hands ``topic``'s batches to ``apply`` through
+        ``intake`` (which drops replays and fetches what the consumer skipped), and a timer
+        that sweeps what the consumer skipped at the end of a quiet partition, once the
+        worker is settled (mailstream.kafka.backfill)."""
+        app = self.app
+        channel = app.topic(topic, key_serializer="raw", value_serializer="raw")
+
+        async def consume(stream: Any) -> None:
+            await intake.consume(stream, apply)
+
+        async def sweep_quiet_tails() -> None:
+            if self.settled():
+                await intake.sweep(apply)
+
+        app.agent(channel, name=agent)(consume)
+        app.timer(interval=QUIET_SECONDS)(sweep_quiet_tails)
 
     def close_when_stopping(self, *resources: Any) -> None:
         """Close each of ``resources`` (its ``close()`` coroutine) when the worker stops."""

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import rocksdict
@@ -182,20 +183,28 @@ class PartitionStore(StoreBase):
 _: type[Store] = PartitionStore
 
 
-def raw_table(
-    app: Any, name: str, partitions: int, help: str, due: DueTime | None = None
-) -> PartitionStore:
-    """A RocksDB table of bytes keys and values, partitioned like the events topic;
-    ``due``: a queue-like table's key -> when it is due, to compact away its tombstones."""
+@dataclass(frozen=True)
+class TableSpec:
+    """A table as ``tables/`` declares it: its name, what it holds (Faust's help text),
+    and, for a queue-like table, its key -> when it is due, to compact away its
+    tombstones."""
+
+    name: str
+    help: str
+    due: DueTime | None = None
+
+
+def raw_table(app: Any, spec: TableSpec, partitions: int) -> PartitionStore:
+    """A RocksDB table of bytes keys and values, partitioned like the events topic."""
     table = app.Table(
-        name,
+        spec.name,
         partitions=partitions,
         # bytes in, bytes out: Faust picks the raw codec for the changelog and the store.
         key_type=bytes,
         value_type=bytes,
-        help=help,
+        help=spec.help,
     )
-    return PartitionStore(table, due)
+    return PartitionStore(table, spec.due)
 
 
 def _size(db: Any) -> int:

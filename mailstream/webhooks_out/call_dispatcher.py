@@ -22,12 +22,9 @@ import orjson
 from mailstream.config.webhooks_out_settings import Endpoint
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.dispatch_plan import (
-    IN_FLIGHT,
-    STALE,
     DeadLetterNote,
     Taken,
     resolve_orphan,
-    triage,
 )
 from mailstream.delivery.dispatch_shell import CallsInFlight, Flush, QueueTables
 from mailstream.delivery.guarded_loop import Suspect
@@ -177,13 +174,8 @@ class CallDispatcher(CallsInFlight[FinishedCall]):
         """A due call: chosen to be made now, or None (held, finished, or left by a crash)."""
         t = self.tables
         record_key = QueueKey.decode(key).send_id.encode()
-        entry = triage(
-            key, t.records.get(p, record_key), t.queue.get(p, key), record_key in self.inflight
-        )
-        if entry.verdict == IN_FLIGHT:
-            return None
-        if entry.verdict == STALE:
-            t.drop(outbox, p, key)  # left by a crash
+        entry = t.entry(outbox, p, key, record_key, record_key in self.inflight)
+        if entry is None:
             return None
         assert entry.record is not None and entry.raw is not None
         call, raw = entry.record, entry.raw

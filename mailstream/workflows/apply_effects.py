@@ -96,6 +96,15 @@ def dead_letter_message(
     outbox.send(dlq_topic, key, value, headers)
 
 
+def dead_letter_counted(
+    outbox: Outbox, dlq_topic: str, message: RawMessage, code: str, reason: str
+) -> None:
+    """``dead_letter_message``, counted in ``mailstream_dead_letters_total`` by ``code``
+    (the ingest agent counts its own once the batch is durable)."""
+    dead_letter_message(outbox, dlq_topic, message, code, reason)
+    metrics.DEAD_LETTERS.labels(code).inc()
+
+
 class EffectsApplier:
     """Adds what one user's engine effects imply to an outbox."""
 

@@ -10,23 +10,12 @@ import orjson
 
 from mailstream.core.tenants import Quota, Tenancy
 from mailstream.core.user_state import UserState, user_key
+from mailstream.delivery import state_machine as states
 from mailstream.delivery.dispatch_shell import QueueTables
 from mailstream.delivery.retention import sent_key
 from mailstream.delivery.round_guard import ErrorPolicy, ErrorTracker
 from mailstream.delivery.send_dispatcher import SendDispatcher
-from mailstream.delivery.state_machine import (
-    ATTEMPTING,
-    DEAD_LETTERED,
-    DROPPED,
-    FAILED,
-    QUEUED,
-    SENT,
-    UNKNOWN,
-    Delivery,
-    QueueKey,
-    accept,
-    delivery_key,
-)
+from mailstream.delivery.state_machine import Delivery, QueueKey, accept, delivery_key
 from mailstream.providers.base import SendFailure
 from mailstream.suppression.entries import Suppression
 from tests.agents.memory_tables import (
@@ -122,13 +111,13 @@ async def test_a_queued_send_is_attempted_then_recorded_as_sent() -> None:
     d = Deliveries()
     d.queue_send("s1")
     await d.dispatcher.run_round()
-    assert d.record("s1").state == ATTEMPTING, "recorded before the provider is called"
+    assert d.record("s1").state == states.ATTEMPTING, "recorded before the provider is called"
     assert d.record("s1").attempts == 1
     await asyncio.gather(*list(d.dispatcher.tasks))
     assert [m.send_id for m in d.rt.provider.sent] == ["s1"]
     await d.round()
     record = d.record("s1")
-    assert (record.state, record.provider_id, record.queue_key) == (SENT, "id-1", None)
+    assert (record.state, record.provider_id, record.queue_key) == (states.SENT, "id-1", None)
     assert d.queued() == []
     assert d.sent_today() == 1
     await d.round()
@@ -142,7 +131,7 @@ async def test_sends_wait_for_the_pacer_and_transactional_goes_first() -> None:
     await d.round()
     assert [m.send_id for m in d.rt.provider.sent] == ["receipt"]
     await d.round()
-    assert d.record("news").state == QUEUED, "one send a second"
+    assert d.record("news").state == states.QUEUED, "one send a second"
     d.clock.advance(1.0)
     await d.round()
     assert [m.send_id for m in d.rt.provider.sent] == ["receipt", "news"]
@@ -156,7 +145,7 @@ async def test_a_retryable_failure_is_tried_again_after_its_backoff() -> None:
     await d.round()
     await d.round()
     record = d.record("s1")
-    assert (record.state, record.history[-1][1:]) == (QUEUED, ["http_503", "busy"])
+    assert (record.state, record.history[-1][1:]) == (states.QUEUED, ["http_503", "busy"])
     assert record.queue_key is not None
     # backoff: half of the base 2 s with no jitter
     assert QueueKey.decode(record.queue_key).ready == d.clock.ms + 1000
@@ -165,7 +154,7 @@ async def test_a_retryable_failure_is_tried_again_after_its_backoff() -> None:
     d.clock.advance(1.0)
     await d.round()
     await d.round()
-    assert (d.record("s1").state, d.record("s1").attempts) == (SENT, 2)
+    assert (d.record("s1").state, d.record("s1").attempts) == (states.SENT, 2)
     assert d.queued() == []
 
 
@@ -178,7 +167,7 @@ async def test_retries_used_up_are_given_up_and_listed() -> None:
         await d.round()
         await d.round()
         d.clock.advance(600)
-    assert (d.record("s1").state, d.record("s1").attempts) == (FAILED, 3)
+    assert (d.record("s1").state, d.record("s1").attempts) == (states.FAILED, 3)
     [(value, headers)] = d.dead_letters()
     assert headers["mailstream.reason_code"] == b"delivery_exhausted"
     assert headers["mailstream.reason"].startswith(b"gave up after 3 attempts")
@@ -197,7 +186,7 @@ async def test_a_hard_bounce_fails_the_send_and_suppresses_its_user() -> None:
     ]
     await d.round()
     await d.round()
-    assert d.record("s1").state == FAILED
+    assert d.record("s1").state == states.FAILED
     [(_, headers)] = d.dead_letters()
     assert headers["mailstream.reason_code"] == b"delivery_failed"
     stored = d.users.get(0, key)
@@ -216,7 +205,7 @@ async def test_a_send_whose_user_or_address_was_suppressed_since_is_not_sent() -
     d.listed.entries["spam-trap@example.com"] = Suppression("complaint", "esp", d.clock.ms)
     await d.round()
     assert d.rt.provider.sent == []
-    assert (d.record("mine").state, d.record("listed").state) == (DROPPED, DROPPED)
+    assert (d.record("mine").state, d.record("listed").state) == (states.DROPPED, states.DROPPED)
     assert "the user is suppressed" in d.record("mine").history[-1][2]
     assert "global suppression list" in d.record("listed").history[-1][2]
     assert d.queued() == []
@@ -230,7 +219,7 @@ async def test_marketing_over_its_tenants_sends_per_day_waits_for_tomorrow() -> 
     await d.round()
     assert [m.send_id for m in d.rt.provider.sent] == ["first"]
     held = d.record("second")
-    assert (held.state, held.history[-1][1]) == (QUEUED, "quota_deferred")
+    assert (held.state, held.history[-1][1]) == (states.QUEUED, "quota_deferred")
     assert held.queue_key is not None
     assert QueueKey.decode(held.queue_key).ready == 1_772_409_600_000  # 2026-03-02T00:00Z
 
@@ -242,19 +231,19 @@ async def test_an_orphaned_receipt_is_sent_again_and_orphaned_marketing_is_liste
     await d.dispatcher.run_round()  # both `attempting`; the worker dies before the calls
     for task in list(d.dispatcher.tasks):
         task.cancel()
-    assert d.record("news").state == ATTEMPTING
+    assert d.record("news").state == states.ATTEMPTING
     d.rt.provider.sent.clear()
     d.start_worker()
     await d.round()  # the orphans are resolved
-    assert d.record("receipt").state == QUEUED
-    assert d.record("news").state == UNKNOWN, "marketing is never sent twice"
+    assert d.record("receipt").state == states.QUEUED
+    assert d.record("news").state == states.UNKNOWN, "marketing is never sent twice"
     [(value, headers)] = d.dead_letters()
     assert headers["mailstream.reason_code"] == b"unknown_outcome"
     assert orjson.loads(value)["send_id"] == "news", "the command, for an operator to check"
     await d.round()
     await d.round()
     assert [m.send_id for m in d.rt.provider.sent] == ["receipt"]
-    assert d.record("receipt").state == SENT
+    assert d.record("receipt").state == states.SENT
 
 
 async def test_a_send_the_dispatcher_keeps_failing_on_is_dead_lettered_and_the_rest_go() -> None:
@@ -270,13 +259,13 @@ async def test_a_send_the_dispatcher_keeps_failing_on_is_dead_lettered_and_the_r
             await d.round()
         except Exception as exc:
             await d.dispatcher.after_error(exc)
-    assert d.record("poison").state == DEAD_LETTERED
+    assert d.record("poison").state == states.DEAD_LETTERED
     letters = [h for _, h in d.dead_letters()]
     assert [h["mailstream.reason_code"] for h in letters] == [b"dispatcher_error"]
     assert b"failed 3 times on it" in letters[0]["mailstream.reason"]
     await d.round()
     await d.round()
-    assert d.record("s1").state == SENT
+    assert d.record("s1").state == states.SENT
     assert poison["send_id"] not in d.queued() and d.queued() == []
 
 
@@ -289,7 +278,7 @@ async def test_a_round_whose_flush_fails_loses_no_outcome() -> None:
         await d.round()
     except ConnectionError:
         pass
-    assert d.record("s1").state == ATTEMPTING
+    assert d.record("s1").state == states.ATTEMPTING
     await d.round()
-    assert d.record("s1").state == SENT
+    assert d.record("s1").state == states.SENT
     assert len(d.rt.provider.sent) == 1
