@@ -37,8 +37,9 @@ unit: $(STAMP) ## tests without a broker: the pure core, and the agents on in-me
 integration: $(STAMP) ## integration tests only (real broker, real worker processes)
 	$(PY) -m pytest $(PARALLEL) tests/integration
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff (rules and format) and mypy (strict); .pre-commit-config.yaml runs the same
 	$(VENV)/bin/ruff check mailstream agents tables tests
+	$(VENV)/bin/ruff format --check mailstream agents tables tests
 	$(VENV)/bin/mypy mailstream agents tables
 
 clean: ## remove the virtualenv, demo state and caches

@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import faust
 import orjson
@@ -43,7 +44,7 @@ def main() -> None:
     span_file = Path(datadir) / "span.json"
 
     @app.agent(topic)
-    async def decode(stream):
+    async def decode(stream: Any) -> None:
         async for value in stream:
             try:
                 orjson.loads(value)

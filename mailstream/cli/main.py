@@ -159,7 +159,7 @@ def _stopping_worker(base: type, rt: Runtime) -> type:
     a worker that is stopping (a crash, or a signal) exits after ``STOP_GRACE_S``
     whatever is still running: non-zero after a crash, so a supervisor restarts it."""
 
-    class StoppingWorker(base):
+    class StoppingWorker(base):  # type: ignore[misc]  # Faust's Worker is untyped
         repeat: log_rate.RepeatFilter | None = None
 
         def on_setup_root_logger(self, root: logging.Logger, level: int) -> None:

@@ -22,7 +22,7 @@ example:
 """
 
 
-def add_render_parser(sub: argparse._SubParsersAction) -> None:
+def add_render_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``render`` subcommand to the ``mailstream`` command line."""
     p = sub.add_parser(
         "render",

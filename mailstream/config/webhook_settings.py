@@ -39,4 +39,4 @@ class PostmarkWebhookSettings(_WebhookSettings):
     """Postmark webhooks: HTTP basic auth with the credentials set on the webhook URL."""
 
     username_env: EnvName = "POSTMARK_WEBHOOK_USERNAME"
-    password_env: EnvName = "POSTMARK_WEBHOOK_PASSWORD"
+    password_env: EnvName = "POSTMARK_WEBHOOK_PASSWORD"  # noqa: S105 - the variable's name

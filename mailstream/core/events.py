@@ -274,14 +274,8 @@ def check_traits(traits: dict[str, Any]) -> Invalid | None:
     return None
 
 
-def decode_event(
-    raw: bytes | None,
-    *,
-    max_bytes: int,
-    default_tenant: str,
-    limits: Limits = DEFAULT_LIMITS,
-) -> Event | Invalid:
-    """Turn the bytes of one Kafka message into an Event, or an Invalid with the reason."""
+def _document(raw: bytes | None, max_bytes: int) -> dict[str, Any] | Invalid:
+    """The JSON object a message holds, or why it holds none."""
     if raw is None:
         return Invalid("not_json", "message has no value (a tombstone), expected a JSON event")
     if len(raw) > max_bytes:
@@ -295,7 +289,11 @@ def decode_event(
         return Invalid("not_json", f"not valid JSON: {exc}")
     if not isinstance(doc, dict):
         return Invalid("not_object", f"event must be a JSON object, got {_type_name(doc)}")
+    return doc
 
+
+def _names(doc: dict[str, Any]) -> tuple[str, str, str] | Invalid:
+    """The event's id, type and user id, or the first that is wrong."""
     event_id = _string_field(doc, "event_id", MAX_EVENT_ID)
     if isinstance(event_id, Invalid):
         return event_id
@@ -316,6 +314,37 @@ def decode_event(
     problem = _control_problem("user_id", user_id)
     if problem is not None:
         return problem
+    return event_id, event_type, user_id
+
+
+def _tenant(doc: dict[str, Any], default_tenant: str) -> str | Invalid:
+    tenant = doc.get("tenant_id")
+    if tenant is None:
+        return default_tenant
+    if not isinstance(tenant, str) or not valid_tenant(tenant):
+        # control characters included: the pattern allows none
+        return Invalid(
+            "bad_tenant", "tenant_id must be 1 to 64 letters, digits or _ . - when present"
+        )
+    return tenant
+
+
+def decode_event(
+    raw: bytes | None,
+    *,
+    max_bytes: int,
+    default_tenant: str,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Event | Invalid:
+    """Turn the bytes of one Kafka message into an Event, or an Invalid with the reason."""
+    doc = _document(raw, max_bytes)
+    if isinstance(doc, Invalid):
+        return doc
+    assert raw is not None  # a document came from it
+    names = _names(doc)
+    if isinstance(names, Invalid):
+        return names
+    event_id, event_type, user_id = names
     timestamp = _timestamp(doc)
     if isinstance(timestamp, Invalid):
         return timestamp
@@ -329,14 +358,9 @@ def decode_event(
         problem = check_limits({"payload": payload, "metadata": metadata}, limits)
         if problem is not None:
             return problem
-    tenant = doc.get("tenant_id")
-    if tenant is None:
-        tenant = default_tenant
-    elif not isinstance(tenant, str) or not valid_tenant(tenant):
-        # control characters included: the pattern allows none
-        return Invalid(
-            "bad_tenant", "tenant_id must be 1 to 64 letters, digits or _ . - when present"
-        )
+    tenant = _tenant(doc, default_tenant)
+    if isinstance(tenant, Invalid):
+        return tenant
     if event_type == IDENTIFY:
         problem = check_traits(payload)
         if problem is not None:

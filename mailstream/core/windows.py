@@ -70,7 +70,7 @@ def significant_change(previous: Any, current: Any, threshold: float) -> bool:
         return True
     if _is_number(previous) and _is_number(current):
         difference = abs(current - previous)
-        return difference >= threshold if threshold > 0 else difference != 0
+        return bool(difference >= threshold if threshold > 0 else difference != 0)
     # JSON true and 1 are different values, though Python finds them equal
     return type(previous) is not type(current) or bool(previous != current)
 

@@ -86,8 +86,8 @@ def retry_delay(
     step = min(max_delay, base * 2 ** max(0, attempt - 1))
     delay = step / 2 + step / 2 * min(max(jitter, 0.0), 1.0)
     if retry_after is not None and retry_after > delay:
-        return retry_after
-    return delay
+        return float(retry_after)
+    return float(delay)
 
 
 GO = "go"

@@ -129,7 +129,7 @@ class SendDispatcher(CallsInFlight[Finished]):
             if entry in self.submitted:  # not taken: withdrawn
                 self.submitted.remove(entry)
                 return False
-            return await entry[1]  # taken by a round still flushing
+            return bool(await entry[1])  # taken by a round still flushing
 
     async def run(self) -> None:
         for provider in self.rt.all_providers():

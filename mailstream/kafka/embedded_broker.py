@@ -107,7 +107,7 @@ class EmbeddedBroker:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         out = self._log if self._log is not None else subprocess.DEVNULL
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # noqa: S603 - the broker binary, found by find_broker_bin
             cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=self.own_session
         )
         if not wait_for_port(self.host, self.port, timeout):

@@ -24,7 +24,7 @@ def partition_for(key: bytes, partitions: int) -> int:
     ``toPositive(murmur2(key)) % partitions``, as aiokafka's DefaultPartitioner."""
     if partitions < 1:
         raise ValueError(f"a topic has at least one partition, not {partitions}")
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 async def partition_count(producer: Any, topic: str) -> int | None:

@@ -29,7 +29,7 @@ __all__ = ["PostmarkProvider", "PostmarkSettings", "build_request", "classify", 
 
 logger = logging.getLogger(__name__)
 
-TOKEN_HEADER = "X-Postmark-Server-Token"
+TOKEN_HEADER = "X-Postmark-Server-Token"  # noqa: S105 - a header name, not a token
 
 # ErrorCode 406: the recipient is inactive (an earlier hard bounce, complaint or manual
 # suppression). ErrorCode 300 is every validation failure of the request; only its

@@ -184,7 +184,7 @@ class Dashboard:
                 parts.append(orjson.loads(body))
             else:
                 missing += 1
-        total = add_up(parts)
+        total: dict[str, Any] = add_up(parts)
         d = self.config.delivery
         cap = (
             warmup_cap(d.warmup.daily_caps, d.warmup.start, datetime.now(UTC).date())

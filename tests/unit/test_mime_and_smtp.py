@@ -147,7 +147,7 @@ def test_date_keeps_its_offset() -> None:
 
 def test_naive_date_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
-        build_mime(message(), date=datetime(2024, 5, 1, 9, 30))
+        build_mime(message(), date=datetime(2024, 5, 1, 9, 30))  # noqa: DTZ001 - naive on purpose
 
 
 INJECTIONS = ["x\r\nBcc: victim@example.net", "x\nBcc: victim@example.net", "x\rBcc: v@e.net"]
