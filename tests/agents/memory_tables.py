@@ -1,5 +1,5 @@
-"""The smallest in-memory stand-ins the dispatchers need to run without a broker: tables
-read and written by partition, a flush that writes them (stage by stage, like
+"""The in-memory stand-ins the dispatchers need to run without a broker: tables (the
+memory store), a flush that writes them (stage by stage, like
 mailstream.state.staged_flush) and keeps the messages it was given, a clock the test
 moves, and providers and webhook clients that answer what the test scripted."""
 
@@ -16,36 +16,24 @@ from mailstream.delivery.pacing import Pacer
 from mailstream.delivery.state_machine import RetryPolicy
 from mailstream.delivery.unsubscribe_links import UnsubscribeTokens
 from mailstream.providers.base import Accepted, Message, SendFailure
+from mailstream.state.memory_store import MemoryStore
 from mailstream.state.staged_flush import STAGES, Outbox
 from mailstream.suppression.entries import Suppression
 from mailstream.webhooks_out.poster import CallResult
 
 
-class MemoryTable:
-    """A table of bytes keys and values per partition (the PartitionStore calls the
-    dispatchers make)."""
+class MemoryTable(MemoryStore):
+    """A table in memory (mailstream.state.memory_store), with the two shortcuts the tests
+    take: putting one record, and listing every key."""
 
     def __init__(self, name: str, partitions: tuple[int, ...] = (0, 1)) -> None:
-        self.name = name
-        self.data: dict[int, dict[bytes, bytes]] = {p: {} for p in partitions}
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self.data[partition].get(key)
+        super().__init__(name, partitions)
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            self.data[partition].pop(key, None)
-        else:
-            self.data[partition][key] = value
-
-    def keys_between(self, partition: int, start: bytes, end: bytes, limit: int) -> list[bytes]:
-        return sorted(k for k in self.data[partition] if start <= k < end)[:limit]
-
-    def active_partitions(self) -> list[int]:
-        return sorted(self.data)
+        self.write(partition, {key: value}, 0)
 
     def keys(self) -> list[tuple[int, bytes]]:
-        return [(p, k) for p, items in self.data.items() for k in sorted(items)]
+        return [(p, k) for p in self.active_partitions() for k, _ in self.items(p)]
 
 
 @dataclass
@@ -66,8 +54,7 @@ class MemoryFlush:
                 staged(stage)
         for stage in STAGES:
             for (store, partition), items in outbox.writes[stage].items():
-                for key, value in items.items():
-                    store.put(partition, key, value)
+                store.write(partition, items, 0)
         for topic, key, value, headers, _ in outbox.messages:
             self.messages.append((topic, key, value, dict(headers or [])))
 
