@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import time
 
-from mailstream.core.ingest_batch import NOT_READ, RawMessage
+from mailstream.core.ingest_batch import NOT_READ
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key, note_feedback
 from mailstream.feedback.normalised import Feedback, FeedbackSettings, apply_feedback
 from mailstream.kafka.backfill import Intake
 from mailstream.kafka.partitioning import partition_for
+from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import STATE_LOCK, Outbox, flush

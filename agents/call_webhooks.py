@@ -12,11 +12,11 @@ import logging
 import time
 
 from mailstream.config.webhooks_out_settings import Endpoint
-from mailstream.core.ingest_batch import RawMessage
 from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.state_machine import Delivery
 from mailstream.kafka.backfill import Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
+from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import BEFORE_STATE, Outbox

@@ -15,13 +15,13 @@ from typing import Any
 
 from faust.types import TP
 
-from mailstream.core.ingest_batch import RawMessage
 from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.send_dispatcher import SendDispatcher
 from mailstream.delivery.send_intake import SendIntake
 from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
+from mailstream.kafka.records import RawMessage
 from mailstream.runtime.components import DeliveryRuntime, Runtime
 from mailstream.state.staged_flush import HANDOFF
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 
-from mailstream.core.ingest_batch import RawMessage
 from mailstream.feedback.normalised import destination
 from mailstream.feedback.replay_guard import (
     Claim,
@@ -28,6 +27,7 @@ from mailstream.feedback.replay_guard import (
     judge,
 )
 from mailstream.kafka.backfill import Intake
+from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import Outbox, flush

@@ -18,7 +18,6 @@ from mailstream.core.ingest_batch import (
     BatchResult,
     DeadLetter,
     IngestSettings,
-    RawMessage,
     add_to_ledger,
     ingest_batch,
 )
@@ -28,6 +27,7 @@ from mailstream.core.user_state import UserState
 from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
+from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import STATE_LOCK, Outbox, flush

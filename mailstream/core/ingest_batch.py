@@ -14,6 +14,7 @@ from mailstream.core.tenants import OTHER_LABEL, EventRates, Tenancy
 from mailstream.core.user_state import UserState, apply_event, identify_problem, user_key
 from mailstream.core.windows import SamplingRule, ThrottleRule, sample, throttle
 from mailstream.kafka.partitioning import partition_for
+from mailstream.kafka.records import RawMessage
 
 PROCESSED = "processed"
 DEDUPLICATED = "deduplicated"
@@ -26,29 +27,6 @@ REROUTED = "rerouted"
 OUTCOMES = (PROCESSED, DEDUPLICATED, SAMPLED_OUT, THROTTLED, DEAD_LETTERED, REROUTED)
 # The event type and tenant label of a rerouted event: it is moved unread.
 NOT_READ = "(not read)"
-
-Headers = tuple[tuple[str, bytes], ...]
-
-
-@dataclass(slots=True, frozen=True)
-class RawMessage:
-    """One consumed Kafka message, as the ingest core needs it."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = ()
-
-
-def headers_of(raw: Any) -> Headers:
-    """A consumed record's headers as (name, bytes) pairs, from a client's sequence of
-    pairs or mapping (or None)."""
-    if not raw:
-        return ()
-    items = raw.items() if isinstance(raw, Mapping) else raw
-    return tuple((str(name), bytes(value or b"")) for name, value in items)
 
 
 @dataclass(slots=True, frozen=True)
@@ -114,39 +92,6 @@ class BatchResult:
         for (outcome, label, _tenant), n in self.counts.items():
             out[(outcome, label)] = out.get((outcome, label), 0) + n
         return out
-
-
-@dataclass(slots=True)
-class OffsetPlan:
-    """Which messages of a batch to process, and which offsets are missing before them."""
-
-    fresh: list[RawMessage]
-    replayed: int
-    missing: dict[int, list[tuple[int, int]]]  # partition -> [start, end) ranges to fetch
-
-
-def plan_offsets(messages: Sequence[RawMessage], progress: dict[int, int | None]) -> OffsetPlan:
-    """Compare a batch with each partition's next unapplied offset.
-
-    Offsets below it were applied before (a replay after a crash or a rebalance) and are
-    dropped; offsets above it mean the consumer skipped messages, which must be fetched
-    and applied first. ``progress[p]`` is None for a partition never processed.
-    """
-    fresh: list[RawMessage] = []
-    replayed = 0
-    missing: dict[int, list[tuple[int, int]]] = {}
-    expected = dict(progress)
-    for msg in messages:
-        nxt = expected.get(msg.partition)
-        if nxt is not None:
-            if msg.offset < nxt:
-                replayed += 1
-                continue
-            if msg.offset > nxt:
-                missing.setdefault(msg.partition, []).append((nxt, msg.offset))
-        expected[msg.partition] = msg.offset + 1
-        fresh.append(msg)
-    return OffsetPlan(fresh, replayed, missing)
 
 
 def _key_problem(key: bytes | None, user_id: str) -> Invalid:

@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mailstream.core.cluster_trust import ClusterKey
-from mailstream.core.ingest_batch import RawMessage
 from mailstream.core.tenants import Tenancy
 from mailstream.delivery.dispatch_shell import Flush, QueueTables
 from mailstream.delivery.send_command import decode_send_command, verified_send_command
@@ -17,6 +16,7 @@ from mailstream.delivery.send_dispatcher import observe_path
 from mailstream.delivery.state_machine import Delivery, accept, delivery_key
 from mailstream.kafka.backfill import Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
+from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.state.staged_flush import BEFORE_STATE, Outbox
 from mailstream.workflows.apply_effects import dead_letter_counted

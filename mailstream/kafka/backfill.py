@@ -12,9 +12,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from mailstream.core.ingest_batch import RawMessage, headers_of, plan_offsets
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.embedded_quirks import reads_until_empty
+from mailstream.kafka.records import RawMessage, headers_of, plan_offsets
 from mailstream.observability import metrics
 from mailstream.state.staged_flush import Outbox
 from mailstream.state.store import Store, progress_key

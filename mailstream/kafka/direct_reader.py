@@ -27,8 +27,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from mailstream.core.ingest_batch import RawMessage, headers_of
 from mailstream.kafka.clients import start_client
+from mailstream.kafka.records import RawMessage, headers_of
 
 logger = logging.getLogger(__name__)
 

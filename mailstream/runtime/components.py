@@ -12,7 +12,6 @@ import faust
 
 from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import cluster_key
-from mailstream.core.ingest_batch import RawMessage
 from mailstream.core.tenants import OTHER_LABEL
 from mailstream.delivery.compose import Sender
 from mailstream.delivery.fair_share import FairPacer
@@ -22,6 +21,7 @@ from mailstream.delivery.unsubscribe_links import UnsubscribeTokens
 from mailstream.exceptions import ConfigError
 from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.kafka.broker_watch import BrokerContact
+from mailstream.kafka.records import RawMessage
 from mailstream.providers import build_provider
 from mailstream.providers.base import Provider
 from mailstream.state.rocksdb_store import PartitionStore, TableSpec, raw_table

@@ -9,9 +9,9 @@ import logging
 import orjson
 
 from mailstream.core.cluster_trust import ClusterKey
-from mailstream.core.ingest_batch import RawMessage
 from mailstream.core.user_state import UserState
 from mailstream.delivery.send_command import encode_send_command, send_command, template_user
+from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox
 from mailstream.state.store import Store

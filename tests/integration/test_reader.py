@@ -12,9 +12,9 @@ from contextlib import asynccontextmanager
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from mailstream.core.ingest_batch import RawMessage
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_broker import EmbeddedBroker
+from mailstream.kafka.records import RawMessage
 from mailstream.kafka.topics import ensure_topics
 
 

@@ -18,13 +18,12 @@ from mailstream.core.ingest_batch import (
     THROTTLED,
     BatchResult,
     IngestSettings,
-    RawMessage,
     add_to_ledger,
     ingest_batch,
-    plan_offsets,
 )
 from mailstream.core.user_state import UserState, split_key, user_key
 from mailstream.core.windows import SamplingRule, ThrottleRule
+from mailstream.kafka.records import RawMessage, plan_offsets
 from tests.unit.users_in_memory import UsersTable
 
 NOW_MS = 1_700_000_000_000

@@ -23,15 +23,10 @@ from mailstream.core.events import (
     decode_event,
     within_limits,
 )
-from mailstream.core.ingest_batch import (
-    DEAD_LETTERED,
-    PROCESSED,
-    IngestSettings,
-    RawMessage,
-    ingest_batch,
-)
+from mailstream.core.ingest_batch import DEAD_LETTERED, PROCESSED, IngestSettings, ingest_batch
 from mailstream.core.user_state import UserState, identify_problem, user_key
 from mailstream.exceptions import ConfigError
+from mailstream.kafka.records import RawMessage
 from mailstream.state.staged_flush import Outbox
 from mailstream.workflows.apply_effects import (
     PRODUCER_MAX_REQUEST_BYTES,

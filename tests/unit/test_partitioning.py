@@ -19,12 +19,11 @@ from mailstream.core.ingest_batch import (
     PROCESSED,
     REROUTED,
     IngestSettings,
-    RawMessage,
     add_to_ledger,
-    headers_of,
     ingest_batch,
 )
 from mailstream.kafka.partitioning import keyed_partition, misplaced, partition_for
+from mailstream.kafka.records import RawMessage, headers_of
 from mailstream.producer import EventProducer
 from mailstream.state.staged_flush import Outbox, flush
 from tests.unit.users_in_memory import UsersTable

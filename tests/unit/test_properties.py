@@ -35,11 +35,11 @@ from mailstream.core.ingest_batch import (
     OUTCOMES,
     PROCESSED,
     IngestSettings,
-    RawMessage,
     ingest_batch,
 )
 from mailstream.core.user_state import UserState
 from mailstream.core.windows import DAY_MS, Cap, QuietHours, SamplingRule, ThrottleRule
+from mailstream.kafka.records import RawMessage
 from mailstream.suppression.entries import REASON_SCOPES, Suppression, normalise_address, parse_csv
 from mailstream.workflows.send_policy import (
     DEFER,

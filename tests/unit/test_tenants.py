@@ -15,7 +15,6 @@ from mailstream.core.ingest_batch import (
     PROCESSED,
     THROTTLED,
     IngestSettings,
-    RawMessage,
     ingest_batch,
 )
 from mailstream.core.tenants import OTHER_LABEL, EventRates, Quota, Tenancy, over_daily_quota
@@ -23,6 +22,7 @@ from mailstream.delivery.fair_share import CHOSEN, LANE_DONE, SKIP, STOP, TENANT
 from mailstream.delivery.pacing import GO, RATE_WAIT, Pacer
 from mailstream.delivery.state_machine import QueueKey, accept, delivery_key, rank_bounds
 from mailstream.exceptions import ConfigError
+from mailstream.kafka.records import RawMessage
 
 DAY = date(2025, 3, 1)
 
