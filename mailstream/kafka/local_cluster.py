@@ -177,9 +177,9 @@ class LocalKafka:
                 raise KafkaUnavailable(f"formatting node {node.node_id} failed: {formatted.stdout}")
         for node in self.nodes:
             node.log = open(node.directory / "server.log", "ab")  # noqa: SIM115 - closed in stop()
-            props = str(node.directory / "server.properties")
+            config_file = f"{node.directory / 'server.properties'}"
             node.process = subprocess.Popen(  # noqa: S603 - java, with our own arguments
-                self._java(libs, "kafka.Kafka", props),
+                self._java(libs, "kafka.Kafka", config_file),
                 stdout=node.log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
