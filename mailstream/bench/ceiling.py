@@ -35,7 +35,8 @@ def main() -> None:
         datadir=datadir,
         topic_partitions=int(partitions),
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=3.0,
+        # Apache Kafka refuses a session under group.min.session.timeout.ms (6 s)
+        broker_session_timeout=3.0 if kind == "embedded" else 6.0,
         broker_heartbeat_interval=0.5,
         web_enabled=False,
     )

@@ -93,11 +93,14 @@ class Site:
         return name + self.suffix
 
     def broker_config(self) -> dict[str, Any]:
-        """The worker config's ``broker``: short timeouts, so a phase starts quickly."""
+        """The worker config's ``broker``: short timeouts, so a phase starts quickly; on
+        Apache Kafka the shortest session its group.min.session.timeout.ms allows (6 s by
+        default: it refuses a JoinGroup asking for less)."""
+        session = "3s" if self.embedded else "6s"
         return {
             "url": self.broker.url,
             "embedded": self.embedded,
-            "session_timeout": "3s",
+            "session_timeout": session,
             "heartbeat_interval": "500ms",
             "rebalance_timeout": "3s",
         }

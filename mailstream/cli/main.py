@@ -45,6 +45,7 @@ commands:
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
   bench     measure the pipeline against a bare Faust agent, timer lag or delivery rate
+  kafka     run a local Apache Kafka cluster (needs Java and Maven)
 """
 
 
@@ -396,8 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_render_parser(sub)
 
     from mailstream.bench.command import add_bench_parser
+    from mailstream.cli.kafka import add_kafka_parser
 
     add_bench_parser(sub)
+    add_kafka_parser(sub)
 
     p = sub.add_parser("demo", help="broker, worker and synthetic traffic; Ctrl-C stops all")
     p.add_argument("--port", type=int, default=9092, help="broker port (default 9092)")

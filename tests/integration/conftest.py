@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
+from mailstream.kafka.local_cluster import LocalKafka
 from tests.integration.harness import Deployment
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if os.environ.get("MAILSTREAM_TEST_BROKER") == "kafka":  # exploring: the Kafka tier
+        cluster = LocalKafka(tmp_path_factory.mktemp("kafka"), nodes=3)
+        cluster.start()
+        yield cluster
+        cluster.stop()
+        return
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     b = EmbeddedBroker("127.0.0.1", free_port(), log_path=log)
     b.start()

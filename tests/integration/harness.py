@@ -152,6 +152,24 @@ class Worker:
         return parse_metrics(body)
 
 
+def broker_settings(broker: Any) -> dict[str, Any]:
+    """A worker's ``broker:`` section for the broker under test. Apache Kafka refuses a
+    session timeout under its group.min.session.timeout.ms (6 s by default)."""
+    if isinstance(broker, EmbeddedBroker):
+        return {
+            "url": broker.url,
+            "embedded": True,
+            "session_timeout": "3s",
+            "heartbeat_interval": "500ms",
+        }
+    return {
+        "url": broker.url,
+        "embedded": False,
+        "session_timeout": "6s",
+        "heartbeat_interval": "1s",
+    }
+
+
 @dataclass
 class Deployment:
     """One test's namespace: its own app id, topics, consumer group and workers."""
@@ -183,12 +201,7 @@ class Deployment:
     def write_config(self) -> None:
         doc: dict[str, Any] = {
             "app_id": self.app_id,
-            "broker": {
-                "url": self.broker.url,
-                "embedded": True,
-                "session_timeout": "3s",
-                "heartbeat_interval": "500ms",
-            },
+            "broker": broker_settings(self.broker),
             "topics": self.topics,
             "ingest": {"batch_within": "20ms"},
             "workflows": {},

@@ -1,0 +1,219 @@
+"""A local Apache Kafka cluster: a pinned release resolved from Maven Central, and KRaft
+nodes (broker and controller in one process) started on free loopback ports.
+
+For the test suite's Kafka tier and for trying mailstream on the broker production runs
+(``mailstream kafka``). It needs Java 17 or newer and Maven; the release's jars are
+resolved once into a cache directory outside the repository.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from mailstream.exceptions import BrokerError
+from mailstream.kafka.embedded_broker import free_port, wait_for_port
+
+logger = logging.getLogger(__name__)
+
+KAFKA_VERSION = "4.4.0"
+ARTIFACTS = ("kafka_2.13", "kafka-tools")
+CACHE_ENV = "MAILSTREAM_KAFKA_CACHE"
+HEAP = "-Xmx384m"
+
+POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>mailstream</groupId>
+  <artifactId>local-kafka</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+{dependencies}
+  </dependencies>
+</project>
+"""
+DEPENDENCY = """    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>{artifact}</artifactId>
+      <version>{version}</version>
+    </dependency>"""
+
+
+class KafkaUnavailable(BrokerError):
+    """Java or Maven is missing, or the release could not be resolved."""
+
+
+def cache_dir() -> Path:
+    base = os.environ.get(CACHE_ENV) or str(Path.home() / ".cache" / "mailstream")
+    return Path(base) / f"kafka-{KAFKA_VERSION}"
+
+
+def missing_tools() -> list[str]:
+    """The tools a local cluster needs that this machine lacks."""
+    return [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
+
+
+def resolve(cache: Path | None = None, timeout: float = 900.0) -> Path:
+    """The directory holding the pinned release's jars, resolved with Maven the first
+    time (about 55 MB)."""
+    libs = (cache or cache_dir()) / "libs"
+    done = libs / ".complete"
+    if done.exists():
+        return libs
+    lacking = missing_tools()
+    if lacking:
+        raise KafkaUnavailable(
+            f"a local Apache Kafka needs {' and '.join(lacking)} on the PATH (Java 17+, Maven)"
+        )
+    dependencies = "\n".join(
+        DEPENDENCY.format(artifact=a, version=KAFKA_VERSION) for a in ARTIFACTS
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "pom.xml").write_text(POM.format(dependencies=dependencies))
+        cmd = [
+            "mvn",
+            "-q",
+            "-B",
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={libs}",
+            "-DincludeScope=runtime",
+        ]
+        done_run = subprocess.run(  # noqa: S603 - Maven, with our own arguments
+            cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout
+        )
+    if done_run.returncode != 0:
+        tail = (done_run.stdout + done_run.stderr).strip().splitlines()[-5:]
+        raise KafkaUnavailable(
+            f"Maven could not resolve Apache Kafka {KAFKA_VERSION}: " + " | ".join(tail)
+        )
+    done.touch()
+    return libs
+
+
+def cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, base64url without padding."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class Node:
+    node_id: int
+    port: int
+    controller_port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+    log: IO[bytes] | None = None
+
+
+class LocalKafka:
+    """``nodes`` combined broker+controller processes under ``root``, replication as a
+    production cluster has it (3 and min.insync.replicas 2 with three nodes)."""
+
+    def __init__(self, root: Path, nodes: int = 3, host: str = "127.0.0.1") -> None:
+        self.root = Path(root)
+        self.host = host
+        self.nodes = [
+            Node(i + 1, free_port(host), free_port(host), self.root / f"node-{i + 1}")
+            for i in range(nodes)
+        ]
+        self.replication = min(3, nodes)
+        self.min_insync = 2 if nodes >= 3 else 1
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"{self.host}:{n.port}" for n in self.nodes)
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap_servers}"
+
+    def properties(self, node: Node) -> str:
+        voters = ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in self.nodes)
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": node.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": (
+                f"PLAINTEXT://{self.host}:{node.port},CONTROLLER://{self.host}:{node.controller_port}"
+            ),
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{node.port}",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "log.dirs": node.directory / "data",
+            "num.partitions": 4,
+            "default.replication.factor": self.replication,
+            "min.insync.replicas": self.min_insync,
+            "offsets.topic.replication.factor": self.replication,
+            "transaction.state.log.replication.factor": self.replication,
+            "transaction.state.log.min.isr": self.min_insync,
+            # tests join groups by the dozen: no three-second wait for more members
+            "group.initial.rebalance.delay.ms": 0,
+        }
+        return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def _java(self, libs: Path, *args: str) -> list[str]:
+        return ["java", HEAP, "-cp", f"{libs}/*", *args]
+
+    def start(self, timeout: float = 90.0) -> None:
+        libs = resolve()
+        cid = cluster_id()
+        for node in self.nodes:
+            node.directory.mkdir(parents=True, exist_ok=True)
+            props = node.directory / "server.properties"
+            props.write_text(self.properties(node))
+            cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", f"{props}")
+            formatted = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603
+            if formatted.returncode != 0:
+                raise KafkaUnavailable(f"formatting node {node.node_id} failed: {formatted.stdout}")
+        for node in self.nodes:
+            node.log = open(node.directory / "server.log", "ab")  # noqa: SIM115 - closed in stop()
+            config_file = f"{node.directory / 'server.properties'}"
+            node.process = subprocess.Popen(  # noqa: S603 - java, with our own arguments
+                self._java(libs, "kafka.Kafka", config_file),
+                stdout=node.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            left = max(1.0, deadline - time.monotonic())
+            if not wait_for_port(self.host, node.port, left):
+                self.stop()
+                raise KafkaUnavailable(
+                    f"Kafka node {node.node_id} did not listen on {self.host}:{node.port}"
+                    f" within {timeout:.0f} s (see {node.directory / 'server.log'})"
+                )
+        logger.info("local Apache Kafka %s on %s", KAFKA_VERSION, self.bootstrap_servers)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                node.process.terminate()
+        for node in self.nodes:
+            proc, node.process = node.process, None
+            if proc is not None:
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout)
+            if node.log is not None:
+                node.log.close()
+                node.log = None
+
+    def __enter__(self) -> LocalKafka:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
