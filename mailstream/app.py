@@ -21,11 +21,8 @@ PRODUCER_BATCH_BYTES = 256 * 1024
 
 def create_app(config: Config) -> faust.App:
     options: dict[str, Any] = {}
-    # What the broker needs of Faust's consumer (the embedded one's quirks). With both
-    # direct readers on, Faust's own consumer carries only feedback and webhook calls.
-    embedded_quirks.install(
-        config, send_path=not (config.ingest.direct_read and config.delivery.direct_read)
-    )
+    # What the broker needs of Faust's consumer (the embedded one's quirks).
+    embedded_quirks.install(config)
     # aiohttp closes a connection still waiting for a whole request when its keep-alive
     # timer fires, and starts that timer on connect: this bounds how long a client may
     # take to send a request's headers (3630 s by default, room for slowloris).

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.clients import start_client
 from mailstream.kafka.partitioning import keyed_partition
 
 
@@ -81,9 +82,8 @@ class EventProducer:
     async def start(self) -> None:
         """Connect; BrokerError (one line, no traceback to print) if the broker is not there."""
         try:
-            await self._producer.start()
+            await start_client(self._producer)  # stopped again if that fails
         except KafkaError as exc:
-            await self._producer.stop()
             raise BrokerError(unreachable(self._servers, exc)) from None
 
     async def stop(self) -> None:

@@ -41,20 +41,21 @@ EMBEDDED_SIDE_FETCH_WAIT = 0.2
 _reads_until_empty = True
 
 
-def install(config: Config, send_path: bool = True) -> None:
+def install(config: Config) -> None:
     """Switch on what the configured broker needs, once per process, when the app is built.
 
     On the embedded broker: Faust's table recovery reads each changelog to the end a fetch
     reports, and a read to a partition's end stops at an empty fetch. On any broker: Faust's
-    consumer waits ``fetch_max_wait(config, send_path)`` for data in a fetch, when that is
-    not the client's default. ``send_path``: whether Faust's own consumer carries events
-    on their way to a send (it does not when the direct readers read those topics)."""
+    consumer waits ``fetch_max_wait(config, send_path=False)`` for data in a fetch, when
+    that is not the client's default: the direct readers read the events and send topics,
+    so Faust's own consumer carries no event on its way to a send (only feedback, claims
+    and webhook commands)."""
     global _reads_until_empty
     _reads_until_empty = config.broker.embedded
     _restore()  # an app built before in this process (the tests) leaves no patch behind
     if config.broker.embedded:
         correct_recovery_highwaters(config.bootstrap_servers)
-    wait = fetch_max_wait(config, send_path=send_path)
+    wait = fetch_max_wait(config, send_path=False)
     if wait is not None:
         set_fetch_max_wait(wait)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO
 
 from mailstream.exceptions import BrokerError
-from mailstream.kafka.embedded_broker import free_port, wait_for_port
+from mailstream.kafka.embedded_broker import free_port, stop_process, wait_for_port
 
 logger = logging.getLogger(__name__)
 
@@ -202,11 +202,7 @@ class LocalKafka:
         for node in self.nodes:
             proc, node.process = node.process, None
             if proc is not None:
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout)
+                stop_process(proc, timeout)
             if node.log is not None:
                 node.log.close()
                 node.log = None

@@ -90,7 +90,7 @@ class Runtime:
             config.topics.events,
             key_serializer="raw",
             value_serializer="raw",
-            acks=not config.ingest.direct_read,
+            acks=False,
         )
         self.suppression_list = GlobalSuppressionList(
             config.bootstrap_servers,
