@@ -24,17 +24,20 @@ demo: $(STAMP) ## embedded broker, a worker and synthetic traffic; Ctrl-C stops 
 bench: $(STAMP) ## mailstream bench: the pipeline's figures (ARGS= for another scenario or size)
 	$(VENV)/bin/mailstream bench $(ARGS)
 
-# Two test processes: the integration tests mostly wait (group joins, timers), and
-# each process starts its own broker. --dist loadfile keeps a file's tests together.
+# Two test processes: the integration tests mostly wait (group joins, timers). Each
+# integration test runs on both brokers: the embedded one (one per process) and a local
+# 3-node Apache Kafka (one for the session; its jars are resolved with Maven on first use).
+# MAILSTREAM_TEST_BROKERS=embedded (or kafka) runs one tier. --dist loadfile keeps a
+# file's tests together.
 PARALLEL := -n 2 --dist loadfile
 
-test: $(STAMP) ## the whole suite: unit tests and integration tests on a real broker, two at a time
+test: $(STAMP) ## the whole suite: unit tests, and integration tests on the embedded broker and on Apache Kafka
 	$(PY) -m pytest $(PARALLEL) tests
 
 unit: $(STAMP) ## tests without a broker: the pure core, and the agents on in-memory tables
 	$(PY) -m pytest tests/unit tests/agents
 
-integration: $(STAMP) ## integration tests only (real broker, real worker processes)
+integration: $(STAMP) ## integration tests only (both brokers, real worker processes)
 	$(PY) -m pytest $(PARALLEL) tests/integration
 
 lint: $(STAMP) ## ruff (rules and format) and mypy (strict); .pre-commit-config.yaml runs the same

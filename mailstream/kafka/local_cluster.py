@@ -67,13 +67,14 @@ def resolve(cache: Path | None = None, timeout: float = 900.0) -> Path:
     time (about 55 MB)."""
     libs = (cache or cache_dir()) / "libs"
     done = libs / ".complete"
-    if done.exists():
-        return libs
-    lacking = missing_tools()
+    needed = ("java",) if done.exists() else ("java", "mvn")  # Maven only to resolve
+    lacking = [tool for tool in needed if shutil.which(tool) is None]
     if lacking:
         raise KafkaUnavailable(
             f"a local Apache Kafka needs {' and '.join(lacking)} on the PATH (Java 17+, Maven)"
         )
+    if done.exists():
+        return libs
     dependencies = "\n".join(
         DEPENDENCY.format(artifact=a, version=KAFKA_VERSION) for a in ARTIFACTS
     )
