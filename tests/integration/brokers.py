@@ -88,7 +88,8 @@ def shared_kafka(root: Path) -> tuple[SharedKafka, list[int] | None]:
             data = json.loads(record.read_text())
             if "error" in data:
                 raise KafkaUnavailable(data["error"])
-            return SharedKafka(data["bootstrap_servers"], data["replication"], data["min_insync"]), None
+            handle = SharedKafka(data["bootstrap_servers"], data["replication"], data["min_insync"])
+            return handle, None
         cluster = LocalKafka(root / "kafka", nodes=3)
         try:
             cluster.start()
