@@ -73,11 +73,19 @@ class EventProducer:
         self.topic = topic
         self.tenant_id = tenant_id
         self._servers = bootstrap_servers
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **producer_options)
+        # Every replica in sync has an event before it counts as sent, and a retried
+        # send is never written twice: no event lost to a leader change, none doubled.
+        # The embedded broker lacks InitProducerId: pass enable_idempotence=False there
+        # (from_config does, for broker.embedded: true).
+        options = {"acks": "all", "enable_idempotence": True} | producer_options
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **options)
 
     @classmethod
     def from_config(cls, config: Config, **producer_options: Any) -> EventProducer:
-        return cls(config.bootstrap_servers, config.topics.events, **producer_options)
+        """A producer for the config's broker and events topic (acks=all, idempotent
+        except on the embedded broker, which cannot be)."""
+        options = {"enable_idempotence": not config.broker.embedded} | producer_options
+        return cls(config.bootstrap_servers, config.topics.events, **options)
 
     async def start(self) -> None:
         """Connect; BrokerError (one line, no traceback to print) if the broker is not there."""

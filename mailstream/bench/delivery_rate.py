@@ -68,7 +68,12 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
     sink = Sink()
     await sink.start()
     topics = await site.topics(name)
-    producer = AIOKafkaProducer(bootstrap_servers=site.broker.bootstrap_servers, linger_ms=20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=site.broker.bootstrap_servers,
+        linger_ms=20,
+        acks="all",
+        enable_idempotence=not site.embedded,  # the embedded broker lacks InitProducerId
+    )
     await producer.start()
     cluster = ClusterKey(site.cluster_secret)  # the workers obey signed commands only
     try:
