@@ -197,8 +197,7 @@ async def _broker_default_replication(admin: AIOKafkaAdminClient) -> int | None:
         cluster = await admin.describe_cluster()
         node = str(cluster["controller_id"] if cluster["controller_id"] >= 0 else "")
         node = node or str(cluster["brokers"][0]["node_id"])
-        wanted = {"default.replication.factor": None}
-        resource = ConfigResource(ConfigResourceType.BROKER, node, wanted)
+        resource = ConfigResource(ConfigResourceType.BROKER, node)  # every setting: see below
         responses = await admin.describe_configs([resource])
         for response in responses:
             for error, _msg, _type, _name, entries in response.resources:
@@ -213,9 +212,9 @@ async def _broker_default_replication(admin: AIOKafkaAdminClient) -> int | None:
 async def _cleanup_policies(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, str]:
     """Topic -> its cleanup.policy; ``delete`` (Kafka's default) when the broker does not
     list it (the embedded broker lists only the settings a topic was created with)."""
-    resources = [
-        ConfigResource(ConfigResourceType.TOPIC, n, {"cleanup.policy": None}) for n in names
-    ]
+    # Every setting of each topic: the embedded broker drops the connection when the
+    # request names the settings it wants.
+    resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
     policies = dict.fromkeys(names, "delete")
     for response in await admin.describe_configs(resources):
         for error, message, _type, name, entries in response.resources:
