@@ -239,8 +239,10 @@ def topic_problems(
     problems = []
     wanted = config.topics.partitions
     for name, settings in topic_configs(config).items():
-        have = len(partitions.get(name, []))
-        if name in partitions and have < wanted:
+        if name not in partitions:
+            continue  # created with its settings once it is needed
+        have = len(partitions[name])
+        if have < wanted:
             problems.append(
                 f"topic {name} has {have} partitions, fewer than topics.partitions"
                 f" ({wanted}): set topics.partitions to {have}, or give the topic"
