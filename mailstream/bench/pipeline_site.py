@@ -36,12 +36,7 @@ class Bench(Site):
     async def produce(
         self, topic: str, pairs: Iterator[tuple[bytes | None, bytes]], n: int
     ) -> None:
-        async with EventProducer(
-            self.broker.bootstrap_servers,
-            topic,
-            linger_ms=20,
-            enable_idempotence=not self.embedded,  # the embedded broker cannot
-        ) as producer:
+        async with EventProducer(self.broker.bootstrap_servers, topic, linger_ms=20) as producer:
             for _ in range(n):
                 key, value = next(pairs)
                 await producer.send_raw(key, value)

@@ -52,12 +52,7 @@ async def bench_timers(
         await wait_until(ready, 90, "the worker")
         print(f"loading {pending:,} pending timers ...", flush=True)
         started = time.monotonic()
-        producing = EventProducer(
-            site.broker.bootstrap_servers,
-            topics["events"],
-            linger_ms=5,
-            enable_idempotence=not site.embedded,  # the embedded broker cannot
-        )
+        producing = EventProducer(site.broker.bootstrap_servers, topics["events"], linger_ms=5)
         async with producing as producer:
             for i in range(pending):
                 await producer.emit("hold", f"held-{i}")

@@ -209,25 +209,35 @@ async def _broker_default_replication(admin: AIOKafkaAdminClient) -> int | None:
     return None
 
 
-async def _cleanup_policies(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, str]:
+async def _cleanup_policies(
+    admin: AIOKafkaAdminClient, names: list[str], timeout: float = 10.0
+) -> dict[str, str]:
     """Topic -> its cleanup.policy; ``delete`` (Kafka's default) when the broker does not
     list it (the embedded broker lists only the settings a topic was created with)."""
     # Every setting of each topic: the embedded broker drops the connection when the
     # request names the settings it wants.
     resources = [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
-    policies = dict.fromkeys(names, "delete")
-    for response in await admin.describe_configs(resources):
-        for error, message, _type, name, entries in response.resources:
-            if error != 0:
-                raise BrokerError(
-                    f"cannot read the settings of topic {name} (DescribeConfigs error"
-                    f" {error} {message or ''}".rstrip()
-                    + "): the worker needs DescribeConfigs on its topics"
-                )
-            for entry in entries:
-                if entry[0] == "cleanup.policy" and entry[1]:
-                    policies[name] = entry[1]
-    return policies
+    deadline = time.monotonic() + timeout
+    while True:
+        policies = dict.fromkeys(names, "delete")
+        failed: dict[str, str] = {}
+        for response in await admin.describe_configs(resources):
+            for error, message, _type, name, entries in response.resources:
+                if error != 0:
+                    failed[name] = f"error {error} {message or ''}".rstrip()
+                for entry in entries:
+                    if entry[0] == "cleanup.policy" and entry[1]:
+                        policies[name] = entry[1]
+        if not failed:
+            return policies
+        # A topic just created is not yet known to every broker (unknown topic, 3).
+        if time.monotonic() > deadline:
+            name, why = next(iter(failed.items()))
+            raise BrokerError(
+                f"cannot read the settings of topic {name} (DescribeConfigs {why}): the"
+                " worker needs DescribeConfigs on its topics"
+            )
+        await asyncio.sleep(0.2)
 
 
 def topic_problems(

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.kafka.clients import start_client
+from mailstream.kafka.embedded_quirks import idempotence_supported
 from mailstream.kafka.partitioning import keyed_partition
 from mailstream.kafka.topics import create_topics, topic_partitions
 from mailstream.observability.metrics import SUPPRESSION_LIST_SIZE
@@ -381,12 +382,11 @@ async def publish(config: Config, changes: list[tuple[str, Suppression | None]])
     topic = config.topics.suppression
     # created (compacted) and checked as a worker does, so no other way in makes it wrong
     await create_topics(config)
+    # the embedded broker lacks InitProducerId, which idempotence needs
+    servers = config.bootstrap_servers
+    idempotent = not config.broker.embedded and await idempotence_supported(servers)
     producer = AIOKafkaProducer(
-        bootstrap_servers=config.bootstrap_servers,
-        acks="all",
-        # the embedded broker lacks InitProducerId, which idempotence needs
-        enable_idempotence=not config.broker.embedded,
-        linger_ms=5,
+        bootstrap_servers=servers, acks="all", enable_idempotence=idempotent, linger_ms=5
     )
     try:
         await start_client(producer)

@@ -253,11 +253,7 @@ class Deployment:
         await wait_for(probe, timeout, "workers to own all partitions")
 
     def producer(self) -> EventProducer:
-        return EventProducer(
-            self.broker.bootstrap_servers,
-            self.topics["events"],
-            enable_idempotence=not isinstance(self.broker, EmbeddedBroker),  # tansu cannot
-        )
+        return EventProducer(self.broker.bootstrap_servers, self.topics["events"])
 
     async def read_topic(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
         """Every message of ``topic`` from the start; waits until ``expected`` have arrived."""
