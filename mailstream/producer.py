@@ -94,7 +94,7 @@ class EventProducer:
     async def start(self) -> None:
         """Connect; BrokerError (one line, no traceback to print) if the broker is not there."""
         try:
-            if self._ask_idempotence and not await idempotence_supported(self._servers):
+            if self._ask_idempotence and not await self._idempotence_supported():
                 await self._producer.stop()  # never started: nothing to flush
                 options = self._options | {"enable_idempotence": False}
                 self._producer = AIOKafkaProducer(bootstrap_servers=self._servers, **options)
@@ -102,6 +102,13 @@ class EventProducer:
             await start_client(self._producer)  # stopped again if that fails
         except KafkaError as exc:
             raise BrokerError(unreachable(self._servers, exc)) from None
+
+    async def _idempotence_supported(self) -> bool:
+        try:
+            return await idempotence_supported(self._servers)
+        except BaseException:
+            await self._producer.stop()  # not started: closed, so it is not left unclosed
+            raise
 
     async def stop(self) -> None:
         await self._producer.stop()
