@@ -34,8 +34,11 @@ def create_app(config: Config) -> faust.App:
         store="rocksdb://",
         datadir=str(config.data_dir),
         topic_partitions=config.topics.partitions,
-        topic_replication_factor=config.topics.replication,
+        # the changelogs' replication: the broker's default unless the config says, as
+        # mailstream.kafka.topics.create_topics resolved it before the app is built
+        topic_replication_factor=config.topics.replication or 1,
         broker_rebalance_timeout=config.broker.rebalance_timeout,
+        broker_max_poll_interval=config.broker.max_poll_interval,
         broker_session_timeout=config.broker.session_timeout,
         broker_heartbeat_interval=config.broker.heartbeat_interval,
         consumer_auto_offset_reset="earliest",

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
 from mailstream.kafka.clients import start_client
+from mailstream.kafka.embedded_quirks import idempotence_supported
 from mailstream.kafka.partitioning import keyed_partition
 
 
@@ -73,18 +74,41 @@ class EventProducer:
         self.topic = topic
         self.tenant_id = tenant_id
         self._servers = bootstrap_servers
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **producer_options)
+        # Every replica in sync has an event before it counts as sent, and a retried
+        # send is never written twice: no event lost to a leader change, none doubled.
+        # The embedded broker lacks InitProducerId: unless told, start() asks the broker
+        # and goes without idempotence there (from_config tells for broker.embedded: true).
+        self._ask_idempotence = "enable_idempotence" not in producer_options
+        self._options = {"acks": "all", "enable_idempotence": True} | producer_options
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **self._options)
 
     @classmethod
     def from_config(cls, config: Config, **producer_options: Any) -> EventProducer:
+        """A producer for the config's broker and events topic (acks=all, idempotent
+        except on the embedded broker, which cannot be: said by broker.embedded, else
+        asked at start)."""
+        if config.broker.embedded:
+            producer_options = {"enable_idempotence": False} | producer_options
         return cls(config.bootstrap_servers, config.topics.events, **producer_options)
 
     async def start(self) -> None:
         """Connect; BrokerError (one line, no traceback to print) if the broker is not there."""
         try:
+            if self._ask_idempotence and not await self._idempotence_supported():
+                await self._producer.stop()  # never started: nothing to flush
+                options = self._options | {"enable_idempotence": False}
+                self._producer = AIOKafkaProducer(bootstrap_servers=self._servers, **options)
+            self._ask_idempotence = False
             await start_client(self._producer)  # stopped again if that fails
         except KafkaError as exc:
             raise BrokerError(unreachable(self._servers, exc)) from None
+
+    async def _idempotence_supported(self) -> bool:
+        try:
+            return await idempotence_supported(self._servers)
+        except BaseException:
+            await self._producer.stop()  # not started: closed, so it is not left unclosed
+            raise
 
     async def stop(self) -> None:
         await self._producer.stop()

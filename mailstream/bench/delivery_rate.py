@@ -21,6 +21,7 @@ from mailstream.bench.run_site import Site, stop_processes
 from mailstream.core.cluster_trust import ClusterKey
 from mailstream.delivery.send_command import encode_send_command
 from mailstream.kafka.embedded_broker import free_port
+from mailstream.kafka.embedded_quirks import idempotence_supported
 
 
 def _command(i: int) -> dict[str, Any]:
@@ -68,7 +69,14 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
     sink = Sink()
     await sink.start()
     topics = await site.topics(name)
-    producer = AIOKafkaProducer(bootstrap_servers=site.broker.bootstrap_servers, linger_ms=20)
+    servers = site.broker.bootstrap_servers
+    producer = AIOKafkaProducer(
+        bootstrap_servers=servers,
+        linger_ms=20,
+        acks="all",
+        # not on the embedded broker, which lacks InitProducerId (also given as --broker)
+        enable_idempotence=await idempotence_supported(servers),
+    )
     await producer.start()
     cluster = ClusterKey(site.cluster_secret)  # the workers obey signed commands only
     try:

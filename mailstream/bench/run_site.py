@@ -19,7 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from mailstream.config.sections import TopicsConfig
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
-from mailstream.kafka.topics import ensure_topics
+from mailstream.kafka.topics import COMPACTED, ensure_topics
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -113,7 +113,10 @@ class Site:
         topics = topic_names(self.apart(name))
         if events_from is not None:
             topics["events"] = events_from
-        await ensure_topics(self.broker.bootstrap_servers, topics.values(), partitions)
+        # the suppression list compacted, or its workers refuse the topic at start
+        compacted = {topics["suppression"]: COMPACTED}
+        servers = self.broker.bootstrap_servers
+        await ensure_topics(servers, topics.values(), partitions, topic_configs=compacted)
         return topics
 
     async def events_topic(self, name: str, partitions: int = 4) -> str:

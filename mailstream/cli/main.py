@@ -101,6 +101,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         print(f"broker ready at {broker.url} (pid {broker.process.pid if broker.process else '?'})")
         names = ", ".join(config.topics.all_names())
         print(f"topics: {names} ({config.topics.partitions} partitions)")
+        print("start workers with broker.embedded: true (or MAILSTREAM_BROKER_EMBEDDED=true)")
         sys.stdout.flush()
         while not stop.is_set() and broker.process is not None and broker.process.poll() is None:
             stop.wait(0.2)
@@ -133,7 +134,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         config.web.host, config.web.port, "web.port", "--web-port or MAILSTREAM_WEB_PORT"
     )
     lock_data_dir(config.data_dir)
-    asyncio.run(create_topics(config))
+    # the topics' replication resolved (the broker's default), for the tables' changelogs
+    config = asyncio.run(create_topics(config))
     # A broker that lost its data (a memory-only one restarted) behind the local state:
     # one line saying so, rather than Faust's recovery crashing on every start.
     asyncio.run(

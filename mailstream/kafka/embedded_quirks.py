@@ -12,6 +12,8 @@ Two things tansu does unlike Apache Kafka:
   Kafka answers at once. So fetches wait briefly on the embedded broker
   (``fetch_max_wait``), and Faust's consumer, which asks for a fixed 1.5 s, is made to
   wait as long (``install``).
+- It lacks InitProducerId, so it cannot take an idempotent producer: a producer that was
+  not told asks first (``idempotence_supported``).
 
 The rest of mailstream calls the functions here and never checks ``broker.embedded`` for
 a workaround. When tansu answers ListOffsets and fetches as Kafka does, this module goes.
@@ -34,6 +36,9 @@ EMBEDDED_FETCH_WAIT = 0.02
 # ... for the fetches no event waits on to become a send (feedback, webhook calls, send
 # commands another worker wrote): an idle consumer polls this often, not every 20 ms.
 EMBEDDED_SIDE_FETCH_WAIT = 0.2
+
+# The cluster id tansu reports (its default; mailstream starts it with no other).
+EMBEDDED_CLUSTER_ID = "tansu_cluster"
 
 # Whether a read to the end of a partition must go on until a fetch comes back empty;
 # ``install`` sets it from the config. Until then (a process that built no app): yes,
@@ -192,3 +197,17 @@ def correct_recovery_highwaters(bootstrap_servers: str) -> None:
         return await fetched_end_offsets(bootstrap_servers, dict(listed))
 
     AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+
+
+async def idempotence_supported(bootstrap_servers: str) -> bool:
+    """Whether the broker can take an idempotent producer: not the embedded one, which
+    answers InitProducerId with an unknown error (found by its cluster id)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    await start_client(admin)
+    try:
+        cluster = await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return bool(cluster.get("cluster_id") != EMBEDDED_CLUSTER_ID)

@@ -22,6 +22,7 @@ from mailstream.exceptions import ConfigError
 from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.kafka.broker_watch import BrokerContact
 from mailstream.kafka.records import RawMessage
+from mailstream.kafka.topics import changelog_configs
 from mailstream.providers import build_provider
 from mailstream.providers.base import Provider
 from mailstream.state.rocksdb_store import PartitionStore, TableSpec, raw_table
@@ -58,7 +59,7 @@ class Tables:
         partitions = config.topics.partitions
 
         def table(spec: TableSpec) -> PartitionStore:
-            return raw_table(app, spec, partitions)
+            return raw_table(app, spec, partitions, changelog_configs(config))
 
         tables = cls(
             table(USERS),

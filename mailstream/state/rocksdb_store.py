@@ -194,11 +194,15 @@ class TableSpec:
     due: DueTime | None = None
 
 
-def raw_table(app: Any, spec: TableSpec, partitions: int) -> PartitionStore:
-    """A RocksDB table of bytes keys and values, partitioned like the events topic."""
+def raw_table(
+    app: Any, spec: TableSpec, partitions: int, topic_configs: dict[str, str] | None = None
+) -> PartitionStore:
+    """A RocksDB table of bytes keys and values, partitioned like the events topic;
+    ``topic_configs`` go to its changelog topic when Faust creates it."""
     table = app.Table(
         spec.name,
         partitions=partitions,
+        extra_topic_configs=topic_configs or {},
         # bytes in, bytes out: Faust picks the raw codec for the changelog and the store.
         key_type=bytes,
         value_type=bytes,

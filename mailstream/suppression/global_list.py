@@ -23,8 +23,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.kafka.clients import start_client
+from mailstream.kafka.embedded_quirks import idempotence_supported
 from mailstream.kafka.partitioning import keyed_partition
-from mailstream.kafka.topics import COMPACTED, ensure_topics, topic_partitions
+from mailstream.kafka.topics import create_topics, topic_partitions
 from mailstream.observability.metrics import SUPPRESSION_LIST_SIZE
 from mailstream.suppression.entries import Suppression, normalise_address
 
@@ -379,14 +380,14 @@ async def publish(config: Config, changes: list[tuple[str, Suppression | None]])
             raise MailstreamError(f'"{address}" is not an email address')
         keyed.append((normalised.encode(), entry.encode() if entry is not None else None))
     topic = config.topics.suppression
-    await ensure_topics(
-        config.bootstrap_servers,
-        [topic],
-        config.topics.partitions,
-        config.topics.replication,
-        configs=COMPACTED,
+    # created (compacted) and checked as a worker does, so no other way in makes it wrong
+    await create_topics(config)
+    # the embedded broker lacks InitProducerId, which idempotence needs
+    servers = config.bootstrap_servers
+    idempotent = not config.broker.embedded and await idempotence_supported(servers)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=servers, acks="all", enable_idempotence=idempotent, linger_ms=5
     )
-    producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers, acks="all", linger_ms=5)
     try:
         await start_client(producer)
     except Exception as exc:

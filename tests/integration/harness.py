@@ -19,8 +19,9 @@ import aiohttp
 import yaml
 from aiokafka import AIOKafkaConsumer
 
+from mailstream.config.load import load_config
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
-from mailstream.kafka.topics import ensure_topics
+from mailstream.kafka.topics import create_topics
 from mailstream.producer import EventProducer
 
 T = TypeVar("T")
@@ -216,8 +217,8 @@ class Deployment:
 
     async def setup(self) -> None:
         self.write_config()
-        names = [v for k, v in self.topics.items() if k != "partitions"]
-        await ensure_topics(self.broker.bootstrap_servers, names, PARTITIONS)
+        # as a worker creates them (retention, compaction), or its check at start refuses them
+        await create_topics(load_config(self.config_path, env={}), self.broker.bootstrap_servers)
 
     def worker(self, name: str, data_dir: Path | None = None) -> Worker:
         self.write_config()  # so overrides set by the test apply

@@ -37,7 +37,8 @@ class Suppressions:
 
     def write_config(self) -> None:
         doc = {
-            "broker": {"url": self.broker.url},
+            # the embedded broker says so: it cannot produce idempotently
+            "broker": {"url": self.broker.url, "embedded": isinstance(self.broker, EmbeddedBroker)},
             "topics": {"partitions": PARTITIONS, "suppression": self.topic},
         }
         self.config_path.write_text(yaml.safe_dump(doc))
@@ -217,7 +218,10 @@ async def test_a_broker_that_lost_its_data_is_read_again(tmp_path: Path) -> None
     broker.start()
     try:
         config = parse_config(
-            {"broker": {"url": broker.url}, "topics": {"partitions": 2, "suppression": "s"}},
+            {
+                "broker": {"url": broker.url, "embedded": True},
+                "topics": {"partitions": 2, "suppression": "s"},
+            },
             env={},
         )
         entry = Suppression("manual", "test", 1_700_000_000_000)

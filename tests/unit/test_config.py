@@ -621,15 +621,16 @@ def test_the_example_file_is_valid_and_spells_out_the_defaults() -> None:
     ("broker", "send_path", "wait"),
     [
         # tansu holds an empty fetch for its whole wait: short on the way to a send...
-        ({}, True, 0.02),
+        ({"embedded": True}, True, 0.02),
         # ... longer elsewhere, where it only sets how often an idle consumer polls
-        ({}, False, 0.2),
+        ({"embedded": True}, False, 0.2),
         # one configured wait for every fetch
         ({"fetch_max_wait": "50ms"}, True, 0.05),
         ({"fetch_max_wait": "50ms"}, False, 0.05),
-        # Apache Kafka answers as soon as data arrives: the client's default
+        # Apache Kafka answers as soon as data arrives: the client's default, also for a
+        # config that does not say which broker it is
         ({"embedded": False}, True, None),
-        ({"embedded": False}, False, None),
+        ({}, False, None),
     ],
 )
 def test_fetch_waits(broker: dict[str, Any], send_path: bool, wait: float | None) -> None:
