@@ -135,11 +135,12 @@ async def test_min_insync_replicas_above_the_replication_is_refused_naming_it(
         await create_topics(config)
 
 
+@pytest.mark.only_on(
+    "kafka", reason="the embedded broker accepts every topic setting and keeps one replica"
+)
 async def test_a_topic_setting_the_broker_refuses_stops_the_start_naming_it(
     broker: Any, tmp_path: Path
 ) -> None:
-    if isinstance(broker, EmbeddedBroker):
-        pytest.skip("the embedded broker accepts every topic setting and keeps one replica")
     prefix = f"t{tmp_path.name[-8:]}".replace("_", "-")
     names = ("events", "dlq", "sends_transactional", "sends_marketing", "feedback")
     names += ("suppression", "webhooks", "feedback_claims", "sessions")
