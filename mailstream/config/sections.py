@@ -4,9 +4,18 @@ delivery, providers, feedback, webhooks, web, cluster and retention."""
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from mailstream.config.durations import parse_duration
 from mailstream.config.provider_settings import MailgunSettings, PostmarkSettings, SendGridSettings
@@ -30,6 +39,76 @@ class Section(BaseModel):
 
 # one or more host:port, comma-separated, after kafka://
 BROKER_URL_PATTERN = r"^kafka://[^\s/]+(,[^\s/]+)*$"
+
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+TLS_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
+    if value is not None and not value.is_file():
+        raise ValueError(f"no such file: {value} (relative paths are from the working directory)")
+    if value is not None and info.data.get("protocol") not in TLS_PROTOCOLS:
+        raise ValueError("only used with protocol SSL or SASL_SSL")
+    return value
+
+
+class SecurityConfig(Section):
+    """How every Kafka client of mailstream (Faust's included) connects to the brokers
+    (mailstream.kafka.access builds the clients' arguments). The password is never here:
+    only the NAME of the environment variable that holds it."""
+
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    # required with SASL_PLAINTEXT and SASL_SSL
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, validate_default=True
+    )
+    username: str | None = Field(None, min_length=1, validate_default=True)
+    # the NAME of the variable holding the SASL password
+    password_env: EnvName | None = Field(None, validate_default=True)
+    # PEM files for TLS (SSL, SASL_SSL): the CAs to trust (default: the system's), and a
+    # client certificate and its key for brokers that ask for one
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # the NAME of the variable holding the password of an encrypted key_file
+    key_password_env: EnvName | None = None
+    # false: the broker's certificate must still be signed by a trusted CA, but may name
+    # another host (never on a network you do not control)
+    check_hostname: bool = True
+
+    @field_validator("sasl_mechanism", "username", "password_env")
+    @classmethod
+    def _sasl_settings(cls, value: str | None, info: ValidationInfo) -> str | None:
+        sasl = info.data.get("protocol") in SASL_PROTOCOLS
+        if sasl and value is None:
+            raise ValueError(
+                f"required when protocol is {info.data['protocol']}"
+                + (
+                    " (PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)"
+                    if info.field_name == "sasl_mechanism"
+                    else ""
+                )
+            )
+        if not sasl and value is not None and "protocol" in info.data:
+            raise ValueError("only used with protocol SASL_PLAINTEXT or SASL_SSL")
+        return value
+
+    _files = field_validator("ca_file", "cert_file", "key_file")(_existing_file)
+
+    @field_validator("key_password_env")
+    @classmethod
+    def _key_password_needs_key(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("key_file") is None:
+            raise ValueError("set only with key_file")
+        return value
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_needs_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("cert_file") is None:
+            raise ValueError("set only with cert_file (the client certificate)")
+        return value
 
 
 class BrokerConfig(Section):
@@ -56,11 +135,24 @@ class BrokerConfig(Section):
     # A worker that has not reached the broker for this long exits non-zero, saying so
     # (``/health`` reports it not ready within seconds; see docs/robustness.md).
     lost_after: Annotated[Seconds, Field(ge=5, le=86400)] = 60.0
+    # TLS and SASL (see docs/kafka.md)
+    security: SecurityConfig = SecurityConfig()
 
     @property
     def compression_type(self) -> str | None:
         """The codec for the producer's ``compression_type`` (None: uncompressed)."""
         return None if self.compression == "none" else self.compression
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _no_url_options(cls, value: object) -> object:
+        if isinstance(value, str) and "?" in value:
+            raise ValueError(
+                f"{value!r}: options in the URL are not read; set the security settings under"
+                " broker.security (protocol, sasl_mechanism, username, password_env, ca_file;"
+                " see docs/kafka.md) and keep only kafka://host:port[,host:port...] here"
+            )
+        return value
 
 
 class TopicsConfig(Section):

@@ -12,6 +12,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ COMPACTED = {"cleanup.policy": "compact"}
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    bootstrap_servers: KafkaAccess | str,
     names: Iterable[str],
     partitions: int,
     replication: int = 1,
@@ -35,7 +36,9 @@ async def ensure_topics(
     wanted = list(dict.fromkeys(names))
     deadline = time.monotonic() + timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(
+            **KafkaAccess.plain(bootstrap_servers).client_kwargs(), request_timeout_ms=10_000
+        )
         try:
             await start_client(admin)  # closed again when it fails: a fresh one next time
             break
@@ -95,9 +98,11 @@ async def _create_topics(
     return refused
 
 
-async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+async def topic_partitions(bootstrap_servers: KafkaAccess | str, topic: str) -> list[int]:
     """The partition ids of ``topic``; empty when it does not exist (it is not created)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        **KafkaAccess.plain(bootstrap_servers).client_kwargs(), request_timeout_ms=10_000
+    )
     await start_client(admin)
     try:
         # Metadata for all topics: asking for one by name may create it on some brokers.
@@ -109,9 +114,11 @@ async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
         await admin.close()
 
 
-async def create_topics(config: Config, bootstrap_servers: str | None = None) -> None:
+async def create_topics(config: Config, bootstrap_servers: KafkaAccess | str | None = None) -> None:
     """Every topic the config names; the suppression list's is compacted (latest per address)."""
-    servers = bootstrap_servers or config.bootstrap_servers
+    from mailstream.kafka.access import kafka_access
+
+    servers = bootstrap_servers or kafka_access(config)
     topics = config.topics
     await ensure_topics(
         servers,
