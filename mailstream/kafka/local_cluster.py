@@ -1,5 +1,6 @@
 """A local Apache Kafka cluster: a pinned release resolved from Maven Central, and KRaft
-nodes (broker and controller in one process) started on free loopback ports.
+nodes (broker and controller in one process) started on free loopback ports, their client
+listener plain or SASL_SSL.
 
 For the test suite's Kafka tier and for trying mailstream on the broker production runs
 (``mailstream kafka``). It needs Java 17 or newer and Maven; the release's jars are
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -104,6 +105,38 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+@dataclass(frozen=True)
+class SecuredListener:
+    """A SASL_SSL client listener: the broker's certificate chain and its private key (PEM,
+    the key unencrypted), and the SCRAM users (name -> password) created when the storage
+    is formatted, each for every mechanism in ``mechanisms``."""
+
+    cert_chain: bytes
+    private_key: bytes
+    users: dict[str, str] = field(default_factory=dict)
+    mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+
+    def keystore_pem(self) -> bytes:
+        """Key and chain as Kafka's PEM keystore reads them: the key in PKCS#8."""
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(self.private_key, password=None)
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return pkcs8 + self.cert_chain
+
+    def scram_arguments(self) -> list[str]:
+        return [
+            arg
+            for name, password in self.users.items()
+            for mechanism in self.mechanisms
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
 @dataclass
 class Node:
     node_id: int
@@ -112,19 +145,34 @@ class Node:
     directory: Path
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
+    # the brokers' own listener when the client one is SASL_SSL
+    internal_port: int = 0
 
 
 class LocalKafka:
     """``nodes`` combined broker+controller processes under ``root``, replication as a
-    production cluster has it (3 and min.insync.replicas 2 with three nodes)."""
+    production cluster has it (3 and min.insync.replicas 2 with three nodes).
 
-    def __init__(self, root: Path, nodes: int = 3, host: str = "127.0.0.1") -> None:
+    With ``secured``, clients connect with SASL_SSL (SCRAM) on the same ports; the nodes
+    talk to each other, and to their controllers, in plain text on loopback ports of
+    their own."""
+
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        host: str = "127.0.0.1",
+        secured: SecuredListener | None = None,
+    ) -> None:
         self.root = Path(root)
         self.host = host
+        self.secured = secured
         self.nodes = [
             Node(i + 1, free_port(host), free_port(host), self.root / f"node-{i + 1}")
             for i in range(nodes)
         ]
+        for node in self.nodes if secured is not None else ():
+            node.internal_port = free_port(host)
         self.replication = min(3, nodes)
         self.min_insync = 2 if nodes >= 3 else 1
 
@@ -159,7 +207,32 @@ class LocalKafka:
             # tests join groups by the dozen: no three-second wait for more members
             "group.initial.rebalance.delay.ms": 0,
         }
+        if self.secured is not None:
+            settings.update(self._secured_settings(node, self.secured))
         return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def _secured_settings(self, node: Node, secured: SecuredListener) -> dict[str, object]:
+        keystore = node.directory / "broker-keystore.pem"
+        keystore.write_bytes(secured.keystore_pem())
+        keystore.chmod(0o600)
+        internal = f"INTERNAL://{self.host}:{node.internal_port}"
+        client = f"SASL_SSL://{self.host}:{node.port}"
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        settings: dict[str, object] = {
+            "listeners": f"{client},{internal},CONTROLLER://{self.host}:{node.controller_port}",
+            "advertised.listeners": f"{client},{internal}",
+            "listener.security.protocol.map": (
+                "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL"
+            ),
+            "inter.broker.listener.name": "INTERNAL",
+            "sasl.enabled.mechanisms": ",".join(secured.mechanisms),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": keystore,
+            "ssl.client.auth": "none",
+        }
+        for mechanism in secured.mechanisms:
+            settings[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = jaas
+        return settings
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         return ["java", HEAP, "-cp", f"{libs}/*", *args]
@@ -172,6 +245,8 @@ class LocalKafka:
             props = node.directory / "server.properties"
             props.write_text(self.properties(node))
             cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", f"{props}")
+            if self.secured is not None:
+                cmd += self.secured.scram_arguments()
             formatted = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603
             if formatted.returncode != 0:
                 raise KafkaUnavailable(f"formatting node {node.node_id} failed: {formatted.stdout}")
