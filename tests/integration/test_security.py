@@ -1,0 +1,176 @@
+"""A worker and ``mailstream emit`` against Apache Kafka with a SASL_SSL listener (SCRAM,
+a CA and broker certificate made here): with the right settings events go end to end; a
+wrong password, an untrusted CA or a plain-text client each stop the command at start,
+in one line naming the cause.
+
+Apache Kafka only: the embedded broker (tansu) has no SASL or TLS listener to test
+against, so these tests start a one-node LocalKafka of their own."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from mailstream.config.sections import SecurityConfig
+from mailstream.kafka.access import KafkaAccess
+from mailstream.kafka.local_cluster import LocalKafka, SecuredListener, missing_tools
+from tests.integration.harness import Deployment, Worker, wait_for
+
+USER, PASSWORD = "mailstream-worker", "correct-horse-battery-staple"
+PASSWORD_ENV = "MS_TEST_KAFKA_PASSWORD"
+# how long a command refused by the broker may take to say so
+REFUSED_WITHIN_S = 30.0
+
+
+@dataclass
+class Secured:
+    cluster: LocalKafka
+    ca_file: Path  # the CA that signed the broker's certificate
+    other_ca_file: Path  # a CA that did not
+
+    def security(self, **changes: Any) -> dict[str, Any]:
+        """The ``broker.security`` section that works, with ``changes``."""
+        section = {
+            "protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-512",
+            "username": USER,
+            "password_env": PASSWORD_ENV,
+            "ca_file": str(self.ca_file),
+        }
+        return section | changes
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
+    lacking = missing_tools()
+    if lacking and os.environ.get("CI") != "true":
+        pytest.skip(f"no {' or '.join(lacking)}: the secured Apache Kafka tests did not run")
+    root = tmp_path_factory.mktemp("secured-kafka")
+    ca, other = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(root / "ca.pem"))
+    other.cert_pem.write_to_path(str(root / "other-ca.pem"))
+    listener = SecuredListener(
+        cert_chain=b"".join(blob.bytes() for blob in cert.cert_chain_pems),
+        private_key=cert.private_key_pem.bytes(),
+        users={USER: PASSWORD},
+    )
+    cluster = LocalKafka(root / "kafka", nodes=1, secured=listener)
+    cluster.start()
+    try:
+        yield Secured(cluster, root / "ca.pem", root / "other-ca.pem")
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def deployment(secured: Secured, tmp_path: Path) -> AsyncIterator[Deployment]:
+    access = KafkaAccess.from_settings(
+        secured.cluster.bootstrap_servers,
+        SecurityConfig.model_validate(secured.security()),
+        {PASSWORD_ENV: PASSWORD},
+    )
+    d = Deployment(secured.cluster, tmp_path, access=access)  # type: ignore[arg-type]
+    d.overrides["broker"] = {"security": secured.security()}
+    await d.setup()
+    try:
+        yield d
+    finally:
+        d.stop_all()
+
+
+def worker_env(deployment: Deployment, password: str = PASSWORD) -> Worker:
+    worker = deployment.worker("w")
+    worker.env[PASSWORD_ENV] = password
+    return worker
+
+
+async def test_a_worker_with_the_right_credentials_processes_events_end_to_end(
+    deployment: Deployment,
+) -> None:
+    deployment.overrides["workflows"] = {
+        "receipt": {
+            "trigger": {"event": "order_completed"},
+            "entry": "always",
+            "steps": [{"send": "order_receipt", "category": "transactional"}],
+        }
+    }
+    worker = worker_env(deployment).start()
+    await deployment.wait_ready([worker])
+    async with deployment.producer() as producer:  # over SASL_SSL too
+        await producer.identify("ada", {"email": "ada@example.com"})
+        await producer.emit("order_completed", "ada", {"order_id": "A-7", "total": 12})
+        await producer.flush()
+    outbox = deployment.root / "outbox"
+
+    async def mailed() -> list[Path]:
+        return sorted(outbox.glob("*/*.eml"))
+
+    found = await wait_for(mailed, 40, "the receipt in the outbox")
+    assert len(found) == 1
+    mail = message_from_bytes(found[0].read_bytes())
+    assert mail["To"] == "ada@example.com"
+    status, view = await worker.get("/api/users/ada", full="1")
+    assert status == 200 and view["traits"]["email"] == "ada@example.com"
+    assert [d["state"] for d in view["deliveries"]] == ["sent"]
+    worker.stop()
+    assert PASSWORD not in worker.log_path.read_text(errors="replace")
+
+
+def refused(deployment: Deployment, password: str, *command: str) -> tuple[str, float]:
+    """Run ``mailstream <command>`` to its end; its output and how long it took. It must
+    exit non-zero."""
+    env = worker_env(deployment, password).env
+    started = time.monotonic()
+    done = subprocess.run(  # noqa: S603 - our own command line
+        [sys.executable, "-m", "mailstream", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=REFUSED_WITHIN_S + 30,
+    )
+    took = time.monotonic() - started
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode != 0, output
+    return output, took
+
+
+@pytest.mark.parametrize(
+    ("case", "cause"),
+    [
+        ("wrong password", "authentication failed for user 'mailstream-worker'"),
+        ("untrusted CA", "its TLS certificate is not trusted"),
+        ("plain text", "its listener likely expects TLS or SASL"),
+    ],
+)
+@pytest.mark.parametrize("command", ["worker", "emit"])
+def test_a_refused_connection_stops_the_command_at_start_saying_why(
+    deployment: Deployment, secured: Secured, case: str, cause: str, command: str
+) -> None:
+    password = "wrong-password" if case == "wrong password" else PASSWORD
+    if case == "untrusted CA":
+        deployment.overrides["broker"] = {
+            "security": secured.security(ca_file=str(secured.other_ca_file))
+        }
+    if case == "plain text":
+        deployment.overrides["broker"] = {}  # no security section: PLAINTEXT
+    deployment.write_config()
+    args = ["worker"] if command == "worker" else ["emit", "signup", "--user", "u1"]
+    output, took = refused(deployment, password, *args)
+    assert took < REFUSED_WITHIN_S, output
+    assert "Traceback" not in output, output
+    lines = output.splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith(f"mailstream {command}: the broker at "), output
+    assert cause in lines[0], output
+    assert password not in output
