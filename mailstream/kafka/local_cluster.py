@@ -109,12 +109,15 @@ def cluster_id() -> str:
 class SecuredListener:
     """A SASL_SSL client listener: the broker's certificate chain and its private key (PEM,
     the key unencrypted), and the SCRAM users (name -> password) created when the storage
-    is formatted, each for every mechanism in ``mechanisms``."""
+    is formatted, each for every mechanism in ``mechanisms``. With ``super_users``, the
+    brokers authorize every request: those users may do anything, the others what ACLs
+    (``LocalKafka.allow``) grant them."""
 
     cert_chain: bytes
     private_key: bytes
     users: dict[str, str] = field(default_factory=dict)
     mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+    super_users: tuple[str, ...] = ()
 
     def keystore_pem(self) -> bytes:
         """Key and chain as Kafka's PEM keystore reads them: the key in PKCS#8."""
@@ -232,7 +235,41 @@ class LocalKafka:
         }
         for mechanism in secured.mechanisms:
             settings[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = jaas
+        if secured.super_users:
+            settings["authorizer.class.name"] = (
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            )
+            # the nodes reach each other and their controllers unauthenticated, on loopback
+            supers = ["ANONYMOUS", *secured.super_users]
+            settings["super.users"] = ";".join(f"User:{name}" for name in supers)
         return settings
+
+    def allow(
+        self,
+        user: str,
+        operations: list[str],
+        *,
+        topic_prefix: str | None = None,
+        group: str | None = None,
+        cluster: bool = False,
+    ) -> None:
+        """Grant ``user`` the ``operations`` (Read, Write, Describe, Create, ...) on the
+        topics named ``topic_prefix...``, on consumer group ``group``, or on the cluster,
+        with Kafka's own ACL tool, over the nodes' internal listener."""
+        node = self.nodes[0]
+        resource: list[str] = ["--cluster"] if cluster else []
+        if topic_prefix is not None:
+            resource = ["--topic", topic_prefix, "--resource-pattern-type", "prefixed"]
+        if group is not None:
+            resource = ["--group", group]
+        args = ["--bootstrap-server", f"{self.host}:{node.internal_port or node.port}"]
+        args += ["--add", "--allow-principal", f"User:{user}", *resource]
+        for operation in operations:
+            args += ["--operation", operation]
+        cmd = self._java(resolve(), "org.apache.kafka.tools.AclCommand", *args)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603
+        if done.returncode != 0:
+            raise BrokerError(f"granting {operations} to {user} failed: {done.stderr[-500:]}")
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         return ["java", HEAP, "-cp", f"{libs}/*", *args]

@@ -1,7 +1,8 @@
 """A worker and ``mailstream emit`` against Apache Kafka with a SASL_SSL listener (SCRAM,
 a CA and broker certificate made here): with the right settings events go end to end; a
 wrong password, an untrusted CA or a plain-text client each stop the command at start,
-in one line naming the cause.
+in one line naming the cause. The brokers authorize every request: the worker has only
+the ACLs docs/kafka.md lists.
 
 Apache Kafka only: the embedded broker (tansu) has no SASL or TLS listener to test
 against, so these tests start a one-node LocalKafka of their own."""
@@ -27,6 +28,8 @@ from mailstream.kafka.local_cluster import LocalKafka, SecuredListener, missing_
 from tests.integration.harness import Deployment, Worker, wait_for
 
 USER, PASSWORD = "mailstream-worker", "correct-horse-battery-staple"
+# the tests' own clients (topics, producer): a super user
+ADMIN, ADMIN_PASSWORD = "test-admin", "admin-password-for-the-tests"
 PASSWORD_ENV = "MS_TEST_KAFKA_PASSWORD"
 # how long a command refused by the broker may take to say so
 REFUSED_WITHIN_S = 30.0
@@ -38,12 +41,12 @@ class Secured:
     ca_file: Path  # the CA that signed the broker's certificate
     other_ca_file: Path  # a CA that did not
 
-    def security(self, **changes: Any) -> dict[str, Any]:
+    def security(self, user: str = USER, **changes: Any) -> dict[str, Any]:
         """The ``broker.security`` section that works, with ``changes``."""
         section = {
             "protocol": "SASL_SSL",
             "sasl_mechanism": "SCRAM-SHA-512",
-            "username": USER,
+            "username": user,
             "password_env": PASSWORD_ENV,
             "ca_file": str(self.ca_file),
         }
@@ -63,7 +66,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     listener = SecuredListener(
         cert_chain=b"".join(blob.bytes() for blob in cert.cert_chain_pems),
         private_key=cert.private_key_pem.bytes(),
-        users={USER: PASSWORD},
+        users={USER: PASSWORD, ADMIN: ADMIN_PASSWORD},
+        super_users=(ADMIN,),
     )
     cluster = LocalKafka(root / "kafka", nodes=1, secured=listener)
     cluster.start()
@@ -77,8 +81,8 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
 async def deployment(secured: Secured, tmp_path: Path) -> AsyncIterator[Deployment]:
     access = KafkaAccess.from_settings(
         secured.cluster.bootstrap_servers,
-        SecurityConfig.model_validate(secured.security()),
-        {PASSWORD_ENV: PASSWORD},
+        SecurityConfig.model_validate(secured.security(ADMIN)),
+        {PASSWORD_ENV: ADMIN_PASSWORD},
     )
     d = Deployment(secured.cluster, tmp_path, access=access)  # type: ignore[arg-type]
     d.overrides["broker"] = {"security": secured.security()}
@@ -87,6 +91,13 @@ async def deployment(secured: Secured, tmp_path: Path) -> AsyncIterator[Deployme
         yield d
     finally:
         d.stop_all()
+
+
+def grant_the_worker_its_acls(cluster: LocalKafka, app_id: str, topics_prefix: str) -> None:
+    """What docs/kafka.md says a worker needs, and nothing more."""
+    for prefix in (topics_prefix, f"{app_id}-"):  # its topics; Faust's changelogs and leader
+        cluster.allow(USER, ["Read", "Write", "Describe", "Create"], topic_prefix=prefix)
+    cluster.allow(USER, ["Read"], group=app_id)  # Faust's consumer group
 
 
 def worker_env(deployment: Deployment, password: str = PASSWORD) -> Worker:
@@ -105,6 +116,13 @@ async def test_a_worker_with_the_right_credentials_processes_events_end_to_end(
             "steps": [{"send": "order_receipt", "category": "transactional"}],
         }
     }
+    # the worker creates this one itself: the Create ACL at work
+    deployment.overrides["topics"] = {"sessions": f"{deployment.app_id}.sessions"}
+    grant_the_worker_its_acls(
+        deployment.broker,  # type: ignore[arg-type]
+        deployment.app_id,
+        f"{deployment.app_id}.",
+    )
     worker = worker_env(deployment).start()
     await deployment.wait_ready([worker])
     async with deployment.producer() as producer:  # over SASL_SSL too
