@@ -104,6 +104,14 @@ class EventProducer:
 
     async def start(self) -> None:
         """Connect; BrokerError (one line, no traceback to print) if the broker is not there."""
+        if self._access.security_protocol != "PLAINTEXT":
+            # a TLS handshake with a plain-text listener would wait a minute: a bounded
+            # look first, which also names a wrong password or an untrusted certificate
+            try:
+                await self._access.check()
+            except BrokerError:
+                await self._producer.stop()  # made, never started: closed all the same
+                raise
         try:
             await start_client(self._producer)  # stopped again if that fails
         except KafkaError as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka.conn import create_conn
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, UnsupportedSaslMechanismError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from mailstream.config.schema import Config
@@ -167,16 +167,24 @@ class KafkaAccess:
                 f" ({self.sasl_mechanism}); check broker.security.username, the password in"
                 " the variable broker.security.password_env names, and the mechanism"
             )
-        if self.security_protocol not in TLS_PROTOCOLS and isinstance(
-            exc, KafkaError | TimeoutError
-        ):
+        protocol = f"broker.security.protocol is {self.security_protocol}"
+        if isinstance(exc, UnsupportedSaslMechanismError):
             return (
-                f"{where} closed the connection without answering ({exc}): its listener"
-                f" likely expects TLS or SASL, and broker.security.protocol is"
-                f" {self.security_protocol}"
+                f"{where}: its listener does not take SASL mechanism {self.sasl_mechanism}"
+                f" (broker.security.sasl_mechanism): it takes another, or no SASL ({protocol})"
+            )
+        if isinstance(exc, TimeoutError) and self.security_protocol in TLS_PROTOCOLS:
+            return (
+                f"{where} did not complete a TLS handshake ({exc}): its listener likely"
+                f" speaks plain text, and {protocol}"
             )
         if isinstance(exc, TimeoutError):
-            return f"{where} did not answer within the time allowed ({exc}); check broker.security"
+            return f"{where} did not answer ({exc}): check {protocol}"
+        if self.security_protocol not in TLS_PROTOCOLS and isinstance(exc, KafkaConnectionError):
+            return (
+                f"{where} closed the connection without answering: its listener likely"
+                f" expects TLS or SASL, and {protocol}"
+            )
         return None
 
 

@@ -192,3 +192,30 @@ def test_a_refused_connection_stops_the_command_at_start_saying_why(
     assert lines[0].startswith(f"mailstream {command}: the broker at "), output
     assert cause in lines[0], output
     assert password not in output
+
+
+def test_a_tls_client_against_a_plain_listener_stops_in_bounded_time(
+    broker: Any, tmp_path: Path
+) -> None:
+    # The session's broker speaks plain text: a TLS handshake with it never completes,
+    # and the client's own timeout is a minute.
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = tmp_path / "mailstream.yaml"
+    security = f"{{protocol: SSL, ca_file: {tmp_path / 'ca.pem'}}}"
+    config.write_text(f"broker:\n  url: {broker.url}\n  security: {security}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+    started = time.monotonic()
+    done = subprocess.run(  # noqa: S603 - our own command line
+        [sys.executable, "-m", "mailstream", "--config", str(config), "emit", "signup"]
+        + ["--user", "u1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=REFUSED_WITHIN_S + 60,
+    )
+    took = time.monotonic() - started
+    output = (done.stdout + done.stderr).strip()
+    assert done.returncode != 0 and took < REFUSED_WITHIN_S, (took, output)
+    assert output.splitlines() == [output] and "Traceback" not in output, output
+    assert "did not complete a TLS handshake" in output, output
+    assert "its listener likely speaks plain text" in output, output
