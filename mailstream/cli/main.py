@@ -334,10 +334,12 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    from mailstream.kafka.access import kafka_access
     from mailstream.kafka.dead_letters import read_dead_letters
 
     _quiet_kafka_client()
     config = _config(args)
+    asyncio.run(kafka_access(config).check())  # a refused password, say, in one line
     for letter in asyncio.run(read_dead_letters(config, limit=args.limit, idle=args.idle)):
         sys.stdout.buffer.write(orjson.dumps(letter) + b"\n")
     return 0

@@ -176,9 +176,9 @@ class KafkaAccess:
         if isinstance(exc, TimeoutError) and self.security_protocol in TLS_PROTOCOLS:
             return (
                 f"{where} did not complete a TLS handshake ({exc}): its listener likely"
-                f" speaks plain text, and {protocol}"
+                f" speaks plain text (or the host drops the connection), and {protocol}"
             )
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) and self.security_protocol != "PLAINTEXT":
             return f"{where} did not answer ({exc}): check {protocol}"
         if self.security_protocol not in TLS_PROTOCOLS and isinstance(exc, KafkaConnectionError):
             return (
