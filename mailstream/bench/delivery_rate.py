@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from mailstream.bench.provider_sink import Sink
 from mailstream.bench.run_site import Site, stop_processes
+from mailstream.config.sections import SecurityConfig
 from mailstream.core.cluster_trust import ClusterKey
 from mailstream.delivery.send_command import encode_send_command
 from mailstream.kafka.embedded_broker import free_port
@@ -68,7 +69,7 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
     sink = Sink()
     await sink.start()
     topics = await site.topics(name)
-    producer = AIOKafkaProducer(bootstrap_servers=site.broker.bootstrap_servers, linger_ms=20)
+    producer = AIOKafkaProducer(**site.kafka.client_kwargs(), linger_ms=20)
     await producer.start()
     cluster = ClusterKey(site.cluster_secret)  # the workers obey signed commands only
     try:
@@ -117,11 +118,15 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
 
 
 async def bench_delivery(
-    sends: int, rate: float, out: Path, broker_url: str | None = None
+    sends: int,
+    rate: float,
+    out: Path,
+    broker_url: str | None = None,
+    security: SecurityConfig | None = None,
 ) -> dict[str, Any]:
     """Run the delivery scenario; its figures, also written to ``out``."""
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    site = Site(root, broker_url)
+    site = Site(root, broker_url, security)
     try:
         site.broker.start()
         print(f"no limit: {sends:,} sends to a local provider ...", flush=True)

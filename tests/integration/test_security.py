@@ -19,8 +19,10 @@ from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import trustme
+import yaml
 
 from mailstream.config.sections import SecurityConfig
 from mailstream.kafka.access import KafkaAccess
@@ -219,3 +221,29 @@ def test_a_tls_client_against_a_plain_listener_stops_in_bounded_time(
     assert output.splitlines() == [output] and "Traceback" not in output, output
     assert "did not complete a TLS handshake" in output, output
     assert "its listener likely speaks plain text" in output, output
+
+
+@pytest.mark.timeout(300)
+def test_the_pipeline_bench_runs_on_the_secured_cluster(secured: Secured, tmp_path: Path) -> None:
+    # Every client of the bench (its producers, the bare Faust agents of the ceiling, its
+    # workers, the admin client that deletes the run's topics) connects with SASL_SSL.
+    config = tmp_path / "bench.yaml"
+    config.write_text(yaml.safe_dump({"broker": {"security": secured.security(ADMIN)}}))
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+    env[PASSWORD_ENV] = ADMIN_PASSWORD
+    run = subprocess.run(  # noqa: S603 - our own command line
+        [sys.executable, "-m", "mailstream", "--config", str(config), "bench"]
+        + ["--events", "2000", "--mix-users", "100", "--users", "200"]
+        + ["--latency-seconds", "1", "--pairs", "1"]
+        + ["--broker", secured.cluster.url, "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = orjson.loads(out.read_bytes())
+    assert result["ceiling_events_per_s"] > 0 and result["pipeline_events_per_s"] > 0
+    assert result["latency_receipts"] > 0 and result["state_users"] == 200
