@@ -47,7 +47,7 @@ TLS_PROTOCOLS = ("SSL", "SASL_SSL")
 
 def _existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
     if value is not None and not value.is_file():
-        raise ValueError(f"no such file: {value} (relative paths are from the working directory)")
+        raise ValueError(f"no such file: {value}")
     if value is not None and info.data.get("protocol") not in TLS_PROTOCOLS:
         raise ValueError("only used with protocol SSL or SASL_SSL")
     return value

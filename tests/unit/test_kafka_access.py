@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from mailstream.cli.main import main
-from mailstream.config.load import parse_config
+from mailstream.config.load import load_config, parse_config
 from mailstream.exceptions import ConfigError
 from mailstream.kafka.access import KafkaAccess, kafka_access
 
@@ -215,3 +215,17 @@ def test_check_names_an_unset_password_variable(
     assert main(["check", str(path)]) == 0
     out = capsys.readouterr().out
     assert "security    SASL_SSL SCRAM-SHA-512 as mailstream" in out and SECRET not in out
+
+
+def test_relative_files_are_beside_the_config_file(tmp_path: Path, ca_file: Path) -> None:
+    (tmp_path / "kafka").mkdir()
+    (tmp_path / "kafka" / "ca.pem").write_bytes(ca_file.read_bytes())
+    path = tmp_path / "mailstream.yaml"
+    path.write_text("broker:\n  security:\n    protocol: SSL\n    ca_file: kafka/ca.pem\n")
+    config = load_config(path, env={})
+    assert config.broker.security.ca_file == tmp_path / "kafka" / "ca.pem"
+    path.write_text("broker:\n  security:\n    protocol: SSL\n    ca_file: elsewhere.pem\n")
+    with pytest.raises(
+        ConfigError, match=r"broker\.security\.ca_file: .*no such file: .*/elsewhere"
+    ):
+        load_config(path, env={})
