@@ -173,6 +173,12 @@ class KafkaAccess:
                 f"{where}: its listener does not take SASL mechanism {self.sasl_mechanism}"
                 f" (broker.security.sasl_mechanism): it takes another, or no SASL ({protocol})"
             )
+        if isinstance(exc, ConnectionResetError) and self.security_protocol in TLS_PROTOCOLS:
+            # Kafka closes a plain-text connection on the first bytes of a TLS handshake
+            return (
+                f"{where} closed the connection during the TLS handshake: its listener likely"
+                f" speaks plain text, and {protocol}"
+            )
         if isinstance(exc, TimeoutError) and self.security_protocol in TLS_PROTOCOLS:
             return (
                 f"{where} did not complete a TLS handshake ({exc}): its listener likely"

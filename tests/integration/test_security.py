@@ -140,9 +140,13 @@ async def test_a_worker_with_the_right_credentials_processes_events_end_to_end(
     assert len(found) == 1
     mail = message_from_bytes(found[0].read_bytes())
     assert mail["To"] == "ada@example.com"
-    status, view = await worker.get("/api/users/ada", full="1")
-    assert status == 200 and view["traits"]["email"] == "ada@example.com"
-    assert [d["state"] for d in view["deliveries"]] == ["sent"]
+
+    async def recorded_sent() -> bool:  # the record follows the provider's answer
+        status, view = await worker.get("/api/users/ada", full="1")
+        assert status == 200 and view["traits"]["email"] == "ada@example.com"
+        return [d["state"] for d in view["deliveries"]] == ["sent"]
+
+    await wait_for(recorded_sent, 20, "the delivery recorded as sent")
     worker.stop()
     assert PASSWORD not in worker.log_path.read_text(errors="replace")
 
@@ -199,8 +203,8 @@ def test_a_refused_connection_stops_the_command_at_start_saying_why(
 def test_a_tls_client_against_a_plain_listener_stops_in_bounded_time(
     broker: Any, tmp_path: Path
 ) -> None:
-    # The session's broker speaks plain text: a TLS handshake with it never completes,
-    # and the client's own timeout is a minute.
+    # The session's broker speaks plain text. Apache Kafka closes the connection; the
+    # embedded broker leaves the handshake hanging, and the client's own wait is a minute.
     trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     config = tmp_path / "mailstream.yaml"
     security = f"{{protocol: SSL, ca_file: {tmp_path / 'ca.pem'}}}"
@@ -219,7 +223,6 @@ def test_a_tls_client_against_a_plain_listener_stops_in_bounded_time(
     output = (done.stdout + done.stderr).strip()
     assert done.returncode != 0 and took < REFUSED_WITHIN_S, (took, output)
     assert output.splitlines() == [output] and "Traceback" not in output, output
-    assert "did not complete a TLS handshake" in output, output
     assert "its listener likely speaks plain text" in output, output
 
 
