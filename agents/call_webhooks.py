@@ -14,6 +14,7 @@ import time
 from mailstream.config.webhooks_out_settings import Endpoint
 from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.state_machine import Delivery
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.backfill import Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
 from mailstream.kafka.records import RawMessage
@@ -41,7 +42,7 @@ class WebhookCallAgent:
         self.endpoints = endpoints
         self.webhook_calls, self.webhook_queue = calls, queue
         # The agent and the tail sweep both accept commands, one batch at a time.
-        self.intake = Intake(calls, [self.topic], config.bootstrap_servers)
+        self.intake = Intake(calls, [self.topic], kafka_access(config))
         self.tables = QueueTables(calls, queue, config.topics.dlq, "webhooks")
         self.flush = flush_with(lambda: app.producer)
 

@@ -18,6 +18,7 @@ from faust.types import TP
 from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.send_dispatcher import SendDispatcher
 from mailstream.delivery.send_intake import SendIntake
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
@@ -42,7 +43,7 @@ class DeliveryAgent:
         deliveries, queue = rt.tables.deliveries, rt.tables.delivery_queue
         self.tables = QueueTables(deliveries, queue, config.topics.dlq, "delivery")
         # The reader accepts commands, one batch at a time, under the intake's lock.
-        self.intake = Intake(deliveries, self.topics, config.bootstrap_servers)
+        self.intake = Intake(deliveries, self.topics, kafka_access(config))
         self.send_intake = SendIntake(
             intake=self.intake,
             topics=self.topics,
@@ -55,7 +56,7 @@ class DeliveryAgent:
         # The commands this worker writes are handed over (``take_written``) and wake the
         # reader at once; its fetch brings only the others, so it need not poll often.
         self.reader = DirectReader(
-            config.bootstrap_servers,
+            kafka_access(config),
             self.topics,
             500,
             READ_WITHIN,

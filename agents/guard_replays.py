@@ -26,6 +26,7 @@ from mailstream.feedback.replay_guard import (
     expiry_range,
     judge,
 )
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.backfill import Intake
 from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
@@ -50,7 +51,7 @@ class ReplayGuard:
         self.progress = progress_key(self.topic)
         self.replay_guard = rt.tables.replay_guard
         self.intake = Intake(
-            self.replay_guard, {self.topic: self.progress}, rt.config.bootstrap_servers
+            self.replay_guard, {self.topic: self.progress}, kafka_access(rt.config)
         )
 
     def newest_received(self, partition: int) -> int:

@@ -24,6 +24,7 @@ from mailstream.core.ingest_batch import (
 from mailstream.core.isolate import ENGINE_ERROR, Unsettled, describe, isolate
 from mailstream.core.tenants import EventRates
 from mailstream.core.user_state import UserState
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
@@ -66,9 +67,9 @@ class IngestAgent:
         self.event_rates = EventRates(rt.tenancy)
         # The reader changes user records, as the timers do: STATE_LOCK.
         topics = {config.topics.events: PROGRESS_KEY}
-        self.intake = Intake(self.users, topics, config.bootstrap_servers, STATE_LOCK)
+        self.intake = Intake(self.users, topics, kafka_access(config), STATE_LOCK)
         self.reader = DirectReader(
-            config.bootstrap_servers,
+            kafka_access(config),
             [config.topics.events],
             config.ingest.batch_size,
             config.ingest.batch_within,

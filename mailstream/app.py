@@ -12,6 +12,7 @@ import faust
 from mailstream.config.schema import Config
 from mailstream.config.webhooks_out_settings import build_endpoints
 from mailstream.kafka import embedded_quirks
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.broker_watch import watch_broker
 from mailstream.observability import faust_metrics
 from mailstream.runtime.components import Runtime, delivery_runtime
@@ -28,6 +29,10 @@ def create_app(config: Config) -> faust.App:
     # take to send a request's headers (3630 s by default, room for slowloris).
     handler_args = {"keepalive_timeout": config.web.header_timeout}
     options["web_application_options"] = {"handler_args": handler_args}
+    # TLS and SASL for Faust's consumer, producer and topic creation (broker.security)
+    credentials = kafka_access(config).faust_credentials()
+    if credentials is not None:
+        options["broker_credentials"] = credentials
     app = faust.App(
         config.app_id,
         broker=config.broker.url,
@@ -78,12 +83,12 @@ def watch_the_broker(rt: Runtime) -> None:
     async def check_data() -> str | None:
         persisted = await asyncio.to_thread(persisted_offsets, config.data_dir, config.app_id)
         return await broker_data_problem(
-            config.bootstrap_servers, config.data_dir, persisted, config.broker.embedded
+            kafka_access(config), config.data_dir, persisted, config.broker.embedded
         )
 
     async def watch() -> None:
         await watch_broker(
-            config.bootstrap_servers, rt.broker_contact, check_data, config.topics.all_names()
+            kafka_access(config), rt.broker_contact, check_data, config.topics.all_names()
         )
 
     rt.app.task(watch)

@@ -12,6 +12,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.access import KafkaAccess, kafka_access
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.embedded_quirks import idempotence_supported
 from mailstream.kafka.partitioning import keyed_partition
@@ -61,11 +62,32 @@ class EventProducer:
         async with EventProducer("127.0.0.1:9092") as producer:
             await producer.identify("u1", {"email": "ada@example.com"})
             await producer.emit("cart_updated", "u1", {"items": [...]})
+
+    On a secured cluster, pass a ``KafkaAccess`` (mailstream.kafka.access) instead of
+    the address: it carries TLS and SASL settings, the password read from a variable::
+
+        from mailstream.config.kafka_sections import SecurityConfig
+        from mailstream.kafka.access import KafkaAccess
+
+        security = SecurityConfig(
+            protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            username="mailstream",
+            password_env="KAFKA_PASSWORD",
+            ca_file="ca.pem",
+        )
+        access = KafkaAccess.from_settings("kafka1:9093,kafka2:9093", security)
+        async with EventProducer(access) as producer:
+            ...
+
+    ``EventProducer.from_config(config)`` takes them from ``broker.security``. A broker
+    that refuses the connection's security (wrong password, untrusted certificate, TLS
+    expected) makes ``start`` raise BrokerError with one line naming the cause.
     """
 
     def __init__(
         self,
-        bootstrap_servers: str = "127.0.0.1:9092",
+        bootstrap_servers: KafkaAccess | str = "127.0.0.1:9092",
         topic: str = "mailstream.events",
         *,
         tenant_id: str | None = None,
@@ -73,14 +95,15 @@ class EventProducer:
     ) -> None:
         self.topic = topic
         self.tenant_id = tenant_id
-        self._servers = bootstrap_servers
+        self._access = KafkaAccess.plain(bootstrap_servers)
+        self._servers = self._access.bootstrap_servers
         # Every replica in sync has an event before it counts as sent, and a retried
         # send is never written twice: no event lost to a leader change, none doubled.
         # The embedded broker lacks InitProducerId: unless told, start() asks the broker
         # and goes without idempotence there (from_config tells for broker.embedded: true).
         self._ask_idempotence = "enable_idempotence" not in producer_options
         self._options = {"acks": "all", "enable_idempotence": True} | producer_options
-        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, **self._options)
+        self._producer = AIOKafkaProducer(**self._access.client_kwargs(), **self._options)
 
     @classmethod
     def from_config(cls, config: Config, **producer_options: Any) -> EventProducer:
@@ -89,23 +112,33 @@ class EventProducer:
         asked at start)."""
         if config.broker.embedded:
             producer_options = {"enable_idempotence": False} | producer_options
-        return cls(config.bootstrap_servers, config.topics.events, **producer_options)
+        return cls(kafka_access(config), config.topics.events, **producer_options)
 
     async def start(self) -> None:
         """Connect; BrokerError (one line, no traceback to print) if the broker is not there."""
+        if self._access.security_protocol != "PLAINTEXT":
+            # a TLS handshake with a plain-text listener would wait a minute: a bounded
+            # look first, which also names a wrong password or an untrusted certificate
+            try:
+                await self._access.check()
+            except BrokerError:
+                await self._producer.stop()  # made, never started: closed all the same
+                raise
         try:
             if self._ask_idempotence and not await self._idempotence_supported():
                 await self._producer.stop()  # never started: nothing to flush
                 options = self._options | {"enable_idempotence": False}
-                self._producer = AIOKafkaProducer(bootstrap_servers=self._servers, **options)
+                self._producer = AIOKafkaProducer(**self._access.client_kwargs(), **options)
             self._ask_idempotence = False
             await start_client(self._producer)  # stopped again if that fails
         except KafkaError as exc:
-            raise BrokerError(unreachable(self._servers, exc)) from None
+            # aiokafka only says it could not bootstrap: one connection of our own says why
+            why = await self._access.security_problem()
+            raise BrokerError(why or unreachable(self._servers, exc)) from None
 
     async def _idempotence_supported(self) -> bool:
         try:
-            return await idempotence_supported(self._servers)
+            return await idempotence_supported(self._access)
         except BaseException:
             await self._producer.stop()  # not started: closed, so it is not left unclosed
             raise

@@ -19,6 +19,8 @@ from typing import Any
 import faust
 import orjson
 
+from mailstream.config.load import load_config
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.embedded_quirks import EMBEDDED_FETCH_WAIT, set_fetch_max_wait
 
 # How often an agent writes its span.json.
@@ -26,7 +28,9 @@ REPORT_EVERY = 0.1
 
 
 def main() -> None:
-    broker, topic_name, partitions, group, datadir, kind = sys.argv[1:7]
+    broker, topic_name, partitions, group, datadir, kind, broker_file = sys.argv[1:8]
+    # TLS and SASL as the config file's broker.security says (mailstream.kafka.access)
+    credentials = kafka_access(load_config(broker_file)).faust_credentials()
     if kind == "embedded":
         set_fetch_max_wait(EMBEDDED_FETCH_WAIT)  # as a worker does there
     app = faust.App(
@@ -39,6 +43,7 @@ def main() -> None:
         broker_session_timeout=3.0 if kind == "embedded" else 6.0,
         broker_heartbeat_interval=0.5,
         web_enabled=False,
+        **({"broker_credentials": credentials} if credentials is not None else {}),
     )
     topic = app.topic(topic_name, key_serializer="raw", value_serializer="raw")
     seen = {"n": 0, "first": 0.0, "last": 0.0}

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mailstream.config.sections import BROKER_URL_PATTERN
+from mailstream.config.kafka_sections import BROKER_URL_PATTERN
 
 BROKER_URL = re.compile(BROKER_URL_PATTERN)
 
@@ -71,7 +71,8 @@ def add_bench_parser(sub: Any) -> None:
         metavar="URL",
         help="an existing Kafka cluster (kafka://host:port[,host:port]) instead of the"
         " embedded broker; the run's topics, app ids and consumer groups carry a suffix of"
-        " their own and are deleted at the end, and the broker's CPU is not measured",
+        " their own and are deleted at the end, and the broker's CPU is not measured; TLS"
+        " and SASL as the broker.security of the file --config names",
     )
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
@@ -94,6 +95,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    security = None
+    if args.broker is not None and args.config is not None:
+        from mailstream.config.load import load_config
+
+        security = load_config(args.config).broker.security
     # Every mailstream command builds this parser: a scenario's modules load when it runs.
     if args.scenario == "pipeline":
         from mailstream.bench.pipeline import bench_pipeline
@@ -107,17 +113,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 out,
                 latency_rate=args.latency_rate,
                 broker_url=args.broker,
+                security=security,
                 pairs=args.pairs,
             )
         )
     elif args.scenario == "delivery":
         from mailstream.bench.delivery_rate import bench_delivery
 
-        result = asyncio.run(bench_delivery(args.sends, args.rate, out, args.broker))
+        result = asyncio.run(bench_delivery(args.sends, args.rate, out, args.broker, security))
     else:
         from mailstream.bench.timer_lag import bench_timers
 
-        result = asyncio.run(bench_timers(args.pending, args.probes, args.wait, out, args.broker))
+        result = asyncio.run(
+            bench_timers(args.pending, args.probes, args.wait, out, args.broker, security)
+        )
     width = max(len(k) for k in result)
     for key, value in result.items():
         print(f"  {key:<{width}}  {value}")

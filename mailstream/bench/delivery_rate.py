@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from mailstream.bench.provider_sink import Sink
 from mailstream.bench.run_site import Site, stop_processes
+from mailstream.config.kafka_sections import SecurityConfig
 from mailstream.core.cluster_trust import ClusterKey
 from mailstream.delivery.send_command import encode_send_command
 from mailstream.kafka.embedded_broker import free_port
@@ -69,13 +70,12 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
     sink = Sink()
     await sink.start()
     topics = await site.topics(name)
-    servers = site.broker.bootstrap_servers
     producer = AIOKafkaProducer(
-        bootstrap_servers=servers,
+        **site.kafka.client_kwargs(),
         linger_ms=20,
         acks="all",
         # not on the embedded broker, which lacks InitProducerId (also given as --broker)
-        enable_idempotence=await idempotence_supported(servers),
+        enable_idempotence=await idempotence_supported(site.kafka),
     )
     await producer.start()
     cluster = ClusterKey(site.cluster_secret)  # the workers obey signed commands only
@@ -125,11 +125,15 @@ async def _run(site: Site, name: str, sends: int, rate: float | None) -> dict[st
 
 
 async def bench_delivery(
-    sends: int, rate: float, out: Path, broker_url: str | None = None
+    sends: int,
+    rate: float,
+    out: Path,
+    broker_url: str | None = None,
+    security: SecurityConfig | None = None,
 ) -> dict[str, Any]:
     """Run the delivery scenario; its figures, also written to ``out``."""
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    site = Site(root, broker_url)
+    site = Site(root, broker_url, security)
     try:
         site.broker.start()
         print(f"no limit: {sends:,} sends to a local provider ...", flush=True)

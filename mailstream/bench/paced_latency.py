@@ -82,7 +82,7 @@ async def latency(
     source = synthetic_events(random.Random(2), users)
     produced: dict[str, float] = {}
     warm: set[str] = set()  # the orders of the warm-up
-    async with EventProducer(bench.broker.bootstrap_servers, topic, linger_ms=1) as producer:
+    async with EventProducer(bench.kafka, topic, linger_ms=1) as producer:
         started = time.monotonic()
         sent = 0
         while (elapsed := time.monotonic() - started) < warmup + seconds:

@@ -38,6 +38,7 @@ from mailstream.bench.scale_out import Phase, one_worker, scale_out_figures, two
 from mailstream.bench.state_size import measure_state, rss_mb
 from mailstream.bench.worker_metrics import flush_share, read_samples, total
 from mailstream.cli.loadgen import synthetic_events
+from mailstream.config.kafka_sections import SecurityConfig
 
 
 async def bench_pipeline(
@@ -48,11 +49,12 @@ async def bench_pipeline(
     out: Path,
     latency_rate: float | None = None,
     broker_url: str | None = None,
+    security: SecurityConfig | None = None,
     pairs: int = 2,
 ) -> dict[str, Any]:
     """Run the pipeline scenario's phases; its figures, also written to ``out``."""
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    bench = Bench(root, broker_url)
+    bench = Bench(root, broker_url, security)
     try:
         bench.broker.start()
         await bench.sink.start()

@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
+import yaml
 
 from mailstream.bench.cpu_time import CpuSpan
 from mailstream.bench.provider_sink import Sink
 from mailstream.bench.run_site import Site, stop_processes, wait_until
+from mailstream.config.kafka_sections import SecurityConfig
 from mailstream.kafka.embedded_broker import free_port
 from mailstream.producer import EventProducer
 
@@ -23,8 +25,10 @@ PARTITIONS = 4
 class Bench(Site):
     """The broker, the sink and the workers of one run, and where their files go."""
 
-    def __init__(self, root: Path, broker_url: str | None = None) -> None:
-        super().__init__(root, broker_url)
+    def __init__(
+        self, root: Path, broker_url: str | None = None, security: SecurityConfig | None = None
+    ) -> None:
+        super().__init__(root, broker_url, security)
         self.sink = Sink()
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -36,7 +40,7 @@ class Bench(Site):
     async def produce(
         self, topic: str, pairs: Iterator[tuple[bytes | None, bytes]], n: int
     ) -> None:
-        async with EventProducer(self.broker.bootstrap_servers, topic, linger_ms=20) as producer:
+        async with EventProducer(self.kafka, topic, linger_ms=20) as producer:
             for _ in range(n):
                 key, value = next(pairs)
                 await producer.send_raw(key, value)
@@ -70,6 +74,8 @@ async def ceiling_rate(
     group, sharing the partitions of ``topic``: from the first event any of them decoded
     to the last."""
     dirs = [bench.root / f"{name}-{i}" for i in range(agents)]
+    broker_file = bench.root / f"{name}-broker.yaml"  # how the agents connect
+    broker_file.write_text(yaml.safe_dump({"broker": bench.broker_config()}))
     procs = []
     for i, datadir in enumerate(dirs):
         datadir.mkdir()
@@ -87,6 +93,7 @@ async def ceiling_rate(
                         bench.apart(f"bench-{name}"),
                         str(datadir),
                         "embedded" if bench.embedded else "existing",
+                        str(broker_file),
                     ],
                     stdout=log,
                     stderr=subprocess.STDOUT,

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 
-from mailstream.config.sections import TopicsConfig
+from mailstream.config.kafka_sections import SecurityConfig, TopicsConfig
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
 from mailstream.kafka.topics import COMPACTED, ensure_topics
 
@@ -69,7 +70,9 @@ class Site:
     its workers wrote, would otherwise be read as this run's (and a production cluster's
     ``mailstream.events`` is nobody's bench)."""
 
-    def __init__(self, root: Path, broker_url: str | None = None) -> None:
+    def __init__(
+        self, root: Path, broker_url: str | None = None, security: SecurityConfig | None = None
+    ) -> None:
         self.root = root
         self.broker: EmbeddedBroker | ExistingBroker = (
             ExistingBroker(broker_url)
@@ -77,6 +80,10 @@ class Site:
             else EmbeddedBroker("127.0.0.1", free_port(), log_path=root / "broker.log")
         )
         self.embedded = broker_url is None
+        # how the bench and its workers connect to an existing cluster (the config's
+        # broker.security, the password from the variable it names)
+        self.security = security if security is not None and broker_url else SecurityConfig()
+        self.kafka = KafkaAccess.from_settings(self.broker.bootstrap_servers, self.security)
         self.suffix = "" if self.embedded else f"-{secrets.token_hex(3)}"
         # the run's workers share it, and what the bench writes to their topics is signed with it
         self.cluster_secret = secrets.token_urlsafe(32)
@@ -103,6 +110,7 @@ class Site:
             "session_timeout": session,
             "heartbeat_interval": "500ms",
             "rebalance_timeout": "3s",
+            "security": self.security.model_dump(mode="json", exclude_defaults=True),
         }
 
     async def topics(
@@ -115,15 +123,14 @@ class Site:
             topics["events"] = events_from
         # the suppression list compacted, or its workers refuse the topic at start
         compacted = {topics["suppression"]: COMPACTED}
-        servers = self.broker.bootstrap_servers
-        await ensure_topics(servers, topics.values(), partitions, topic_configs=compacted)
+        await ensure_topics(self.kafka, topics.values(), partitions, topic_configs=compacted)
         return topics
 
     async def events_topic(self, name: str, partitions: int = 4) -> str:
         """Only the events topic of app ``name``: for events that apps of other names
         read (``topics(..., events_from=...)``)."""
         topic = topic_names(self.apart(name))["events"]
-        await ensure_topics(self.broker.bootstrap_servers, [topic], partitions)
+        await ensure_topics(self.kafka, [topic], partitions)
         return topic
 
     def spawn_worker(
@@ -164,7 +171,7 @@ class Site:
         workers' changelogs (every name carrying the run's suffix)."""
         if self.embedded:
             return
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap_servers)
+        admin = AIOKafkaAdminClient(**self.kafka.client_kwargs())
         try:
             await admin.start()
             names = [t for t in await admin.list_topics() if self.suffix in t]

@@ -15,16 +15,22 @@ import orjson
 
 from mailstream.bench.run_site import Site, wait_until
 from mailstream.bench.worker_metrics import quantile, read_samples, total
+from mailstream.config.kafka_sections import SecurityConfig
 from mailstream.kafka.embedded_broker import free_port
 from mailstream.producer import EventProducer
 
 
 async def bench_timers(
-    pending: int, probes: int, wait_s: float, out: Path, broker_url: str | None = None
+    pending: int,
+    probes: int,
+    wait_s: float,
+    out: Path,
+    broker_url: str | None = None,
+    security: SecurityConfig | None = None,
 ) -> dict[str, Any]:
     """Run the timers scenario; its figures, also written to ``out``."""
     root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    site = Site(root, broker_url)
+    site = Site(root, broker_url, security)
     worker: subprocess.Popen[bytes] | None = None
     port = free_port()
     web_url = f"http://127.0.0.1:{port}"
@@ -52,7 +58,7 @@ async def bench_timers(
         await wait_until(ready, 90, "the worker")
         print(f"loading {pending:,} pending timers ...", flush=True)
         started = time.monotonic()
-        producing = EventProducer(site.broker.bootstrap_servers, topics["events"], linger_ms=5)
+        producing = EventProducer(site.kafka, topics["events"], linger_ms=5)
         async with producing as producer:
             for i in range(pending):
                 await producer.emit("hold", f"held-{i}")

@@ -73,13 +73,20 @@ def template_problems(config: Config) -> list[str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from mailstream.kafka.access import kafka_access
+
     config = load_config(args.file or args.config)
     where = args.file or args.config or os.environ.get(CONFIG_ENV) or "<defaults>"
     problems = template_problems(config)
     if problems:
         raise MailstreamError("\n".join(problems))
+    access = kafka_access(config)  # an unset password variable or unusable file fails here
     print(f"{where}: ok")
     print(f"  broker      {config.broker.url} (embedded: {config.broker.embedded})")
+    print(
+        f"  security    {access.security_protocol}"
+        + (f" {access.sasl_mechanism} as {access.username}" if access.username else "")
+    )
     print(f"  topics      {', '.join(config.topics.all_names())} x{config.topics.partitions}")
     print(f"  web         {config.web_url}")
     print(f"  data dir    {config.data_dir}")
@@ -127,6 +134,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from faust import Worker
 
     from mailstream.app import build_app
+    from mailstream.kafka.access import kafka_access
     from mailstream.kafka.topics import create_topics
     from mailstream.runtime.preflight import check_local_state, check_port_free, lock_data_dir
 
@@ -134,15 +142,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
         config.web.host, config.web.port, "web.port", "--web-port or MAILSTREAM_WEB_PORT"
     )
     lock_data_dir(config.data_dir)
+    access = kafka_access(config)  # an unset password variable fails here, naming its key
+    # A wrong password, an untrusted certificate or a listener speaking TLS: one line
+    # saying which, now, rather than clients retrying until a timeout says "unreachable".
+    asyncio.run(access.check())
     # the topics' replication resolved (the broker's default), for the tables' changelogs
-    config = asyncio.run(create_topics(config))
+    config = asyncio.run(create_topics(config, access))
     # A broker that lost its data (a memory-only one restarted) behind the local state:
     # one line saying so, rather than Faust's recovery crashing on every start.
-    asyncio.run(
-        check_local_state(
-            config.bootstrap_servers, config.data_dir, config.app_id, config.broker.embedded
-        )
-    )
+    asyncio.run(check_local_state(access, config.data_dir, config.app_id, config.broker.embedded))
     app, rt = build_app(config, env)  # a missing secret or API key fails here, first
 
     # The worker makes many short-lived objects per event and keeps a large, long-lived
@@ -328,10 +336,12 @@ def cmd_loadgen(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
+    from mailstream.kafka.access import kafka_access
     from mailstream.kafka.dead_letters import read_dead_letters
 
     _quiet_kafka_client()
     config = _config(args)
+    asyncio.run(kafka_access(config).check())  # a refused password, say, in one line
     for letter in asyncio.run(read_dead_letters(config, limit=args.limit, idle=args.idle)):
         sys.stdout.buffer.write(orjson.dumps(letter) + b"\n")
     return 0

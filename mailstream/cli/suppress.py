@@ -69,7 +69,13 @@ def add_suppress_parser(sub: Any) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+    """The config; a broker that refuses the connection's security (wrong password,
+    untrusted certificate) stops the command here, in one line saying why."""
+    from mailstream.kafka.access import kafka_access
+
+    config = load_config(getattr(args, "config", None))
+    asyncio.run(kafka_access(config).check())
+    return config
 
 
 def _now_ms() -> int:

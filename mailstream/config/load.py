@@ -105,6 +105,19 @@ def _resolve_templates_dirs(
                 tenant["templates_dir"] = resolve(tenant["templates_dir"])
 
 
+def _resolve_security_files(raw: dict[str, Any], base: Path) -> None:
+    """Make the relative paths of ``broker.security`` relative to ``base``, the config
+    file's directory (as ``templates_dir`` and ``include:`` are)."""
+    broker = raw.get("broker")
+    security = broker.get("security") if isinstance(broker, dict) else None
+    if not isinstance(security, dict):
+        return
+    for key in ("ca_file", "cert_file", "key_file"):
+        value = security.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            security[key] = str(base / value)
+
+
 def parse_config(
     raw: Any,
     source: str = "<config>",
@@ -125,6 +138,7 @@ def parse_config(
     overridden = _apply_overrides(raw, os.environ if env is None else env)
     if base_dir is not None:
         _resolve_templates_dirs(raw, base_dir, overridden)
+        _resolve_security_files(raw, base_dir)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:

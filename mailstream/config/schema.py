@@ -9,9 +9,9 @@ from typing import Annotated
 import yaml
 from pydantic import Field, PrivateAttr, model_validator
 
+from mailstream.config.kafka_sections import BrokerConfig, TopicsConfig
 from mailstream.config.policy_sections import PolicyConfig, SamplingRules, ThrottlingRules
 from mailstream.config.sections import (
-    BrokerConfig,
     ClusterConfig,
     DeliveryConfig,
     FeedbackConfig,
@@ -19,7 +19,6 @@ from mailstream.config.sections import (
     ProvidersConfig,
     RetentionConfig,
     Section,
-    TopicsConfig,
     WebConfig,
     WebhooksConfig,
 )

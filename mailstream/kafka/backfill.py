@@ -12,6 +12,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.embedded_quirks import reads_until_empty
 from mailstream.kafka.records import RawMessage, headers_of, plan_offsets
@@ -32,7 +33,7 @@ class Backfill:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaAccess | str,
         topic: str,
         timeout: float = 15.0,
         until_empty: bool | None = None,
@@ -40,7 +41,7 @@ class Backfill:
         """``until_empty``: whether a read to the end of a partition goes on until a fetch
         comes back empty rather than stop at the listed end offset; None: as the broker
         this process runs against needs (mailstream.kafka.embedded_quirks)."""
-        self.bootstrap_servers = bootstrap_servers
+        self.access = KafkaAccess.plain(bootstrap_servers)
         self.topic = topic
         self.timeout = timeout
         self.until_empty = until_empty
@@ -49,7 +50,7 @@ class Backfill:
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
+                **self.access.client_kwargs(),
                 enable_auto_commit=False,
                 group_id=None,
                 auto_offset_reset="earliest",
@@ -227,7 +228,7 @@ class Intake:
         self,
         store: Store,
         topics: Iterable[str] | Mapping[str, bytes],
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaAccess | str,
         lock: asyncio.Lock | None = None,
     ) -> None:
         """``topics``: names (each keeps its progress under ``progress_key(topic)``), or

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaClient
 
+from mailstream.kafka.access import KafkaAccess
+
 logger = logging.getLogger(__name__)
 
 # How often the worker asks the broker for its metadata (one small request, whatever
@@ -186,7 +188,7 @@ def _exit(code: int) -> None:
 
 
 async def watch_broker(
-    servers: str,
+    servers: KafkaAccess | str,
     contact: BrokerContact,
     check_data: Callable[[], Awaitable[str | None]],
     expected_topics: Iterable[str],
@@ -209,7 +211,8 @@ async def watch_broker(
             try:
                 if client is None:
                     client = AIOKafkaClient(
-                        bootstrap_servers=servers, request_timeout_ms=int(PROBE_TIMEOUT * 1000)
+                        **KafkaAccess.plain(servers).client_kwargs(),
+                        request_timeout_ms=int(PROBE_TIMEOUT * 1000),
                     )
                     try:
                         await asyncio.wait_for(client.bootstrap(), PROBE_TIMEOUT)
@@ -247,7 +250,7 @@ async def watch_broker(
                     logger.warning("the broker at %s answers again", servers)
             now = clock()
             if contact.lost(now):
-                logger.critical(lost_line(servers, contact, now))
+                logger.critical(lost_line(str(servers), contact, now))
                 exit(EXIT_BROKER_LOST)
                 return
             if not contact.reachable(now) and not warned:

@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaError
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.clients import start_client
 from mailstream.producer import unreachable
 
@@ -40,7 +41,7 @@ async def read_dead_letters(config: Config, *, limit: int, idle: float) -> list[
     """Up to ``limit`` dead letters from the start; stops after ``idle`` seconds of quiet."""
     consumer = AIOKafkaConsumer(
         config.topics.dlq,
-        bootstrap_servers=config.bootstrap_servers,
+        **kafka_access(config).client_kwargs(),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,

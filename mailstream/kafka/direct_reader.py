@@ -27,6 +27,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.records import RawMessage, headers_of
 
@@ -40,13 +41,13 @@ Progress = Callable[[str, int], int | None]
 class DirectReader:
     def __init__(
         self,
-        bootstrap_servers: str,
+        bootstrap_servers: KafkaAccess | str,
         topics: Sequence[str],
         batch_size: int,
         within: float,
         fetch_max_wait: float | None = None,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.access = KafkaAccess.plain(bootstrap_servers)
         self.topics = tuple(topics)
         self.batch_size = batch_size
         self.within_ms = max(1, int(within * 1000))
@@ -79,7 +80,7 @@ class DirectReader:
     async def _client(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap_servers,
+                **self.access.client_kwargs(),
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError
+from mailstream.kafka.access import KafkaAccess, kafka_access
 from mailstream.kafka.clients import start_client
 
 # tansu holds an empty fetch for its whole wait even when data arrives: each hop from a
@@ -59,7 +60,7 @@ def install(config: Config) -> None:
     _reads_until_empty = config.broker.embedded
     _restore()  # an app built before in this process (the tests) leaves no patch behind
     if config.broker.embedded:
-        correct_recovery_highwaters(config.bootstrap_servers)
+        correct_recovery_highwaters(kafka_access(config))
     wait = fetch_max_wait(config, send_path=False)
     if wait is not None:
         set_fetch_max_wait(wait)
@@ -102,7 +103,11 @@ def fetch_max_wait(config: Config, send_path: bool = True) -> float | None:
 
 
 async def corrected_end_offsets(
-    bootstrap_servers: str, listed: dict[Any, int], *, embedded: bool, timeout: float = 10.0
+    bootstrap_servers: KafkaAccess | str,
+    listed: dict[Any, int],
+    *,
+    embedded: bool,
+    timeout: float = 10.0,
 ) -> dict[Any, int]:
     """The end offsets of the partitions in ``listed`` (partition -> its ListOffsets
     answer): as listed, or on the embedded broker as a fetch reports them."""
@@ -112,7 +117,7 @@ async def corrected_end_offsets(
 
 
 async def fetched_end_offsets(
-    bootstrap_servers: str, listed: dict[Any, int], timeout: float = 10.0
+    bootstrap_servers: KafkaAccess | str, listed: dict[Any, int], timeout: float = 10.0
 ) -> dict[Any, int]:
     """The end offsets of the partitions in ``listed`` (partition -> its ListOffsets
     answer), as a fetch reports them.
@@ -127,7 +132,7 @@ async def fetched_end_offsets(
     if not probed:
         return dict(listed)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **KafkaAccess.plain(bootstrap_servers).client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
@@ -179,7 +184,7 @@ def set_fetch_max_wait(seconds: float) -> None:
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
-def correct_recovery_highwaters(bootstrap_servers: str) -> None:
+def correct_recovery_highwaters(bootstrap_servers: KafkaAccess | str) -> None:
     """Make Faust's table recovery read each changelog partition to its real end on the
     embedded broker (``fetched_end_offsets``): it reads up to the end offsets that
     ListOffsets answers, which tansu reports short, and would miss a changelog's tail.
@@ -199,12 +204,14 @@ def correct_recovery_highwaters(bootstrap_servers: str) -> None:
     AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
 
 
-async def idempotence_supported(bootstrap_servers: str) -> bool:
+async def idempotence_supported(bootstrap_servers: KafkaAccess | str) -> bool:
     """Whether the broker can take an idempotent producer: not the embedded one, which
     answers InitProducerId with an unknown error (found by its cluster id)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        **KafkaAccess.plain(bootstrap_servers).client_kwargs(), request_timeout_ms=10_000
+    )
     await start_client(admin)
     try:
         cluster = await admin.describe_cluster()

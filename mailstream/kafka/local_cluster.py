@@ -1,5 +1,6 @@
 """A local Apache Kafka cluster: a pinned release resolved from Maven Central, and KRaft
-nodes (broker and controller in one process) started on free loopback ports.
+nodes (broker and controller in one process) started on free loopback ports, their client
+listener plain or SASL_SSL.
 
 For the test suite's Kafka tier and for trying mailstream on the broker production runs
 (``mailstream kafka``). It needs Java 17 or newer and Maven; the release's jars are
@@ -16,7 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -105,6 +106,41 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+@dataclass(frozen=True)
+class SecuredListener:
+    """A SASL_SSL client listener: the broker's certificate chain and its private key (PEM,
+    the key unencrypted), and the SCRAM users (name -> password) created when the storage
+    is formatted, each for every mechanism in ``mechanisms``. With ``super_users``, the
+    brokers authorize every request: those users may do anything, the others what ACLs
+    (``LocalKafka.allow``) grant them."""
+
+    cert_chain: bytes
+    private_key: bytes
+    users: dict[str, str] = field(default_factory=dict)
+    mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+    super_users: tuple[str, ...] = ()
+
+    def keystore_pem(self) -> bytes:
+        """Key and chain as Kafka's PEM keystore reads them: the key in PKCS#8."""
+        from cryptography.hazmat.primitives import serialization
+
+        key = serialization.load_pem_private_key(self.private_key, password=None)
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return pkcs8 + self.cert_chain
+
+    def scram_arguments(self) -> list[str]:
+        return [
+            arg
+            for name, password in self.users.items()
+            for mechanism in self.mechanisms
+            for arg in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
 @dataclass
 class Node:
     node_id: int
@@ -113,19 +149,34 @@ class Node:
     directory: Path
     process: subprocess.Popen[bytes] | None = None
     log: IO[bytes] | None = None
+    # the brokers' own listener when the client one is SASL_SSL
+    internal_port: int = 0
 
 
 class LocalKafka:
     """``nodes`` combined broker+controller processes under ``root``, replication as a
-    production cluster has it (3 and min.insync.replicas 2 with three nodes)."""
+    production cluster has it (3 and min.insync.replicas 2 with three nodes).
 
-    def __init__(self, root: Path, nodes: int = 3, host: str = "127.0.0.1") -> None:
+    With ``secured``, clients connect with SASL_SSL (SCRAM) on the same ports; the nodes
+    talk to each other, and to their controllers, in plain text on loopback ports of
+    their own."""
+
+    def __init__(
+        self,
+        root: Path,
+        nodes: int = 3,
+        host: str = "127.0.0.1",
+        secured: SecuredListener | None = None,
+    ) -> None:
         self.root = Path(root)
         self.host = host
+        self.secured = secured
         self.nodes = [
             Node(i + 1, free_port(host), free_port(host), self.root / f"node-{i + 1}")
             for i in range(nodes)
         ]
+        for node in self.nodes if secured is not None else ():
+            node.internal_port = free_port(host)
         self.replication = min(3, nodes)
         self.min_insync = 2 if nodes >= 3 else 1
 
@@ -160,7 +211,66 @@ class LocalKafka:
             # tests join groups by the dozen: no three-second wait for more members
             "group.initial.rebalance.delay.ms": 0,
         }
+        if self.secured is not None:
+            settings.update(self._secured_settings(node, self.secured))
         return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+    def _secured_settings(self, node: Node, secured: SecuredListener) -> dict[str, object]:
+        keystore = node.directory / "broker-keystore.pem"
+        keystore.write_bytes(secured.keystore_pem())
+        keystore.chmod(0o600)
+        internal = f"INTERNAL://{self.host}:{node.internal_port}"
+        client = f"SASL_SSL://{self.host}:{node.port}"
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        settings: dict[str, object] = {
+            "listeners": f"{client},{internal},CONTROLLER://{self.host}:{node.controller_port}",
+            "advertised.listeners": f"{client},{internal}",
+            "listener.security.protocol.map": (
+                "CONTROLLER:PLAINTEXT,INTERNAL:PLAINTEXT,SASL_SSL:SASL_SSL"
+            ),
+            "inter.broker.listener.name": "INTERNAL",
+            "sasl.enabled.mechanisms": ",".join(secured.mechanisms),
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": keystore,
+            "ssl.client.auth": "none",
+        }
+        for mechanism in secured.mechanisms:
+            settings[f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config"] = jaas
+        if secured.super_users:
+            settings["authorizer.class.name"] = (
+                "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            )
+            # the nodes reach each other and their controllers unauthenticated, on loopback
+            supers = ["ANONYMOUS", *secured.super_users]
+            settings["super.users"] = ";".join(f"User:{name}" for name in supers)
+        return settings
+
+    def allow(
+        self,
+        user: str,
+        operations: list[str],
+        *,
+        topic_prefix: str | None = None,
+        group: str | None = None,
+        cluster: bool = False,
+    ) -> None:
+        """Grant ``user`` the ``operations`` (Read, Write, Describe, Create, ...) on the
+        topics named ``topic_prefix...``, on consumer group ``group``, or on the cluster,
+        with Kafka's own ACL tool, over the nodes' internal listener."""
+        node = self.nodes[0]
+        resource: list[str] = ["--cluster"] if cluster else []
+        if topic_prefix is not None:
+            resource = ["--topic", topic_prefix, "--resource-pattern-type", "prefixed"]
+        if group is not None:
+            resource = ["--group", group]
+        args = ["--bootstrap-server", f"{self.host}:{node.internal_port or node.port}"]
+        args += ["--add", "--allow-principal", f"User:{user}", *resource]
+        for operation in operations:
+            args += ["--operation", operation]
+        cmd = self._java(resolve(), "org.apache.kafka.tools.AclCommand", *args)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603
+        if done.returncode != 0:
+            raise BrokerError(f"granting {operations} to {user} failed: {done.stderr[-500:]}")
 
     def _java(self, libs: Path, *args: str) -> list[str]:
         return ["java", HEAP, "-cp", f"{libs}/*", *args]
@@ -173,6 +283,8 @@ class LocalKafka:
             props = node.directory / "server.properties"
             props.write_text(self.properties(node))
             cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", f"{props}")
+            if self.secured is not None:
+                cmd += self.secured.scram_arguments()
             formatted = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603
             if formatted.returncode != 0:
                 raise KafkaUnavailable(f"formatting node {node.node_id} failed: {formatted.stdout}")

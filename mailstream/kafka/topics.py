@@ -24,6 +24,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, ConfigError
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 
 logger = logging.getLogger(__name__)
@@ -35,11 +36,15 @@ FALLBACK_REPLICATION = 1
 
 
 @asynccontextmanager
-async def _admin(bootstrap_servers: str, timeout: float) -> AsyncIterator[AIOKafkaAdminClient]:
+async def _admin(
+    bootstrap_servers: KafkaAccess | str, timeout: float
+) -> AsyncIterator[AIOKafkaAdminClient]:
     """A started admin client; retries until ``timeout`` while the broker starts."""
     deadline = time.monotonic() + timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+        admin = AIOKafkaAdminClient(
+            **KafkaAccess.plain(bootstrap_servers).client_kwargs(), request_timeout_ms=10_000
+        )
         try:
             await start_client(admin)  # closed again when it fails: a fresh one next time
             break
@@ -54,7 +59,7 @@ async def _admin(bootstrap_servers: str, timeout: float) -> AsyncIterator[AIOKaf
 
 
 async def ensure_topics(
-    bootstrap_servers: str,
+    bootstrap_servers: KafkaAccess | str,
     names: Iterable[str],
     partitions: int,
     replication: int = 1,
@@ -136,9 +141,11 @@ async def _create_topics(
     return refused
 
 
-async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+async def topic_partitions(bootstrap_servers: KafkaAccess | str, topic: str) -> list[int]:
     """The partition ids of ``topic``; empty when it does not exist (it is not created)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(
+        **KafkaAccess.plain(bootstrap_servers).client_kwargs(), request_timeout_ms=10_000
+    )
     await start_client(admin)
     try:
         return (await _partition_counts(admin)).get(topic, [])
@@ -274,12 +281,16 @@ def topic_problems(
     return problems
 
 
-async def create_topics(config: Config, bootstrap_servers: str | None = None) -> Config:
+async def create_topics(
+    config: Config, bootstrap_servers: KafkaAccess | str | None = None
+) -> Config:
     """Every topic the config names, created with ``topic_configs`` where missing and
     checked where it exists: a problem is an error naming the topic and the setting.
     Returns the config with ``topics.replication`` resolved (the broker's default when
     unset), as Faust's changelog topics must get it too."""
-    servers = bootstrap_servers or config.bootstrap_servers
+    from mailstream.kafka.access import kafka_access
+
+    servers = bootstrap_servers or kafka_access(config)
     topics = config.topics
     settings = topic_configs(config)
     async with _admin(servers, 20.0) as admin:

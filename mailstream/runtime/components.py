@@ -19,6 +19,7 @@ from mailstream.delivery.pacing import Pacer
 from mailstream.delivery.state_machine import RetryPolicy
 from mailstream.delivery.unsubscribe_links import UnsubscribeTokens
 from mailstream.exceptions import ConfigError
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.kafka.broker_watch import BrokerContact
 from mailstream.kafka.records import RawMessage
@@ -94,7 +95,7 @@ class Runtime:
             acks=False,
         )
         self.suppression_list = GlobalSuppressionList(
-            config.bootstrap_servers,
+            kafka_access(config),
             config.topics.suppression,
             config.data_dir / "suppression-list",
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from mailstream.exceptions import MailstreamError
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.broker_watch import Partition, ahead_of_broker, data_lost_line
 from mailstream.kafka.clients import start_client
 
@@ -108,7 +109,7 @@ def persisted_offsets(data_dir: Path, app_id: str) -> dict[Partition, int]:
 
 
 async def end_offsets(
-    servers: str, partitions: Iterable[Partition], embedded: bool
+    servers: KafkaAccess | str, partitions: Iterable[Partition], embedded: bool
 ) -> dict[Partition, int | None]:
     """Each partition's end offset on the broker (None: its topic is gone)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -116,7 +117,9 @@ async def end_offsets(
     from mailstream.kafka.embedded_quirks import corrected_end_offsets
 
     wanted = sorted(set(partitions))
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **KafkaAccess.plain(servers).client_kwargs(), enable_auto_commit=False
+    )
     await start_client(consumer)
     try:
         present = await consumer.topics()
@@ -132,7 +135,7 @@ async def end_offsets(
 
 
 async def broker_data_problem(
-    servers: str, data_dir: Path, persisted: dict[Partition, int], embedded: bool
+    servers: KafkaAccess | str, data_dir: Path, persisted: dict[Partition, int], embedded: bool
 ) -> str | None:
     """The line explaining that the broker lost what ``persisted`` was built from, or
     None when it has all of it."""
@@ -140,10 +143,12 @@ async def broker_data_problem(
         return None
     ends = await end_offsets(servers, persisted, embedded)
     behind = ahead_of_broker(persisted, ends)
-    return data_lost_line(servers, data_dir, behind) if behind else None
+    return data_lost_line(str(servers), data_dir, behind) if behind else None
 
 
-async def check_local_state(servers: str, data_dir: Path, app_id: str, embedded: bool) -> None:
+async def check_local_state(
+    servers: KafkaAccess | str, data_dir: Path, app_id: str, embedded: bool
+) -> None:
     """Raise ``BrokerDataLost`` when the broker holds less than the local state in
     ``data_dir`` was built from (a memory-only broker restarted, say)."""
     why = await broker_data_problem(

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, MailstreamError
+from mailstream.kafka.access import KafkaAccess, kafka_access
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.embedded_quirks import idempotence_supported
 from mailstream.kafka.partitioning import keyed_partition
@@ -97,7 +98,9 @@ async def caught_up(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
     return True
 
 
-async def _partitions_when_present(bootstrap_servers: str, topic: str) -> list[TopicPartition]:
+async def _partitions_when_present(
+    bootstrap_servers: KafkaAccess | str, topic: str
+) -> list[TopicPartition]:
     """The topic's partitions, waiting (and saying so) until the topic exists."""
     waiting = False
     while True:
@@ -129,8 +132,9 @@ class GlobalSuppressionList:
     broker lost its data.
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, path: Path) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, bootstrap_servers: KafkaAccess | str, topic: str, path: Path) -> None:
+        self.access = KafkaAccess.plain(bootstrap_servers)
+        self.bootstrap_servers = self.access.bootstrap_servers
         self.topic = topic
         self.path = Path(path)
         self.ready = asyncio.Event()
@@ -157,7 +161,7 @@ class GlobalSuppressionList:
     async def start(self) -> None:
         self._open()
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+            **self.access.client_kwargs(),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -292,7 +296,7 @@ class GlobalSuppressionList:
         """Assign every partition and seek each to the store's offset (or the beginning)."""
         while True:
             try:
-                partitions = await _partitions_when_present(self.bootstrap_servers, self.topic)
+                partitions = await _partitions_when_present(self.access, self.topic)
                 consumer.assign(partitions)
                 if not await self._still_there(consumer, partitions):
                     self._clear()
@@ -380,13 +384,13 @@ async def publish(config: Config, changes: list[tuple[str, Suppression | None]])
             raise MailstreamError(f'"{address}" is not an email address')
         keyed.append((normalised.encode(), entry.encode() if entry is not None else None))
     topic = config.topics.suppression
+    access = kafka_access(config)
     # created (compacted) and checked as a worker does, so no other way in makes it wrong
-    await create_topics(config)
+    await create_topics(config, access)
     # the embedded broker lacks InitProducerId, which idempotence needs
-    servers = config.bootstrap_servers
-    idempotent = not config.broker.embedded and await idempotence_supported(servers)
+    idempotent = not config.broker.embedded and await idempotence_supported(access)
     producer = AIOKafkaProducer(
-        bootstrap_servers=servers, acks="all", enable_idempotence=idempotent, linger_ms=5
+        **access.client_kwargs(), acks="all", enable_idempotence=idempotent, linger_ms=5
     )
     try:
         await start_client(producer)
@@ -409,15 +413,16 @@ async def publish(config: Config, changes: list[tuple[str, Suppression | None]])
 async def read_all(config: Config, idle: float = 1.0) -> dict[str, Suppression]:
     """The whole list, read from the topic's beginning (empty if there is no topic yet)."""
     topic = config.topics.suppression
+    access = kafka_access(config)
     try:
-        found = await topic_partitions(config.bootstrap_servers, topic)
+        found = await topic_partitions(access, topic)
     except Exception as exc:
         raise BrokerError(f"cannot reach the broker at {config.bootstrap_servers}: {exc}") from exc
     if not found:
         return {}
     partitions = [TopicPartition(topic, p) for p in found]
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=config.bootstrap_servers,
+        **access.client_kwargs(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -21,6 +21,7 @@ from mailstream.config.schema import default_workflows
 from mailstream.core.ingest_batch import REROUTED
 from mailstream.core.user_state import UserState
 from mailstream.delivery.pacing import warmup_cap
+from mailstream.kafka.access import kafka_access
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.dead_letters import describe
 from mailstream.kafka.embedded_quirks import corrected_end_offsets
@@ -99,7 +100,7 @@ class Dashboard:
             return {}
         tps = [TopicPartition(self.config.topics.events, p) for p in partitions]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers, group_id=None, enable_auto_commit=False
+            **kafka_access(self.config).client_kwargs(), group_id=None, enable_auto_commit=False
         )
         config = self.config
         try:
@@ -109,7 +110,7 @@ class Dashboard:
             finally:
                 await consumer.stop()
             listed = await corrected_end_offsets(
-                config.bootstrap_servers, listed, embedded=config.broker.embedded, timeout=3.0
+                kafka_access(config), listed, embedded=config.broker.embedded, timeout=3.0
             )
         except Exception as exc:  # the dashboard shows the lag as unknown
             logger.warning("cannot read the events topic's end offsets: %r", exc)
@@ -220,9 +221,9 @@ class Dashboard:
         """The newest dead letters on the topic, newest first (re-read at most every 5 s)."""
         if time.monotonic() - self.dlq_cache[0] < 5.0:
             return self.dlq_cache[1]
-        parts = await topic_partitions(self.config.bootstrap_servers, self.config.topics.dlq)
+        parts = await topic_partitions(kafka_access(self.config), self.config.topics.dlq)
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers, group_id=None, enable_auto_commit=False
+            **kafka_access(self.config).client_kwargs(), group_id=None, enable_auto_commit=False
         )
         await start_client(consumer)
         letters: list[Any] = []

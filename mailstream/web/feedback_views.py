@@ -15,7 +15,7 @@ from typing import Any
 
 from faust.web import Request, Response, View
 
-from mailstream.config.sections import TopicsConfig
+from mailstream.config.kafka_sections import TopicsConfig
 from mailstream.feedback.normalised import UNSUBSCRIBE, Feedback, destination
 from mailstream.feedback.provider_webhooks import MAX_BODY, Claim, WebhookRejected, WebhookRequest
 from mailstream.kafka.partitioning import keyed_partition

@@ -10,6 +10,7 @@ from typing import Any, cast
 
 from faust.web import Request, Response, View
 
+from mailstream.kafka.access import kafka_access
 from mailstream.web.admin_auth import (
     CSRF_COOKIE,
     SECURITY_HEADERS,
@@ -66,7 +67,7 @@ class Sessions:
         self.cookie_secure = web.cookie_secure
         self.limiter = LoginLimiter(web.login_attempts_per_client, web.login_attempts_overall)
         self.feed = SessionFeed(
-            rt.config.bootstrap_servers,
+            kafka_access(rt.config),
             rt.config.topics.sessions,
             self.auth.revocations,
             self._publish_revocation,

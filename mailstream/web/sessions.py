@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.topics import topic_partitions
 from mailstream.web.admin_auth import Revocations, Session
@@ -56,9 +57,13 @@ class SessionFeed:
     """Keeps ``revocations`` current from the sessions topic, and publishes logouts."""
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, revocations: Revocations, publish: Publish
+        self,
+        bootstrap_servers: KafkaAccess | str,
+        topic: str,
+        revocations: Revocations,
+        publish: Publish,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.access = KafkaAccess.plain(bootstrap_servers)
         self.topic = topic
         self.revocations = revocations
         self._publish = publish
@@ -104,12 +109,12 @@ class SessionFeed:
                 await asyncio.sleep(RETRY_SECONDS)
 
     async def _follow(self) -> None:
-        partitions = await topic_partitions(self.bootstrap_servers, self.topic)
+        partitions = await topic_partitions(self.access, self.topic)
         if not partitions:
             raise LookupError(f"topic {self.topic} does not exist yet")
         tps = [TopicPartition(self.topic, p) for p in partitions]
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, group_id=None, enable_auto_commit=False
+            **self.access.client_kwargs(), group_id=None, enable_auto_commit=False
         )
         await start_client(consumer)
         self._failures = 0

@@ -20,6 +20,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer
 
 from mailstream.config.load import load_config
+from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
 from mailstream.kafka.topics import create_topics
 from mailstream.producer import EventProducer
@@ -180,6 +181,12 @@ class Deployment:
     app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     workers: list[Worker] = field(default_factory=list)
     overrides: dict[str, Any] = field(default_factory=dict)
+    # how the test's own clients connect (default: in plain text, to the broker's address)
+    access: KafkaAccess | None = None
+
+    @property
+    def kafka(self) -> KafkaAccess:
+        return self.access or KafkaAccess.plain(self.broker.bootstrap_servers)
 
     @property
     def topics(self) -> dict[str, str]:
@@ -218,7 +225,7 @@ class Deployment:
     async def setup(self) -> None:
         self.write_config()
         # as a worker creates them (retention, compaction), or its check at start refuses them
-        await create_topics(load_config(self.config_path, env={}), self.broker.bootstrap_servers)
+        await create_topics(load_config(self.config_path, env={}), self.kafka)
 
     def worker(self, name: str, data_dir: Path | None = None) -> Worker:
         self.write_config()  # so overrides set by the test apply
@@ -253,13 +260,13 @@ class Deployment:
         await wait_for(probe, timeout, "workers to own all partitions")
 
     def producer(self) -> EventProducer:
-        return EventProducer(self.broker.bootstrap_servers, self.topics["events"])
+        return EventProducer(self.kafka, self.topics["events"])
 
     async def read_topic(self, topic: str, expected: int, timeout: float = 30.0) -> list[Any]:
         """Every message of ``topic`` from the start; waits until ``expected`` have arrived."""
         consumer = AIOKafkaConsumer(
             topic,
-            bootstrap_servers=self.broker.bootstrap_servers,
+            **self.kafka.client_kwargs(),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
         )
