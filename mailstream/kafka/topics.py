@@ -296,7 +296,14 @@ async def create_topics(
     async with _admin(servers, 20.0) as admin:
         replication = topics.replication
         if replication is None:
-            replication = await _broker_default_replication(admin) or FALLBACK_REPLICATION
+            replication = await _broker_default_replication(admin)
+        if replication is None and not config.broker.embedded:
+            # guessing 1 would leave every topic one broker away from data loss
+            raise ConfigError(
+                "topics.replication: the broker did not say its default.replication.factor"
+                " (reading it needs DescribeConfigs on the cluster): set topics.replication"
+            )
+        replication = replication or FALLBACK_REPLICATION
         insync = topics.min_insync_replicas
         if insync is not None and insync > replication:
             raise ConfigError(
