@@ -18,9 +18,9 @@ from faust.types import TP
 from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.send_dispatcher import SendDispatcher
 from mailstream.delivery.send_intake import SendIntake
-from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.records import RawMessage
 from mailstream.runtime.components import DeliveryRuntime, Runtime
 from mailstream.state.staged_flush import HANDOFF
@@ -87,7 +87,7 @@ class DeliveryAgent:
         self.reader.offer(RawMessage(*w) for w in written)
 
     async def accept_sends(self, stream: Any) -> None:
-        await self.intake.consume(stream, self.send_intake.accept, within=PAUSED_WITHIN)
+        await self.intake.drain(stream)
 
     async def read_sends(self) -> None:
         intake = self.intake
