@@ -199,8 +199,11 @@ class DirectReader:
                 )
         # Read with the batch, with no wait in between: everything below a position was
         # handed out (in this batch or before) or is no record (markers, aborted, compacted).
+        # Only where the position is known (seeked to a progress record, or fetched at):
+        # a partition still waiting for its first offset reset would block the reader.
         for tp in self._tps:
-            self._positions[(tp.topic, tp.partition)] = await consumer.position(tp)
+            if (tp.topic, tp.partition) in self._applied or consumer.highwater(tp) is not None:
+                self._positions[(tp.topic, tp.partition)] = await consumer.position(tp)
         return _in_order(messages)
 
     async def run(
