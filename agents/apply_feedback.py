@@ -10,8 +10,7 @@ from mailstream.core.ingest_batch import NOT_READ
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key, note_feedback
 from mailstream.feedback.normalised import Feedback, FeedbackSettings, apply_feedback
-from mailstream.kafka.access import kafka_access
-from mailstream.kafka.backfill import Intake
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.partitioning import partition_for
 from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
@@ -34,7 +33,7 @@ class FeedbackApplier:
         self.deliveries = rt.tables.deliveries
         # Feedback changes user records, as the ingest agent does: its batches take
         # STATE_LOCK.
-        self.intake = Intake(self.users, [self.topic], kafka_access(config), STATE_LOCK)
+        self.intake = Intake(self.users, [self.topic], lock=STATE_LOCK)
         self.settings = FeedbackSettings(
             soft_bounces=config.feedback.soft_bounces,
             soft_bounce_window_ms=int(config.feedback.soft_bounce_window * 1000),
@@ -108,8 +107,6 @@ class FeedbackApplier:
 
 
 def register(rt: Runtime) -> None:
-    """The agent, and the sweep of quiet partitions' tails: a skipped unsubscribe would
-    otherwise wait for the next feedback on its partition."""
+    """The Faust wiring: the feedback topic read directly, under STATE_LOCK."""
     applier = FeedbackApplier(rt)
     rt.read_through(applier.topic, "mailstream.feedback", applier.intake, applier.apply_batch)
-    rt.close_when_stopping(applier.intake)

@@ -14,8 +14,7 @@ import time
 from mailstream.config.webhooks_out_settings import Endpoint
 from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.state_machine import Delivery
-from mailstream.kafka.access import kafka_access
-from mailstream.kafka.backfill import Intake
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
 from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
@@ -41,8 +40,8 @@ class WebhookCallAgent:
         self.topic = config.topics.webhooks
         self.endpoints = endpoints
         self.webhook_calls, self.webhook_queue = calls, queue
-        # The agent and the tail sweep both accept commands, one batch at a time.
-        self.intake = Intake(calls, [self.topic], kafka_access(config))
+        # The direct reader accepts commands, one batch at a time, under the intake's lock.
+        self.intake = Intake(calls, [self.topic])
         self.tables = QueueTables(calls, queue, config.topics.dlq, "webhooks")
         self.flush = flush_with(lambda: app.producer)
 
@@ -117,10 +116,7 @@ class WebhookCallAgent:
             flush=self.flush,
             ready=self.rt.settled,
         )
-        try:
-            await dispatcher.run()
-        finally:
-            await self.intake.close()
+        await dispatcher.run()
 
 
 def register(rt: Runtime, endpoints: dict[str, Endpoint]) -> None:

@@ -19,9 +19,9 @@ from mailstream.delivery.dispatch_shell import QueueTables, flush_with
 from mailstream.delivery.send_dispatcher import SendDispatcher
 from mailstream.delivery.send_intake import SendIntake
 from mailstream.kafka.access import kafka_access
-from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.records import RawMessage
 from mailstream.runtime.components import DeliveryRuntime, Runtime
 from mailstream.state.staged_flush import HANDOFF
@@ -43,7 +43,7 @@ class DeliveryAgent:
         deliveries, queue = rt.tables.deliveries, rt.tables.delivery_queue
         self.tables = QueueTables(deliveries, queue, config.topics.dlq, "delivery")
         # The reader accepts commands, one batch at a time, under the intake's lock.
-        self.intake = Intake(deliveries, self.topics, kafka_access(config))
+        self.intake = Intake(deliveries, self.topics)
         self.send_intake = SendIntake(
             intake=self.intake,
             topics=self.topics,
@@ -88,7 +88,7 @@ class DeliveryAgent:
         self.reader.offer(RawMessage(*w) for w in written)
 
     async def accept_sends(self, stream: Any) -> None:
-        await self.intake.consume(stream, self.send_intake.accept, within=PAUSED_WITHIN)
+        await self.intake.drain(stream)
 
     async def read_sends(self) -> None:
         intake = self.intake

@@ -26,8 +26,7 @@ from mailstream.feedback.replay_guard import (
     expiry_range,
     judge,
 )
-from mailstream.kafka.access import kafka_access
-from mailstream.kafka.backfill import Intake
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
@@ -50,9 +49,7 @@ class ReplayGuard:
         self.topic = rt.config.topics.feedback_claims
         self.progress = progress_key(self.topic)
         self.replay_guard = rt.tables.replay_guard
-        self.intake = Intake(
-            self.replay_guard, {self.topic: self.progress}, kafka_access(rt.config)
-        )
+        self.intake = Intake(self.replay_guard, {self.topic: self.progress})
 
     def newest_received(self, partition: int) -> int:
         """The newest ``received`` among the partition's applied claims: the guard's clock,
@@ -130,4 +127,3 @@ class ReplayGuard:
 def register(rt: Runtime) -> None:
     guard = ReplayGuard(rt)
     rt.read_through(guard.topic, "mailstream.replay_guard", guard.intake, guard.apply_batch)
-    rt.close_when_stopping(guard.intake)

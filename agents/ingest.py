@@ -25,9 +25,9 @@ from mailstream.core.isolate import ENGINE_ERROR, Unsettled, describe, isolate
 from mailstream.core.tenants import EventRates
 from mailstream.core.user_state import UserState
 from mailstream.kafka.access import kafka_access
-from mailstream.kafka.backfill import PAUSED_WITHIN, Intake
 from mailstream.kafka.direct_reader import DirectReader
 from mailstream.kafka.embedded_quirks import fetch_max_wait
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
@@ -67,7 +67,7 @@ class IngestAgent:
         self.event_rates = EventRates(rt.tenancy)
         # The reader changes user records, as the timers do: STATE_LOCK.
         topics = {config.topics.events: PROGRESS_KEY}
-        self.intake = Intake(self.users, topics, kafka_access(config), STATE_LOCK)
+        self.intake = Intake(self.users, topics, lock=STATE_LOCK)
         self.reader = DirectReader(
             kafka_access(config),
             [config.topics.events],
@@ -215,8 +215,7 @@ class IngestAgent:
         )
 
     async def consume(self, stream: Any) -> None:
-        size = self.config.ingest.batch_size
-        await self.intake.consume(stream, self.process, size=size, within=PAUSED_WITHIN)
+        await self.intake.drain(stream, self.config.ingest.batch_size)
 
     async def read_events(self) -> None:
         users = self.users
@@ -227,6 +226,7 @@ class IngestAgent:
             self.process,
             STATE_LOCK,
             self.pause_faust_fetching,
+            lambda positions: self.intake.advance(positions, self.rt.app.producer),
         )
 
     async def stop_reading(self, *_: Any, **__: Any) -> None:
@@ -247,4 +247,4 @@ def register(rt: Runtime) -> None:
     app.task(ingest.read_events)
     app.on_partitions_revoked.connect(ingest.stop_reading)
     app.on_partitions_assigned.connect(ingest.read_again)
-    rt.close_when_stopping(ingest.intake, ingest.reader)
+    rt.close_when_stopping(ingest.reader)

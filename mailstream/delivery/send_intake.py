@@ -14,7 +14,7 @@ from mailstream.delivery.dispatch_shell import Flush, QueueTables
 from mailstream.delivery.send_command import decode_send_command, verified_send_command
 from mailstream.delivery.send_dispatcher import observe_path
 from mailstream.delivery.state_machine import Delivery, accept, delivery_key
-from mailstream.kafka.backfill import Intake
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.partitioning import misplaced, partition_count
 from mailstream.kafka.records import RawMessage
 from mailstream.observability import metrics

@@ -1,1 +1,1 @@
-"""Kafka I/O: the direct reader, backfills, the partitioner, dead letters, the broker's health."""
+"""Kafka I/O: connections (access), the direct reader and its intake, the partitioner, topics, dead letters, the broker's health, local clusters."""

@@ -10,6 +10,14 @@ that reads each owned partition of its topics from its progress record in batche
 while Faust keeps the partitions assigned (so tables and topics stay co-partitioned) but
 pauses fetching them.
 
+Progress is the consumer position, the next offset to read, not the last record's offset
++ 1: Kafka hands a consumer no record at a transaction marker, in an aborted transaction
+or where compaction or retention removed records, and the reader never takes such a gap
+for skipped records. It reads ``read_committed`` (an aborted transaction is never
+applied; an open one waits for its commit), and when its position moves past such a gap
+with no record to apply (a quiet partition whose last offset is a commit marker), it hands
+the new positions to ``advance``, which stores them, so the lag reaches 0.
+
 Ownership comes from Faust's group: the reader only applies a batch while the worker
 is settled and the batch was read under the current assignment (``epoch``). A
 rebalance bumps the epoch under the state lock, so a batch in flight finishes (its
@@ -36,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # topic, partition -> the partition's next unapplied offset (None: none applied yet)
 Progress = Callable[[str, int], int | None]
+# (topic, partition) -> the consumer position to store, where no record is left to apply
+Positions = dict[tuple[str, int], int]
 
 
 class DirectReader:
@@ -69,6 +79,9 @@ class DirectReader:
         # messages a fetch brought that had been taken already (offered, or applied):
         # kept near zero by moving the consumer past what is offered
         self.fetched_again = 0
+        # (topic, partition) -> the consumer's position when the last batch was taken
+        self._positions: Positions = {}
+        self._tps: list[TopicPartition] = []
 
     def invalidate(self) -> None:
         """The assignment changed (or is about to): re-read positions before the next batch.
@@ -86,6 +99,7 @@ class DirectReader:
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=self.fetch_max_wait_ms,
                 max_partition_fetch_bytes=1 << 20,
+                isolation_level="read_committed",
             )
             await start_client(consumer)
             self._consumer = consumer
@@ -101,6 +115,8 @@ class DirectReader:
         self._offered.clear()
         self._offered_next.clear()
         self._applied.clear()
+        self._positions.clear()
+        self._tps = tps
         for tp in tps:
             start = progress(tp.topic, tp.partition)
             if start is None:
@@ -182,6 +198,13 @@ class DirectReader:
                     )
                     for m in records
                 )
+        # Read with the batch, with no wait in between: everything below a position was
+        # handed out (in this batch or before) or is no record (markers, aborted, compacted).
+        # Only where the position is known (seeked to a progress record, or fetched at):
+        # a partition still waiting for its first offset reset would block the reader.
+        for tp in self._tps:
+            if (tp.topic, tp.partition) in self._applied or consumer.highwater(tp) is not None:
+                self._positions[(tp.topic, tp.partition)] = await consumer.position(tp)
         return _in_order(messages)
 
     async def run(
@@ -192,13 +215,16 @@ class DirectReader:
         apply: Callable[[list[RawMessage]], Awaitable[None]],
         lock: asyncio.Lock,
         on_assign: Callable[[list[int]], None] = lambda partitions: None,
+        advance: Callable[[Positions], Awaitable[None]] | None = None,
     ) -> None:
         """Forever: read a batch of the owned partitions and apply it under ``lock``.
 
         ``owned()`` lists the partitions this worker owns, ``progress(topic, p)`` is that
         partition's next unapplied offset (None: none applied yet), ``settled()`` says the
         worker's view of its partitions is complete, and ``on_assign`` is told each new
-        assignment (to pause Faust's own fetching of them)."""
+        assignment (to pause Faust's own fetching of them). ``advance`` is given the
+        positions of the partitions that moved past their last applied record with no record
+        to apply, to store them (under ``lock``; None: not stored)."""
         while True:
             if not settled():
                 await asyncio.sleep(0.05)
@@ -217,14 +243,29 @@ class DirectReader:
             applied = self._applied
             # offered before, and fetched now: already applied
             messages = [m for m in read if m.offset >= applied.get((m.topic, m.partition), 0)]
-            if not messages:
+            moved = self._moved(messages) if advance is not None else {}
+            if not messages and not moved:
                 continue
             async with lock:
                 if self._assigned_epoch != self.epoch or epoch != self.epoch or not settled():
                     continue  # read under an older assignment: read again from progress
-                await apply(messages)
-                for m in messages:
-                    applied[(m.topic, m.partition)] = m.offset + 1
+                if messages:
+                    await apply(messages)
+                    for m in messages:
+                        applied[(m.topic, m.partition)] = m.offset + 1
+                if moved and advance is not None:
+                    await advance(moved)
+                    applied.update(moved)
+
+    def _moved(self, messages: list[RawMessage]) -> Positions:
+        """The positions past the last applied record of the partitions this batch brings
+        nothing for (one that brings records stores their progress first)."""
+        brought = {(m.topic, m.partition) for m in messages}
+        return {
+            tp: position
+            for tp, position in self._positions.items()
+            if tp not in brought and position > self._applied.get(tp, 0)
+        }
 
     async def close(self) -> None:
         await self._drop_fetch()

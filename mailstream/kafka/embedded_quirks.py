@@ -6,8 +6,9 @@ Two things tansu does unlike Apache Kafka:
   plus one, short of the end whenever that batch holds several records; the high-water
   mark in a Fetch response is right. So on the embedded broker end offsets come from a
   fetch (``fetched_end_offsets``): in Faust's table recovery (``install``), the dashboard's
-  lag and the preflight (``corrected_end_offsets``), and a read to the end of a partition
-  goes on until a fetch comes back empty (``reads_until_empty``).
+  lag and the preflight (``corrected_end_offsets``). Nothing in mailstream reads "until a
+  fetch comes back empty" any more: the direct readers read on from the stored position
+  and never need an end.
 - It holds an empty fetch for the whole fetch_max_wait even when data arrives, where
   Kafka answers at once. So fetches wait briefly on the embedded broker
   (``fetch_max_wait``), and Faust's consumer, which asks for a fixed 1.5 s, is made to
@@ -41,23 +42,16 @@ EMBEDDED_SIDE_FETCH_WAIT = 0.2
 # The cluster id tansu reports (its default; mailstream starts it with no other).
 EMBEDDED_CLUSTER_ID = "tansu_cluster"
 
-# Whether a read to the end of a partition must go on until a fetch comes back empty;
-# ``install`` sets it from the config. Until then (a process that built no app): yes,
-# which is right on every broker, only slower on Kafka.
-_reads_until_empty = True
-
 
 def install(config: Config) -> None:
     """Switch on what the configured broker needs, once per process, when the app is built.
 
     On the embedded broker: Faust's table recovery reads each changelog to the end a fetch
-    reports, and a read to a partition's end stops at an empty fetch. On any broker: Faust's
+    reports. On any broker: Faust's
     consumer waits ``fetch_max_wait(config, send_path=False)`` for data in a fetch, when
     that is not the client's default: the direct readers read the events and send topics,
     so Faust's own consumer carries no event on its way to a send (only feedback, claims
     and webhook commands)."""
-    global _reads_until_empty
-    _reads_until_empty = config.broker.embedded
     _restore()  # an app built before in this process (the tests) leaves no patch behind
     if config.broker.embedded:
         correct_recovery_highwaters(kafka_access(config))
@@ -83,12 +77,6 @@ def _restore() -> None:
 
     for name, original in _FAUST_ORIGINALS.items():
         setattr(AIOKafkaConsumerThread, name, original)
-
-
-def reads_until_empty() -> bool:
-    """Whether a read to the end of a partition must go on until a fetch comes back empty,
-    rather than stop at the end offset the broker lists (short on the embedded broker)."""
-    return _reads_until_empty
 
 
 def fetch_max_wait(config: Config, send_path: bool = True) -> float | None:

@@ -1,5 +1,5 @@
-"""Consumed Kafka records as the engine takes them in, and where a batch stands against
-a partition's progress (which offsets it applied before, which the consumer skipped)."""
+"""Consumed Kafka records as the engine takes them in, and which of a batch's offsets a
+partition's progress says were applied before."""
 
 from __future__ import annotations
 
@@ -31,34 +31,26 @@ def headers_of(raw: Any) -> Headers:
     return tuple((str(name), bytes(value or b"")) for name, value in items)
 
 
-@dataclass(slots=True)
-class OffsetPlan:
-    """Which messages of a batch to process, and which offsets are missing before them."""
+def drop_replays(
+    messages: Sequence[RawMessage], progress: Mapping[int, int | None]
+) -> tuple[list[RawMessage], int]:
+    """The messages of a batch at or after each partition's progress (the consumer
+    position stored with the state: the next offset to read), and how many were before it.
 
-    fresh: list[RawMessage]
-    replayed: int
-    missing: dict[int, list[tuple[int, int]]]  # partition -> [start, end) ranges to fetch
-
-
-def plan_offsets(messages: Sequence[RawMessage], progress: dict[int, int | None]) -> OffsetPlan:
-    """Compare a batch with each partition's next unapplied offset.
-
-    Offsets below it were applied before (a replay after a crash or a rebalance) and are
-    dropped; offsets above it mean the consumer skipped messages, which must be fetched
-    and applied first. ``progress[p]`` is None for a partition never processed.
+    Offsets below the progress were applied before (a replay after a crash or a
+    rebalance) and are dropped. Offsets above it are normal on Kafka and never a hole:
+    transaction markers, aborted transactions, compaction and retention all leave gaps
+    that no consumer is given, and the direct reader reads every record from the
+    position on. ``progress[p]`` is None for a partition never processed.
     """
     fresh: list[RawMessage] = []
     replayed = 0
-    missing: dict[int, list[tuple[int, int]]] = {}
     expected = dict(progress)
     for msg in messages:
         nxt = expected.get(msg.partition)
-        if nxt is not None:
-            if msg.offset < nxt:
-                replayed += 1
-                continue
-            if msg.offset > nxt:
-                missing.setdefault(msg.partition, []).append((nxt, msg.offset))
+        if nxt is not None and msg.offset < nxt:
+            replayed += 1
+            continue
         expected[msg.partition] = msg.offset + 1
         fresh.append(msg)
-    return OffsetPlan(fresh, replayed, missing)
+    return fresh, replayed

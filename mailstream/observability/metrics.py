@@ -58,10 +58,6 @@ REPLAYED = Counter(
     "Messages delivered again after a restart or rebalance whose effect was already applied;"
     " skipped, and not counted as consumed.",
 )
-BACKFILLED = Counter(
-    "mailstream_events_backfilled_total",
-    "Messages the consumer skipped that were read back directly from the events topic.",
-)
 WORKFLOW_TRANSITIONS = Counter(
     "mailstream_workflow_transitions_total",
     "Enrollment transitions by workflow: enrolled, completed, exited_goal, exited, timed_out,"

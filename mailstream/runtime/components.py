@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from mailstream.config.schema import Config
 from mailstream.core.cluster_trust import cluster_key
@@ -20,8 +21,10 @@ from mailstream.delivery.state_machine import RetryPolicy
 from mailstream.delivery.unsubscribe_links import UnsubscribeTokens
 from mailstream.exceptions import ConfigError
 from mailstream.kafka.access import kafka_access
-from mailstream.kafka.backfill import QUIET_SECONDS, Intake
 from mailstream.kafka.broker_watch import BrokerContact
+from mailstream.kafka.direct_reader import DirectReader, Positions
+from mailstream.kafka.embedded_quirks import fetch_max_wait
+from mailstream.kafka.intake import Intake
 from mailstream.kafka.records import RawMessage
 from mailstream.kafka.topics import changelog_configs
 from mailstream.providers import build_provider
@@ -38,6 +41,12 @@ from tables.replay_claims import REPLAY_GUARD
 from tables.timers import TIMERS
 from tables.users import USERS
 from tables.webhook_calls import WEBHOOK_CALLS, WEBHOOK_QUEUE
+
+# The batches of the topics read through ``Runtime.read_through`` (feedback, webhook
+# commands, replay claims): a fetch returns as soon as records arrive, so the wait only
+# says how often an idle reader looks again (a rebalance wakes it at once).
+READ_BATCH = 500
+READ_WITHIN = 0.2
 
 # what an agent does with a batch of messages
 ApplyBatch = Callable[[list[RawMessage]], Awaitable[None]]
@@ -163,23 +172,56 @@ class Runtime:
         agent: str,
         intake: Intake,
         apply: Callable[[list[RawMessage]], Awaitable[None]],
-    ) -> None:
-        """An agent named ``agent`` that hands ``topic``'s batches to ``apply`` through
-        ``intake`` (which drops replays and fetches what the consumer skipped), and a timer
-        that sweeps what the consumer skipped at the end of a quiet partition, once the
-        worker is settled (mailstream.kafka.backfill)."""
-        app = self.app
-        channel = app.topic(topic, key_serializer="raw", value_serializer="raw")
+    ) -> DirectReader:
+        """Read ``topic``'s partitions that this worker owns with a direct reader
+        (mailstream.kafka.direct_reader) from their progress in ``intake``, and hand each
+        batch to ``apply`` under ``intake.lock``. A Faust agent named ``agent`` keeps the
+        partitions assigned (so the group places them with the tables) and drains what
+        its paused stream brings. Returns the reader, closed when the worker stops."""
+        app, config = self.app, self.config
+        # Without acks Faust's monitor does not take the paused stream for a stuck one.
+        channel = app.topic(topic, key_serializer="raw", value_serializer="raw", acks=False)
+        reader = DirectReader(
+            kafka_access(config),
+            [topic],
+            READ_BATCH,
+            READ_WITHIN,
+            fetch_max_wait(config, send_path=False),
+        )
 
-        async def consume(stream: Any) -> None:
-            await intake.consume(stream, apply)
+        def pause_faust_fetching(partitions: list[int]) -> None:
+            app.consumer.pause_partitions({TP(topic, p) for p in partitions})
 
-        async def sweep_quiet_tails() -> None:
-            if self.settled():
-                await intake.sweep(apply)
+        async def advance(positions: Positions) -> None:
+            await intake.advance(positions, app.producer)
 
-        app.agent(channel, name=agent)(consume)
-        app.timer(interval=QUIET_SECONDS)(sweep_quiet_tails)
+        async def read() -> None:
+            await reader.run(
+                intake.store.active_partitions,
+                intake.position,
+                self.settled,
+                apply,
+                intake.lock,
+                pause_faust_fetching,
+                advance,
+            )
+
+        async def stop_reading(*_: Any, **__: Any) -> None:
+            async with intake.lock:  # a batch being applied finishes before partitions move
+                reader.invalidate()
+
+        async def read_again(*_: Any, **__: Any) -> None:
+            reader.invalidate()
+
+        async def drain(stream: Any) -> None:
+            await intake.drain(stream)
+
+        app.agent(channel, name=agent)(drain)
+        app.task(read)
+        app.on_partitions_revoked.connect(stop_reading)
+        app.on_partitions_assigned.connect(read_again)
+        self.close_when_stopping(reader)
+        return reader
 
     def close_when_stopping(self, *resources: Any) -> None:
         """Close each of ``resources`` (its ``close()`` coroutine) when the worker stops."""

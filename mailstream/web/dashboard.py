@@ -99,8 +99,13 @@ class Dashboard:
         if not partitions:
             return {}
         tps = [TopicPartition(self.config.topics.events, p) for p in partitions]
+        # ListOffsets read_committed: the last stable offset, as far as the direct reader
+        # (read_committed) can get; an open upstream transaction is not lag
         consumer = AIOKafkaConsumer(
-            **kafka_access(self.config).client_kwargs(), group_id=None, enable_auto_commit=False
+            **kafka_access(self.config).client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
         )
         config = self.config
         try:

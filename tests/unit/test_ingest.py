@@ -23,7 +23,7 @@ from mailstream.core.ingest_batch import (
 )
 from mailstream.core.user_state import UserState, split_key, user_key
 from mailstream.core.windows import SamplingRule, ThrottleRule
-from mailstream.kafka.records import RawMessage, plan_offsets
+from mailstream.kafka.records import RawMessage, drop_replays
 from tests.unit.users_in_memory import UsersTable
 
 NOW_MS = 1_700_000_000_000
@@ -416,56 +416,30 @@ def _msgs(*offsets: tuple[int, int]) -> list[RawMessage]:
 
 
 @pytest.mark.parametrize(
-    ("offsets", "progress", "fresh", "replayed", "missing"),
+    ("offsets", "progress", "fresh", "replayed"),
     [
-        pytest.param([(0, 5), (0, 6)], {0: None}, [(0, 5), (0, 6)], 0, {}, id="first-batch-ever"),
-        pytest.param([(0, 5), (0, 6)], {0: 5}, [(0, 5), (0, 6)], 0, {}, id="contiguous"),
-        pytest.param([(0, 3), (0, 4), (0, 5)], {0: 5}, [(0, 5)], 2, {}, id="replay-dropped"),
-        pytest.param([(0, 3), (0, 4)], {0: 5}, [], 2, {}, id="all-replayed"),
+        pytest.param([(0, 5), (0, 6)], {0: None}, [(0, 5), (0, 6)], 0, id="first-batch-ever"),
+        pytest.param([(0, 5), (0, 6)], {0: 5}, [(0, 5), (0, 6)], 0, id="contiguous"),
+        pytest.param([(0, 3), (0, 4), (0, 5)], {0: 5}, [(0, 5)], 2, id="replay-dropped"),
+        pytest.param([(0, 3), (0, 4)], {0: 5}, [], 2, id="all-replayed"),
+        # A commit marker (or compaction) between the progress and the batch: not a hole.
+        pytest.param([(0, 7), (0, 8)], {0: 5}, [(0, 7), (0, 8)], 0, id="gap-before-batch"),
+        pytest.param([(0, 5), (0, 9)], {0: 5}, [(0, 5), (0, 9)], 0, id="gap-inside-batch"),
         pytest.param(
-            [(0, 7), (0, 8)], {0: 5}, [(0, 7), (0, 8)], 0, {0: [(5, 7)]}, id="skipped-before-batch"
+            [(0, 5), (1, 3), (1, 4)], {0: 5, 1: 4}, [(0, 5), (1, 4)], 1, id="partitions-apart"
         ),
-        pytest.param(
-            [(0, 5), (0, 9)], {0: 5}, [(0, 5), (0, 9)], 0, {0: [(6, 9)]}, id="hole-inside-batch"
-        ),
-        pytest.param(
-            [(0, 5), (1, 3), (1, 4)],
-            {0: 5, 1: 4},
-            [(0, 5), (1, 4)],
-            1,
-            {},
-            id="partitions-independent",
-        ),
-        pytest.param(
-            [(1, 2), (0, 9)],
-            {0: 5, 1: 0},
-            [(1, 2), (0, 9)],
-            0,
-            {1: [(0, 2)], 0: [(5, 9)]},
-            id="holes-in-two-partitions",
-        ),
+        pytest.param([(0, 6), (0, 6)], {0: 5}, [(0, 6)], 1, id="offset-twice-in-a-batch"),
     ],
 )
-def test_plan_offsets_drops_replays_and_finds_holes(
+def test_drop_replays_keeps_what_follows_the_progress_gaps_included(
     offsets: list[tuple[int, int]],
     progress: dict[int, int | None],
     fresh: list[tuple[int, int]],
     replayed: int,
-    missing: dict[int, list[tuple[int, int]]],
 ) -> None:
-    plan = plan_offsets(_msgs(*offsets), progress)
-    assert [(m.partition, m.offset) for m in plan.fresh] == fresh
-    assert plan.replayed == replayed
-    assert plan.missing == missing
-
-
-def test_filling_the_holes_leaves_nothing_missing() -> None:
-    first = plan_offsets(_msgs((0, 8), (0, 9)), {0: 5})
-    assert first.missing == {0: [(5, 8)]}
-    merged = sorted(_msgs((0, 5), (0, 6), (0, 7)) + first.fresh, key=lambda m: m.offset)
-    again = plan_offsets(merged, {0: 5})
-    assert again.missing == {}
-    assert [m.offset for m in again.fresh] == [5, 6, 7, 8, 9]
+    kept, dropped = drop_replays(_msgs(*offsets), progress)
+    assert [(m.partition, m.offset) for m in kept] == fresh
+    assert dropped == replayed
 
 
 # ---- sampling and throttling ----------------------------------------------------------
