@@ -1,1 +1,2 @@
-"""Kafka I/O: connections (access), the direct reader and its intake, the partitioner, topics, dead letters, the broker's health, local clusters."""
+"""Kafka I/O: connections, the direct readers, topics, the partitioner, dead letters,
+the broker's health, the embedded broker and local Apache Kafka clusters."""
