@@ -10,6 +10,7 @@ resolved once into a cache directory outside the repository.
 from __future__ import annotations
 
 import base64
+import fcntl
 import logging
 import os
 import shutil
@@ -76,6 +77,18 @@ def resolve(cache: Path | None = None, timeout: float = 900.0) -> Path:
         )
     if done.exists():
         return libs
+    libs.mkdir(parents=True, exist_ok=True)
+    # One resolution at a time: a second process (a test process starting its own
+    # cluster) would start Kafka from a half-copied directory.
+    with open(libs.parent / ".resolve.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            _copy_dependencies(libs, timeout)
+            done.touch()
+    return libs
+
+
+def _copy_dependencies(libs: Path, timeout: float) -> None:
     dependencies = "\n".join(
         DEPENDENCY.format(artifact=a, version=KAFKA_VERSION) for a in ARTIFACTS
     )
@@ -97,8 +110,6 @@ def resolve(cache: Path | None = None, timeout: float = 900.0) -> Path:
         raise KafkaUnavailable(
             f"Maven could not resolve Apache Kafka {KAFKA_VERSION}: " + " | ".join(tail)
         )
-    done.touch()
-    return libs
 
 
 def cluster_id() -> str:
@@ -287,7 +298,10 @@ class LocalKafka:
                 cmd += self.secured.scram_arguments()
             formatted = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603
             if formatted.returncode != 0:
-                raise KafkaUnavailable(f"formatting node {node.node_id} failed: {formatted.stdout}")
+                output = (formatted.stdout + formatted.stderr).strip().splitlines()[-5:]
+                raise KafkaUnavailable(
+                    f"formatting node {node.node_id} failed: " + " | ".join(output)
+                )
         for node in self.nodes:
             node.log = open(node.directory / "server.log", "ab")  # noqa: SIM115 - closed in stop()
             config_file = f"{node.directory / 'server.properties'}"
