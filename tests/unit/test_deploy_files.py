@@ -51,6 +51,7 @@ def test_the_compose_cluster_is_the_one_the_suite_tests() -> None:
 def test_the_workers_config_is_valid() -> None:
     config = load_config(ROOT / "deploy" / "mailstream.yaml", env={})
     assert config.broker.embedded is False
+    assert (config.topics.replication, config.topics.min_insync_replicas) == (3, 2)
     assert config.bootstrap_servers == "kafka-1:9092,kafka-2:9092,kafka-3:9092"
     assert config.delivery.provider == "smtp" and config.providers.smtp is not None
     assert config.providers.smtp.host == "mailpit"
