@@ -117,7 +117,6 @@ class DeliveryAgent:
             await dispatcher.run()
         finally:
             send_intake.submit = send_intake.wake = None
-            await self.intake.close()
 
 
 def register(rt: Runtime, delivery: DeliveryRuntime) -> None:

@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from mailstream.config.kafka_sections import SecurityConfig, TopicsConfig
 from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
-from mailstream.kafka.topics import COMPACTED, ensure_topics
+from mailstream.kafka.topics import COMPACTED, broker_default_replication, ensure_topics
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -85,6 +85,7 @@ class Site:
         self.security = security if security is not None and broker_url else SecurityConfig()
         self.kafka = KafkaAccess.from_settings(self.broker.bootstrap_servers, self.security)
         self.suffix = "" if self.embedded else f"-{secrets.token_hex(3)}"
+        self._replication: int | None = None
         # the run's workers share it, and what the bench writes to their topics is signed with it
         self.cluster_secret = secrets.token_urlsafe(32)
 
@@ -123,14 +124,28 @@ class Site:
             topics["events"] = events_from
         # the suppression list compacted, or its workers refuse the topic at start
         compacted = {topics["suppression"]: COMPACTED}
-        await ensure_topics(self.kafka, topics.values(), partitions, topic_configs=compacted)
+        await ensure_topics(
+            self.kafka,
+            topics.values(),
+            partitions,
+            await self.replication(),
+            topic_configs=compacted,
+        )
         return topics
+
+    async def replication(self) -> int:
+        """The topics' replication: on Apache Kafka the brokers' default, as a worker
+        creates them (on a 3-node cluster every write then waits for its replicas)."""
+        if self._replication is None:
+            found = None if self.embedded else await broker_default_replication(self.kafka)
+            self._replication = found or 1
+        return self._replication
 
     async def events_topic(self, name: str, partitions: int = 4) -> str:
         """Only the events topic of app ``name``: for events that apps of other names
         read (``topics(..., events_from=...)``)."""
         topic = topic_names(self.apart(name))["events"]
-        await ensure_topics(self.kafka, [topic], partitions)
+        await ensure_topics(self.kafka, [topic], partitions, await self.replication())
         return topic
 
     def spawn_worker(

@@ -98,6 +98,3 @@ class Intake:
         async for batch in stream.noack_take(size, within=PAUSED_WITHIN):
             for event in batch:
                 await stream.ack(event)
-
-    async def close(self) -> None:
-        """Nothing to close any more (kept for the callers that close it)."""

@@ -26,6 +26,7 @@ from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, ConfigError
 from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
+from mailstream.kafka.embedded_quirks import EMBEDDED_CLUSTER_ID
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,12 @@ async def _create_topics(
     return refused
 
 
+async def broker_default_replication(bootstrap_servers: KafkaAccess | str) -> int | None:
+    """The brokers' ``default.replication.factor``; None when they do not say."""
+    async with _admin(bootstrap_servers, 20.0) as admin:
+        return await _broker_default_replication(admin)
+
+
 async def topic_partitions(bootstrap_servers: KafkaAccess | str, topic: str) -> list[int]:
     """The partition ids of ``topic``; empty when it does not exist (it is not created)."""
     admin = AIOKafkaAdminClient(
@@ -199,9 +206,12 @@ def changelog_configs(config: Config) -> dict[str, str]:
 
 async def _broker_default_replication(admin: AIOKafkaAdminClient) -> int | None:
     """The broker's ``default.replication.factor``; None when it does not say (aiokafka
-    0.14 speaks CreateTopics v3, which cannot ask for the broker's default with -1)."""
+    0.14 speaks CreateTopics v3, which cannot ask for the broker's default with -1). The
+    embedded broker keeps one replica whatever is asked: 1 there."""
     try:
         cluster = await admin.describe_cluster()
+        if cluster.get("cluster_id") == EMBEDDED_CLUSTER_ID:
+            return 1
         node = str(cluster["controller_id"] if cluster["controller_id"] >= 0 else "")
         node = node or str(cluster["brokers"][0]["node_id"])
         resource = ConfigResource(ConfigResourceType.BROKER, node)  # every setting: see below

@@ -60,6 +60,8 @@ def test_ctrl_c_stops_the_traffic_and_the_worker_before_the_broker(tmp_path: Pat
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()  # unclosed, a failure here is reported again as another's
     assert proc.returncode == 0, out
     assert out.rstrip().endswith("stopped.")
     after = worker_log.read_text(errors="replace").splitlines()[before:]
