@@ -28,8 +28,8 @@ bench: $(STAMP) ## mailstream bench: the pipeline's figures (ARGS= for another s
 # integration test runs on both brokers: the embedded one (one per process) and a local
 # 3-node Apache Kafka (one for the session; its jars are resolved with Maven on first use).
 # MAILSTREAM_TEST_BROKERS=embedded (or kafka) runs one tier. --dist loadfile keeps a
-# file's tests together.
-PARALLEL := -n 2 --dist loadfile
+# file's tests together; the 25 slowest tests are listed at the end.
+PARALLEL := -n 2 --dist loadfile --durations=25
 
 test: $(STAMP) ## the whole suite: unit tests, and integration tests on the embedded broker and on Apache Kafka
 	$(PY) -m pytest $(PARALLEL) tests
