@@ -1,6 +1,9 @@
 """A worker whose broker goes away, and one whose broker comes back without its data.
 
-Each test runs its own embedded broker, so that stopping it harms no other test.
+Each test runs its own embedded broker, so that stopping it harms no other test. Embedded
+only: it stops a broker that keeps its topics in memory and brings it back empty, which
+only the embedded broker does. A Kafka broker's failover is another matter (the cluster
+fault tests).
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""``mailstream demo`` as a new user runs it: Ctrl-C in the terminal, and ports in use."""
+"""``mailstream demo`` as a new user runs it: Ctrl-C in the terminal, and ports in use.
+
+Embedded only: the demo starts the embedded broker itself."""
 
 from __future__ import annotations
 

@@ -160,8 +160,10 @@ async def test_a_broker_outage_stops_the_worker_loudly_and_a_restart_resumes(
     tmp_path: Any,
 ) -> None:
     """The embedded broker keeps topics in memory: when it goes away, a worker must not
-    sit on as if all were well. It exits non-zero, saying so; started again against the
-    restarted broker, a worker processes new events."""
+    sit on as if all were well (embedded only: it stops the test's own broker, which loses
+    everything; a Kafka broker's failover is the cluster fault tests' matter). It exits
+    non-zero, saying so; started again against the restarted broker, a worker processes
+    new events."""
     broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=tmp_path / "own-broker.log")
     broker.start()
     d = Deployment(broker, tmp_path)

@@ -214,6 +214,8 @@ async def test_a_copy_started_before_the_topic_exists_waits_for_it(
 
 
 async def test_a_broker_that_lost_its_data_is_read_again(tmp_path: Path) -> None:
+    """Embedded only: a broker restarted without its data is what the embedded broker's
+    memory storage does; this test runs one of its own to restart."""
     broker = EmbeddedBroker("127.0.0.1", free_port(), log_path=tmp_path / "broker.log")
     broker.start()
     try:
