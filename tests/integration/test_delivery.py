@@ -201,17 +201,20 @@ async def test_the_provider_limit_holds_across_two_workers(deployment: Deploymen
     times = sorted(r.monotonic for r in got)
     # Calls start at most limit + burst in any second. Between starting and arriving
     # here a call can be held up (a busy worker or test process on a loaded machine;
-    # 110 ms was seen with two CPU hogs running), which can bring calls started more
-    # than a second apart within a second of each other here: so any 0.85 s holds at
-    # most limit + burst, allowing 150 ms of such jitter.
-    window = 1.0 - 0.15
+    # 110 ms was seen with two CPU hogs running, and more beside three Kafka nodes on
+    # the same two cores), which can bring calls started more than a second apart within
+    # a second of each other here: so any 0.75 s holds at most limit + burst, allowing
+    # 250 ms of such jitter.
+    window = 1.0 - 0.25
     busiest = max(
         sum(1 for t in times[i : i + limit + burst + 1] if t < start + window)
         for i, start in enumerate(times)
     )
     assert busiest <= limit + burst, f"{busiest} messages within {window} s"
+    # Over the whole run (40 s), the two workers together keep to the one limit: each
+    # alone at the limit would make it about twice that.
     rate = (total - 1) / (times[-1] - times[0])
-    assert rate >= 0.9 * limit, f"{rate:.1f}/s is below 90 % of the {limit}/s limit"
+    assert 0.9 * limit <= rate <= 1.05 * limit, f"{rate:.1f}/s against a {limit}/s limit"
 
 
 @pytest.mark.parametrize("sends", [5000])
