@@ -10,6 +10,7 @@ resolved once into a cache directory outside the repository.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import logging
 import os
@@ -18,6 +19,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -64,6 +66,17 @@ def missing_tools() -> list[str]:
     return [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` across processes (created if missing)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def resolve(cache: Path | None = None, timeout: float = 900.0) -> Path:
     """The directory holding the pinned release's jars, resolved with Maven the first
     time (about 55 MB)."""
@@ -80,8 +93,7 @@ def resolve(cache: Path | None = None, timeout: float = 900.0) -> Path:
     libs.mkdir(parents=True, exist_ok=True)
     # One resolution at a time: a second process (a test process starting its own
     # cluster) would start Kafka from a half-copied directory.
-    with open(libs.parent / ".resolve.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(libs.parent / ".resolve.lock"):
         if not done.exists():
             _copy_dependencies(libs, timeout)
             done.touch()

@@ -9,18 +9,16 @@ Maven is missing the Kafka tier is skipped with one loud line; with ``CI=true`` 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from mailstream.kafka.local_cluster import KafkaUnavailable, LocalKafka
+from mailstream.kafka.local_cluster import KafkaUnavailable, LocalKafka, file_lock
 
 TIERS = ("embedded", "kafka")
 TIERS_ENV = "MAILSTREAM_TEST_BROKERS"
@@ -67,23 +65,13 @@ class SharedKafka:
         return f"kafka://{self.bootstrap_servers}"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def shared_kafka(root: Path) -> tuple[SharedKafka, list[int] | None]:
     """The cluster of the session whose processes share ``root``: started by the first
     process to ask, whose pids it returns (the others get None). A cluster that could
     not start is remembered, so the other processes do not try again."""
     root.mkdir(parents=True, exist_ok=True)
     record = root / CLUSTER_FILE
-    with _locked(root / "kafka.lock"):
+    with file_lock(root / "kafka.lock"):
         if record.exists():
             data = json.loads(record.read_text())
             if "error" in data:

@@ -353,3 +353,13 @@ async def read_json(deployment: Deployment, topic: str, expected: int, timeout: 
 
     messages = await deployment.read_topic(topic, expected, timeout)
     return [orjson.loads(m.value) for m in messages]
+
+
+async def wait_exit(worker: Worker, timeout: float) -> int:
+    """The exit code of ``worker``, which must stop within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while worker.alive() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert worker.process is not None
+    assert not worker.alive(), f"{worker.name} still runs after {timeout:.0f} s"
+    return int(worker.process.returncode)

@@ -8,7 +8,6 @@ fault tests).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
-from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
+from tests.integration.harness import Deployment, Worker, metric_sum, wait_exit, wait_for
 
 
 @pytest.fixture
@@ -35,15 +34,6 @@ async def own(tmp_path: Path) -> AsyncIterator[Deployment]:
 
 def log_lines(worker: Worker) -> list[str]:
     return worker.log_path.read_text(errors="replace").splitlines()
-
-
-async def wait_exit(worker: Worker, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while worker.alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert worker.process is not None
-    assert not worker.alive(), f"{worker.name} still runs after {timeout:.0f} s"
-    return int(worker.process.returncode)
 
 
 async def emit_and_wait(d: Deployment, worker: Worker, n: int) -> None:

@@ -4,8 +4,6 @@ lose data or break its partitioning."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from mailstream.config.load import parse_config
 from mailstream.exceptions import BrokerError, ConfigError
 from mailstream.kafka.embedded_broker import EmbeddedBroker
 from mailstream.kafka.topics import create_topics, ensure_topics
-from tests.integration.harness import PARTITIONS, Deployment, Worker
+from tests.integration.harness import PARTITIONS, Deployment, wait_exit
 
 DAY_MS = 86_400_000
 
@@ -47,15 +45,6 @@ async def read_back(servers: str, topics: list[str]) -> dict[str, dict[str, Any]
         return found
     finally:
         await admin.close()
-
-
-async def wait_exit(worker: Worker, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while worker.alive() and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert worker.process is not None
-    assert not worker.alive(), f"{worker.name} still runs after {timeout:.0f} s"
-    return int(worker.process.returncode)
 
 
 async def test_a_worker_creates_its_topics_and_changelogs_with_the_configured_settings(
