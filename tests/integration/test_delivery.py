@@ -201,16 +201,20 @@ async def test_the_provider_limit_holds_across_two_workers(deployment: Deploymen
     times = sorted(r.monotonic for r in got)
     # Calls start at most limit + burst in any second. Between starting and arriving
     # here a call can be held up (a busy worker or test process on a loaded machine;
-    # 110 ms was seen with two CPU hogs running, and more beside three Kafka nodes on
-    # the same two cores), which can bring calls started more than a second apart within
-    # a second of each other here: so any 0.75 s holds at most limit + burst, allowing
-    # 250 ms of such jitter.
-    window = 1.0 - 0.25
-    busiest = max(
+    # 110 ms was seen with two CPU hogs running, and up to 0.3 s beside three Kafka nodes
+    # on the same two cores), which brings calls started more than a second apart within
+    # a second of each other here: so any 0.6 s holds at most limit + burst, allowing
+    # 0.4 s of such jitter. Two workers each sending at the whole limit for that long
+    # would put about limit * 1.2 in it.
+    window = 1.0 - 0.4
+    counts = [
         sum(1 for t in times[i : i + limit + burst + 1] if t < start + window)
         for i, start in enumerate(times)
-    )
-    assert busiest <= limit + burst, f"{busiest} messages within {window} s"
+    ]
+    busiest = max(counts)
+    at = counts.index(busiest)
+    gap = times[at] - times[at - 1] if at else 0.0  # a hold-up shows as a gap before
+    assert busiest <= limit + burst, f"{busiest} messages within {window} s, {gap:.3f} s after one"
     # Over the whole run (40 s), the two workers together keep to the one limit: each
     # alone at the limit would make it about twice that.
     rate = (total - 1) / (times[-1] - times[0])
