@@ -14,6 +14,7 @@ from mailstream.config.webhooks_out_settings import build_endpoints
 from mailstream.kafka import embedded_quirks
 from mailstream.kafka.access import kafka_access
 from mailstream.kafka.broker_watch import watch_broker
+from mailstream.kafka.membership import keep_ticking
 from mailstream.observability import faust_metrics
 from mailstream.runtime.components import Runtime, delivery_runtime
 
@@ -94,6 +95,16 @@ def watch_the_broker(rt: Runtime) -> None:
     rt.app.task(watch)
 
 
+def follow_membership(rt: Runtime) -> None:
+    """A worker paused past its group session exits as soon as it wakes
+    (mailstream.kafka.membership)."""
+
+    async def start_ticking() -> None:
+        keep_ticking(rt.membership)
+
+    rt.app.task(start_ticking)
+
+
 def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtime]:
     """The worker's app, with every table, agent, timer and view ``config`` asks for
     registered on it, and the runtime they share. A missing secret or API key fails
@@ -129,4 +140,5 @@ def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtim
     dashboard.register(views, sessions, health)
     feedback_views.register(rt)
     watch_the_broker(rt)
+    follow_membership(rt)
     return app, rt

@@ -206,6 +206,11 @@ class SendDispatcher(CallsInFlight[Finished]):
         count_for_workflow(workflows, command, result, waited_s)
 
     def _start_calls(self, chosen: list[Taken]) -> None:
+        # Only for partitions still this worker's: one that moved during the flush (or a
+        # worker paused past its session, mailstream.kafka.membership) belongs to another
+        # worker now, which decides from the durable records whether the send goes.
+        owned = set(self.tables.queue.active_partitions())
+        chosen = [t for t in chosen if t.partition in owned]
         first = (t.command.get("event_at") for t in chosen if t.record.attempts == 1)
         observe_path("calling", first, self.clock())
         for taken in chosen:

@@ -15,6 +15,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -315,28 +316,69 @@ class LocalKafka:
                     f"formatting node {node.node_id} failed: " + " | ".join(output)
                 )
         for node in self.nodes:
-            node.log = open(node.directory / "server.log", "ab")  # noqa: SIM115 - closed in stop()
-            config_file = f"{node.directory / 'server.properties'}"
-            node.process = subprocess.Popen(  # noqa: S603 - java, with our own arguments
-                self._java(libs, "kafka.Kafka", config_file),
-                stdout=node.log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self._launch(node, libs)
         deadline = time.monotonic() + timeout
         for node in self.nodes:
-            left = max(1.0, deadline - time.monotonic())
-            if not wait_for_port(self.host, node.port, left):
-                self.stop()
-                raise KafkaUnavailable(
-                    f"Kafka node {node.node_id} did not listen on {self.host}:{node.port}"
-                    f" within {timeout:.0f} s (see {node.directory / 'server.log'})"
-                )
+            self._wait_listening(node, max(1.0, deadline - time.monotonic()))
         logger.info("local Apache Kafka %s on %s", KAFKA_VERSION, self.bootstrap_servers)
+
+    def _launch(self, node: Node, libs: Path) -> None:
+        node.log = node.log or open(node.directory / "server.log", "ab")  # noqa: SIM115 - closed in stop()
+        config_file = f"{node.directory / 'server.properties'}"
+        node.process = subprocess.Popen(  # noqa: S603 - java, with our own arguments
+            self._java(libs, "kafka.Kafka", config_file),
+            stdout=node.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def _wait_listening(self, node: Node, timeout: float) -> None:
+        if not wait_for_port(self.host, node.port, timeout):
+            self.stop()
+            raise KafkaUnavailable(
+                f"Kafka node {node.node_id} did not listen on {self.host}:{node.port}"
+                f" within {timeout:.0f} s (see {node.directory / 'server.log'})"
+            )
+
+    # Faults, for tests of how clients live through them. Nodes are numbered from 1.
+
+    def node(self, node_id: int) -> Node:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def signal_node(self, node_id: int, sig: int) -> None:
+        """Send ``sig`` to one node: SIGKILL (a crash), SIGSTOP and SIGCONT (a node that
+        freezes: its connections stay open and nothing answers)."""
+        proc = self.node(node_id).process
+        if proc is None or proc.poll() is not None:
+            raise BrokerError(f"Kafka node {node_id} is not running")
+        os.kill(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            proc.wait(30)
+
+    def stop_node(self, node_id: int, timeout: float = 60.0) -> None:
+        """Stop one node as an operator does before an upgrade (SIGTERM: a controlled
+        shutdown that moves its leaderships first)."""
+        node = self.node(node_id)
+        proc, node.process = node.process, None
+        if proc is not None:
+            stop_process(proc, timeout)
+
+    def start_node(self, node_id: int, timeout: float = 90.0) -> None:
+        """Start a node that was stopped or killed again, on its own data and ports."""
+        node = self.node(node_id)
+        if node.process is not None and node.process.poll() is None:
+            raise BrokerError(f"Kafka node {node_id} is already running")
+        self._launch(node, resolve())
+        self._wait_listening(node, timeout)
+
+    def running(self) -> list[int]:
+        """The nodes whose process is alive (a frozen one included)."""
+        return [n.node_id for n in self.nodes if n.process is not None and n.process.poll() is None]
 
     def stop(self, timeout: float = 20.0) -> None:
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
+                node.process.send_signal(signal.SIGCONT)  # a frozen node cannot stop
                 node.process.terminate()
         for node in self.nodes:
             proc, node.process = node.process, None

@@ -25,6 +25,7 @@ from mailstream.kafka.broker_watch import BrokerContact
 from mailstream.kafka.direct_reader import DirectReader, Positions
 from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.kafka.intake import Intake
+from mailstream.kafka.membership import Membership, exit_paused
 from mailstream.kafka.records import RawMessage
 from mailstream.kafka.topics import changelog_configs
 from mailstream.providers import build_provider
@@ -82,6 +83,9 @@ class Tables:
             tables.webhook_calls, tables.webhook_queue = table(WEBHOOK_CALLS), table(WEBHOOK_QUEUE)
         return tables
 
+    def stores(self) -> list[PartitionStore]:
+        return [s for s in vars(self).values() if isinstance(s, PartitionStore)]
+
 
 class Runtime:
     """What one worker's agents and views share, built from its config and environment:
@@ -93,6 +97,12 @@ class Runtime:
         self.config = config
         self.env = env
         self.tables = Tables.declare(app, config)
+        broker = config.broker
+        self.membership = Membership.for_session(
+            broker.session_timeout, broker.heartbeat_interval, exit_paused
+        )
+        for store in self.tables.stores():
+            store.membership = self.membership
         self.broker_contact = BrokerContact(lost_after=config.broker.lost_after)
         # Read directly (mailstream.kafka.direct_reader), Faust only keeps the events
         # partitions assigned: without acks, its monitor does not take the paused stream

@@ -22,6 +22,7 @@ from typing import Any
 import rocksdict
 from faust.stores.rocksdb import Store as FaustRocksDBStore
 
+from mailstream.kafka.membership import Membership
 from mailstream.observability import metrics
 from mailstream.state.store import PROGRESS_KEY as PROGRESS_KEY  # where agents/ingest.py reads it
 from mailstream.state.store import Store, StoreBase, is_progress
@@ -64,6 +65,7 @@ class PartitionStore(StoreBase):
         self.table = table
         self.name = str(table.name)
         self.due = due
+        self.membership: Membership | None = None
         # partition -> due keys deleted since its last compaction: how many, the lowest
         # and the highest, and the count at which to check its size again
         self._deleted: dict[int, tuple[int, bytes, bytes, int]] = {}
@@ -174,6 +176,8 @@ class PartitionStore(StoreBase):
         return None
 
     def active_partitions(self) -> list[int]:
+        if self.membership is not None:  # a worker paused past its session stops here
+            self.membership.check(time.monotonic())
         actives = self.table.app.assignor.assigned_actives()
         topic = self.changelog_topic
         return sorted(tp.partition for tp in actives if tp.topic == topic)

@@ -107,6 +107,7 @@ class Worker:
         proc = self.process
         if proc is None or proc.poll() is not None:
             return
+        os.kill(proc.pid, signal.SIGCONT)  # a frozen worker cannot stop
         os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(20)
@@ -183,6 +184,7 @@ class Deployment:
     overrides: dict[str, Any] = field(default_factory=dict)
     # how the test's own clients connect (default: in plain text, to the broker's address)
     access: KafkaAccess | None = None
+    partitions: int = PARTITIONS
 
     @property
     def kafka(self) -> KafkaAccess:
@@ -199,8 +201,9 @@ class Deployment:
             "suppression",
             "webhooks",
             "feedback_claims",
+            "sessions",
         )
-        return {n: f"{self.app_id}.{n}" for n in names} | {"partitions": PARTITIONS}  # type: ignore[dict-item]
+        return {n: f"{self.app_id}.{n}" for n in names} | {"partitions": self.partitions}  # type: ignore[dict-item]
 
     @property
     def config_path(self) -> Path:
@@ -255,7 +258,7 @@ class Deployment:
                 if not h or not h["ready"]:
                     return False
                 owned.extend(h["partitions"])
-            return sorted(owned) == list(range(PARTITIONS))
+            return sorted(owned) == list(range(self.partitions))
 
         await wait_for(probe, timeout, "workers to own all partitions")
 
