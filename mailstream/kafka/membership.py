@@ -6,8 +6,9 @@ group, and its partitions given to other workers, which went on from the last st
 made durable. When it wakes it still holds the old assignment, its local tables and its
 queued sends, and until its next heartbeat is answered nothing tells it otherwise: acting
 on them would send again what another worker has sent and fire timers another worker has
-fired. Rejoining would not cure it either: Faust does not restore a partition it sees as
-kept across the rebalance, though another worker wrote to it meanwhile. So it exits
+fired. Rejoining in-process did not cure it: a worker that got back a partition it had
+before the pause went on from its own stale tables, not from what the other worker wrote
+meanwhile, and sent those sends again. So it exits
 (``EXIT_PAUSED``) with one line saying why, and its supervisor starts it again: a
 restarted worker reads every changelog from the offset its local state reflects.
 

@@ -15,7 +15,6 @@ from urllib.parse import quote
 
 import orjson
 from aiohttp.web import Response as AioResponse
-from faust.exceptions import SameNode
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from yarl import URL
@@ -25,6 +24,7 @@ from mailstream.core.cluster_trust import REQUEST_HEADER, RESPONSE_HEADER, Nonce
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key
 from mailstream.exceptions import ConfigError
+from mailstream.kafka.partitioning import partition_for
 from mailstream.runtime.components import Runtime
 from mailstream.web.admin_auth import SESSION_COOKIE, AdminAuth, bearer_matches, mask_email
 
@@ -169,6 +169,17 @@ class Views:
             return None
         return None if entry is None else entry.to_json()
 
+    def owner_of(self, user_id: str) -> URL | None:
+        """The worker that owns the events partition mailstream's partitioner gives
+        ``user_id`` (Faust's router asks its producer, which may not yet know the topic)."""
+        topic = self.config.topics.events
+        partition = partition_for(user_id.encode(), self.config.topics.partitions)
+        assignor: Any = self.app.assignor  # Faust's own, whose type leaves this out
+        for host, topics in assignor.external_topics_metadata().items():
+            if partition in topics.get(topic, ()):
+                return URL(host)
+        return None
+
     async def find_user(
         self, request: Request, user_id: str, forwarded: bool = False
     ) -> tuple[int, dict[str, Any]]:
@@ -186,10 +197,7 @@ class Views:
             return 404, not_found
         # Ask the owner of the partition the default partitioner gives this user id; then, for
         # producers that partition differently, every other worker.
-        try:
-            owner = self.app.router.external_topic_key_store(self.rt.events_topic, user_id.encode())
-        except (KeyError, SameNode):
-            owner = None
+        owner = self.owner_of(user_id)
         candidates = ([owner] if owner is not None else []) + [
             u for u in self.worker_urls() if u != owner
         ]
