@@ -80,7 +80,7 @@ async def _loaded(
     use_fake(d, fake, rate_limit=2000, concurrency=16)
     workers = [start(d, fake, name) for name in names]
     await d.wait_ready(workers)
-    load = Load.make(seed=seed, users=150)
+    load = Load.make(seed=seed, users=100)
     return workers, load, asyncio.create_task(load.run(d, per_second))
 
 
@@ -89,7 +89,7 @@ async def test_the_leading_broker_killed_mid_stream_and_back_20_s_later(
 ) -> None:
     d = await deploy()
     async with FakeProviders() as fake:
-        workers, load, producing = await _loaded(d, fake, ("a", "b"), seed=1, per_second=40)
+        workers, load, producing = await _loaded(d, fake, ("a", "b"), seed=1, per_second=30)
         await load.until_produced(0.25)
         # the node leading most partitions of the events and of the users' changelog
         victim = (await leaders(d, ".events", "users-changelog")).most_common(1)[0][0]
@@ -106,7 +106,7 @@ async def test_a_rolling_restart_of_every_broker_under_load(
 ) -> None:
     d = await deploy()
     async with FakeProviders() as fake:
-        workers, load, producing = await _loaded(d, fake, ("a", "b"), seed=2, per_second=25)
+        workers, load, producing = await _loaded(d, fake, ("a", "b"), seed=2, per_second=20)
         await load.until_produced(0.1)
         for node in cluster.nodes:
             # as an operator upgrades: one node at a time, the next once all are in sync
@@ -138,7 +138,7 @@ async def test_three_workers_on_12_partitions_one_leaves_and_rejoins_twice(
 ) -> None:
     d = await deploy(partitions=12)
     async with FakeProviders() as fake:
-        (a, b, c), load, producing = await _loaded(d, fake, ("a", "b", "c"), seed=5, per_second=30)
+        (a, b, c), load, producing = await _loaded(d, fake, ("a", "b", "c"), seed=5, per_second=20)
         for _ in range(2):
             await asyncio.sleep(5)
             c.stop()  # leaves the group as a deploy does (SIGTERM)
