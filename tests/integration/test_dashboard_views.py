@@ -62,6 +62,13 @@ async def test_user_page_lag_and_funnel_agree_with_what_happened(deployment: Dep
     assert status == 200 and "globally_suppressed" in page
     assert "not suppressed" not in page
     assert "complaint (global list, by address)" in page
+
+    # u1's events are in another partition, which may not have been read yet
+    async def u1_read() -> bool:
+        status, _ = await worker.get("/api/users/u1")
+        return status == 200
+
+    await wait_for(u1_read, 30, "u1's events to be read", interval=0.2)
     _, other = await worker.get("/users/u1")
     assert "not suppressed" in other
 
