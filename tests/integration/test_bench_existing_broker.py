@@ -65,14 +65,14 @@ async def test_the_pipeline_bench_runs_on_an_existing_broker(
     result = await _bench(
         broker,
         tmp_path,
-        *("--events", "2000", "--mix-users", "100", "--users", "200"),
+        *("--events", "4000", "--mix-users", "200", "--users", "500"),
         *("--latency-seconds", "1", "--pairs", "1"),
     )
     # every phase measured something
     assert result["ceiling_events_per_s"] > 0 and result["pipeline_events_per_s"] > 0
     assert result["two_workers_events_per_s"] > 0
     assert result["latency_receipts"] > 0 and result["latency_p99_ms"] > 0
-    assert result["state_users"] == 200 and result["state_worker_rss_mb"] > 0
+    assert result["state_users"] == 500 and result["state_worker_rss_mb"] > 0
     # no figure for a broker process the bench did not start
     assert result["broker_cpu_us_per_event"] is None
     assert result["latency_broker_cores_busy"] is None

@@ -213,3 +213,15 @@ def test_scale_out_is_the_ratio_of_the_means_with_each_pair_beside_it() -> None:
     assert figures["one_worker_before_after"] == "10,000 / 12,000 / 11,000"
     assert figures["one_worker_cpu_us_per_event_before_after"] == "90 / 80 / 85"
     assert figures["one_worker_again_cpu_stolen_share"] == "0.01 / 0.0"
+
+
+async def test_a_phase_over_before_a_second_reading_says_so_instead_of_a_rate_of_zero(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A worker that read every event before the bench's first reading gave a rate of 0,
+    # and the scale-out figures then divided by it.
+    from mailstream.bench import consume_rates
+
+    monkeypatch.setattr(consume_rates, "total_over", lambda urls, name: 2000.0)
+    with pytest.raises(RuntimeError, match="give the bench more events"):
+        await consume_rates.consume_rate(["http://127.0.0.1:1"], 2000, "one worker again")
