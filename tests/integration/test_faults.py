@@ -16,6 +16,7 @@ from collections import Counter
 from typing import Any
 
 import orjson
+import pytest
 
 from mailstream.config.sections import IngestConfig
 from mailstream.kafka.embedded_broker import EmbeddedBroker, free_port
@@ -59,6 +60,11 @@ def traffic(rng: random.Random) -> tuple[list[tuple[bytes, bytes]], dict[str, in
     return messages, {"duplicates": len(duplicates), "malformed": len(malformed)}
 
 
+@pytest.mark.only_on(
+    "embedded",
+    reason="on Apache Kafka, tests/integration/test_cluster_faults.py kills a worker under"
+    " load and checks the same and more",
+)
 async def test_one_of_two_workers_killed_under_load_the_other_takes_over(
     deployment: Deployment,
 ) -> None:
