@@ -68,11 +68,15 @@ def scale_out_figures(ones: Sequence[Phase], twos: Sequence[Phase]) -> dict[str,
     def each(values: Iterator[Any]) -> str:
         return " / ".join(str(v) for v in values)
 
+    def ratio(part: float, whole: float) -> str:
+        # a phase over before the bench's second reading has no rate (0): too few events
+        return f"{part / whole:.3f}" if whole > 0 else "n/a"
+
     return {
         "two_workers_each": each(f"{p.rate:,.0f}" for p in twos),
         # each two against the mean of the ones on both sides of it
         "two_workers_ratio_each": each(
-            f"{p.rate / ((ones[n].rate + ones[n + 1].rate) / 2):.3f}" for n, p in enumerate(twos)
+            ratio(p.rate, (ones[n].rate + ones[n + 1].rate) / 2) for n, p in enumerate(twos)
         ),
         "two_workers_cpu_us_per_event": each(p.us_per_event for p in twos),
         "two_workers_flush_share_of_batch": each(f"{p.flush_share:.2f}" for p in twos),
@@ -83,7 +87,9 @@ def scale_out_figures(ones: Sequence[Phase], twos: Sequence[Phase]) -> dict[str,
         # what an event cost it each time: the machine's speed drifts with no CPU stolen
         "one_worker_cpu_us_per_event_before_after": each(p.us_per_event for p in ones),
         "one_worker_again_cpu_stolen_share": each(round(p.stolen, 3) for p in ones[1:]),
-        "two_workers_ratio_to_one": round(
-            fmean(p.rate for p in twos) / fmean(p.rate for p in ones), 3
+        "two_workers_ratio_to_one": (
+            round(fmean(p.rate for p in twos) / one, 3)
+            if (one := fmean(p.rate for p in ones)) > 0
+            else None
         ),
     }
