@@ -125,36 +125,35 @@ class Load:
         await wait_for(far_enough, timeout, f"{fraction:.0%} of the load produced", interval=0.1)
 
 
-async def leaders(deployment: Deployment, *names: str) -> Counter[int]:
-    """How many partitions of the topics whose names contain one of ``names`` (and this
-    deployment's app id) each node leads."""
+async def _partitions(deployment: Deployment, *names: str) -> list[dict[str, Any]]:
+    """The partitions (as the admin client describes them) of the deployment's topics,
+    or of those whose names contain one of ``names``."""
     admin = AIOKafkaAdminClient(**deployment.kafka.client_kwargs())
     await admin.start()
     try:
         topics = [
             t
             for t in await admin.list_topics()
-            if t.startswith(deployment.app_id) and any(n in t for n in names)
+            if t.startswith(deployment.app_id) and (not names or any(n in t for n in names))
         ]
         described = await admin.describe_topics(topics)
     finally:
         await admin.close()
-    return Counter(p["leader"] for t in described for p in t["partitions"])
+    return [p for t in described for p in t["partitions"]]
 
 
-SUBJECTS = {"receipt": "Your receipt for order", "cart": "You left something in your cart"}
+async def leaders(deployment: Deployment, *names: str) -> Counter[int]:
+    """How many partitions of the topics whose names contain one of ``names`` (and this
+    deployment's app id) each node leads."""
+    return Counter(p["leader"] for p in await _partitions(deployment, *names))
 
 
 async def in_sync(deployment: Deployment) -> bool:
     """Whether every replica of every partition of the deployment's topics is in sync."""
-    admin = AIOKafkaAdminClient(**deployment.kafka.client_kwargs())
-    await admin.start()
-    try:
-        topics = [t for t in await admin.list_topics() if t.startswith(deployment.app_id)]
-        described = await admin.describe_topics(topics)
-    finally:
-        await admin.close()
-    return all(len(p["isr"]) == len(p["replicas"]) for t in described for p in t["partitions"])
+    return all(len(p["isr"]) == len(p["replicas"]) for p in await _partitions(deployment))
+
+
+SUBJECTS = {"receipt": "Your receipt for order", "cart": "You left something in your cart"}
 
 
 def _is(record: Any, workflow: str) -> bool:
