@@ -52,7 +52,7 @@ class FeedbackApplier:
             if home is not None and home != m.partition:
                 # Written by something that partitions otherwise: applied here it would start
                 # a second record for the user. Copied to the user's partition first.
-                outbox.send(self.topic, m.key, m.value or b"", list(m.headers), home)
+                outbox.send(self.topic, m.key, m.value or b"", list(m.headers), home, m.partition)
                 metrics.FEEDBACK.labels(NOT_READ, "rerouted").inc()
                 continue
             try:
@@ -91,7 +91,7 @@ class FeedbackApplier:
         for (partition, key), state in states.items():
             outbox.put(self.users, partition, key, state.encode())
         self.intake.put_progress(outbox, fresh, self.topic)
-        await flush(self.rt.app.producer, outbox)
+        await flush(self.rt.writer, outbox)
 
     def _note_delivery(self, outbox: Outbox, partition: int, fb: Feedback) -> None:
         assert fb.send_id is not None

@@ -32,7 +32,7 @@ class WebhookCallAgent:
     """The intake and the dispatcher of the webhook topic's partitions this worker owns."""
 
     def __init__(self, rt: Runtime, endpoints: dict[str, Endpoint]) -> None:
-        config, app = rt.config, rt.app
+        config = rt.config
         calls, queue = rt.tables.webhook_calls, rt.tables.webhook_queue
         assert calls is not None and queue is not None, "declared with webhooks_out"
         self.rt = rt
@@ -43,7 +43,7 @@ class WebhookCallAgent:
         # The direct reader accepts commands, one batch at a time, under the intake's lock.
         self.intake = Intake(calls, [self.topic])
         self.tables = QueueTables(calls, queue, config.topics.dlq, "webhooks")
-        self.flush = flush_with(lambda: app.producer)
+        self.flush = flush_with(lambda: rt.writer)
 
     async def accept_batch(self, messages: list[RawMessage]) -> None:
         """Record each new command as queued; a webhook id seen before is a duplicate."""

@@ -39,7 +39,7 @@ class DeliveryAgent:
         self.rt = rt
         self.delivery = delivery
         self.topics = (config.topics.sends_transactional, config.topics.sends_marketing)
-        self.flush = flush_with(lambda: app.producer)
+        self.flush = flush_with(lambda: rt.writer)
         deliveries, queue = rt.tables.deliveries, rt.tables.delivery_queue
         self.tables = QueueTables(deliveries, queue, config.topics.dlq, "delivery")
         # The reader accepts commands, one batch at a time, under the intake's lock.

@@ -102,7 +102,7 @@ class ReplayGuard:
                 if found is None:
                     metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
                     continue
-                outbox.send(*found)
+                outbox.send(*found, origin=m.partition)
                 if found[0] == self.config.topics.suppression:
                     metrics.FEEDBACK.labels(fb.kind, "suppressed_by_address").inc()
             metrics.WEBHOOK_CLAIMS.labels(provider, "applied").inc()
@@ -110,7 +110,7 @@ class ReplayGuard:
             self._expire(outbox, partition, received)
         notes = {partition: str(received).encode() for partition, received in newest.items()}
         outbox.put_progress(self.replay_guard, fresh, self.progress, notes)
-        await flush(self.rt.app.producer, outbox)
+        await flush(self.rt.writer, outbox)
 
     def _expire(self, outbox: Outbox, partition: int, received: int) -> None:
         """Delete the keys of ``partition`` that no claim can replay any more."""

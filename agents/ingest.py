@@ -101,7 +101,9 @@ class IngestAgent:
         # crash before the progress record copies again, and the copy is deduplicated.
         for moved in result.reroutes:
             m = moved.message
-            outbox.send(m.topic, m.key, m.value or b"", list(m.headers), moved.partition)
+            outbox.send(
+                m.topic, m.key, m.value or b"", list(m.headers), moved.partition, m.partition
+            )
         for slot, state in result.changed.items():
             raw = state.encode()
             outbox.put(self.users, slot[0], slot[1], raw)
@@ -157,7 +159,7 @@ class IngestAgent:
 
         await isolate(fresh, attempt, give_up)
         if unsettled:
-            await flush(self.rt.app.producer, unsettled.as_stored())
+            await flush(self.rt.writer, unsettled.as_stored())
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def apply(self, fresh: list[RawMessage], now: int, unsettled: Unsettled) -> None:
@@ -177,7 +179,7 @@ class IngestAgent:
             outbox = self.to_outbox(result, fresh, now)
             flushing = time.perf_counter()
             try:
-                await flush(self.rt.app.producer, outbox)
+                await flush(self.rt.writer, outbox)
             except Exception:
                 unsettled.add(outbox)  # some of it may have reached the broker
                 raise
@@ -205,7 +207,7 @@ class IngestAgent:
         result = BatchResult()
         result.dead_letters.append(DeadLetter(message, ENGINE_ERROR, reason))
         result.count(DEAD_LETTERED, ENGINE_ERROR, message.partition)
-        await flush(self.rt.app.producer, self.to_outbox(result, [message], now))
+        await flush(self.rt.writer, self.to_outbox(result, [message], now))
         self.count(result, 1)
 
     def pause_faust_fetching(self, partitions: list[int]) -> None:
@@ -226,7 +228,7 @@ class IngestAgent:
             self.process,
             STATE_LOCK,
             self.pause_faust_fetching,
-            lambda positions: self.intake.advance(positions, self.rt.app.producer),
+            lambda positions: self.intake.advance(positions, self.rt.writer),
         )
 
     async def stop_reading(self, *_: Any, **__: Any) -> None:

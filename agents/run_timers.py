@@ -45,7 +45,7 @@ class TimerRunner:
         async def attempt(part: Sequence[bytes]) -> None:
             outbox = self.fire(partition, part, now)
             try:
-                await flush(self.app.producer, outbox)
+                await flush(self.rt.writer, outbox)
             except Exception:
                 unsettled.add(outbox)  # some of it may have reached the broker
                 raise
@@ -56,7 +56,7 @@ class TimerRunner:
 
         await isolate(keys, attempt, give_up)
         if unsettled:
-            await flush(self.app.producer, unsettled.as_stored())
+            await flush(self.rt.writer, unsettled.as_stored())
         return len(keys)
 
     def fire(self, partition: int, keys: Sequence[bytes], now: int) -> Outbox:
@@ -113,7 +113,7 @@ class TimerRunner:
             ENGINE_ERROR, reason, f"timer:{timer.workflow}", partition, -1
         )
         outbox.send(self.rt.config.topics.dlq, user.encode(), orjson.dumps(doc), headers)
-        await flush(self.app.producer, outbox)
+        await flush(self.rt.writer, outbox)
         metrics.TIMERS_FIRED.inc()
         metrics.DEAD_LETTERS.labels(ENGINE_ERROR).inc()
 

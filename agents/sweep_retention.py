@@ -54,7 +54,7 @@ class RetentionSweep:
                 outbox.put(store, p, key, None)
                 deleted[kind] += 1
         if outbox:
-            await flush(self.rt.app.producer, outbox)
+            await flush(self.rt.writer, outbox)
             for kind, n in deleted.items():
                 metrics.RECORDS_PRUNED.labels(store.name, kind).inc(n)
             logger.info("retention: deleted %s from %s", dict(deleted), store.name)

@@ -14,11 +14,10 @@ from mailstream.config.webhooks_out_settings import build_endpoints
 from mailstream.kafka import embedded_quirks
 from mailstream.kafka.access import kafka_access
 from mailstream.kafka.broker_watch import watch_broker
+from mailstream.kafka.clients import PRODUCER_BATCH_BYTES
 from mailstream.kafka.membership import keep_ticking
 from mailstream.observability import faust_metrics
 from mailstream.runtime.components import Runtime, delivery_runtime
-
-PRODUCER_BATCH_BYTES = 256 * 1024
 
 
 def create_app(config: Config) -> faust.App:
@@ -48,10 +47,6 @@ def create_app(config: Config) -> faust.App:
         broker_session_timeout=config.broker.session_timeout,
         broker_heartbeat_interval=config.broker.heartbeat_interval,
         consumer_auto_offset_reset="earliest",
-        # A flush fills one record batch per changelog partition (mailstream.state.staged_flush),
-        # and more, one after another, when a partition's records outgrow it: this holds
-        # about 350 user records of the bench's mix. Batches of 512 KB and 1 MB made no
-        # difference to two workers of the bench (three rounds each).
         producer_max_batch_size=PRODUCER_BATCH_BYTES,
         producer_compression_type=config.broker.compression_type,
         table_standby_replicas=0,

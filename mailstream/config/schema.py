@@ -4,7 +4,7 @@ span them (mailstream.config.load reads it from a file and the environment)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import Field, PrivateAttr, model_validator
@@ -33,6 +33,10 @@ class Config(Section):
     data_dir: Path = Path("data")
     log_level: str = Field("info", pattern=r"^(debug|info|warning|error)$")
     broker: BrokerConfig = BrokerConfig()
+    # at_least_once: each flush is written in acknowledged stages; exactly_once: in one
+    # Kafka transaction per partition, read committed, a stale worker fenced (Apache
+    # Kafka only; see docs/faults.md for what each guarantees)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
     topics: TopicsConfig = TopicsConfig()
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
@@ -65,6 +69,16 @@ class Config(Section):
     retention: RetentionConfig = RetentionConfig()
 
     _tenant_configs: dict[str, Config] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _transactions_need_kafka(self) -> Config:
+        if self.processing_guarantee == "exactly_once" and self.broker.embedded:
+            raise ValueError(
+                "processing_guarantee: exactly_once needs Kafka transactions, which the"
+                " embedded broker (broker.embedded: true) does not have; use at_least_once"
+                " there, or Apache Kafka"
+            )
+        return self
 
     @model_validator(mode="after")
     def _provider_configured(self) -> Config:
@@ -102,6 +116,10 @@ class Config(Section):
                     " the events topic's retention (default 30d)"
                 )
         return self
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
 
     def compiled_workflows(self) -> list[Workflow]:
         specs = self.workflows if self.workflows is not None else default_workflows()

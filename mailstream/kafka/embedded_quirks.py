@@ -51,13 +51,16 @@ def install(config: Config) -> None:
     consumer waits ``fetch_max_wait(config, send_path=False)`` for data in a fetch, when
     that is not the client's default: the direct readers read the events and send topics,
     so Faust's own consumer carries no event on its way to a send (only feedback, claims
-    and webhook commands)."""
+    and webhook commands). Under exactly_once (Apache Kafka only), Faust's consumer reads
+    committed records only, its table recovery too (mailstream.kafka.transactions)."""
     _restore()  # an app built before in this process (the tests) leaves no patch behind
     if config.broker.embedded:
         correct_recovery_highwaters(kafka_access(config))
+    if config.exactly_once:
+        recover_to_committed_ends(kafka_access(config))
     wait = fetch_max_wait(config, send_path=False)
-    if wait is not None:
-        set_fetch_max_wait(wait)
+    if wait is not None or config.exactly_once:
+        set_fetch_max_wait(wait, read_committed=config.exactly_once)
 
 
 # Faust's own methods that the patches below replace, as they were before the first.
@@ -148,12 +151,14 @@ async def fetched_end_offsets(
         await consumer.stop()
 
 
-# The two patches of Faust's aiokafka driver (faust-streaming 0.15). Each replaces a method
+# The patches of Faust's aiokafka driver (faust-streaming 0.15). Each replaces a method
 # of AIOKafkaConsumerThread, for the whole process.
 
 
-def set_fetch_max_wait(seconds: float) -> None:
-    """Make Faust's consumers wait at most ``seconds`` for data in a fetch.
+def set_fetch_max_wait(seconds: float | None, read_committed: bool = False) -> None:
+    """Make Faust's consumers wait at most ``seconds`` for data in a fetch (None: as
+    Faust asks), and with ``read_committed`` read committed records only (Faust does that
+    only under its own exactly_once, which mailstream does not use).
 
     Faust creates its consumer with a fixed fetch_max_wait_ms of 1.5 s. Kafka answers a
     fetch as soon as data arrives, but tansu waits out the full time, which adds up to
@@ -166,7 +171,11 @@ def set_fetch_max_wait(seconds: float) -> None:
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = create(self, transport)
-        consumer._fetch_max_wait_ms = int(seconds * 1000)  # read when the consumer starts
+        # both read when the consumer starts
+        if seconds is not None:
+            consumer._fetch_max_wait_ms = int(seconds * 1000)
+        if read_committed:
+            consumer._isolation_level = "read_committed"
         return consumer
 
     AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
@@ -188,6 +197,22 @@ def correct_recovery_highwaters(bootstrap_servers: KafkaAccess | str) -> None:
         if self.consumer.in_transaction:
             return listed
         return await fetched_end_offsets(bootstrap_servers, dict(listed))
+
+    AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+
+
+def recover_to_committed_ends(access: KafkaAccess) -> None:
+    """Make Faust's table recovery, reading committed records only (exactly_once), stop at
+    each changelog partition's last committed record rather than wait for a transaction
+    marker it never sees (mailstream.kafka.transactions.committed_ends)."""
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from mailstream.kafka.transactions import committed_ends
+
+    listed_highwaters = _faust_original("_highwaters")
+
+    async def _highwaters(self: Any, partitions: Any) -> Any:
+        return await committed_ends(access, dict(await listed_highwaters(self, partitions)))
 
     AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
 

@@ -53,6 +53,13 @@ INGEST_FLUSH_SECONDS = Histogram(
     " stores written. Part of mailstream_ingest_batch_seconds.",
     buckets=_BATCH_BUCKETS,
 )
+TRANSACTIONS = Counter(
+    "mailstream_transactions",
+    "Kafka transactions of flushes under processing_guarantee exactly_once, by how they"
+    " ended: committed, failed (given up and tried again; its records are never read),"
+    " fenced (another worker had taken the partition over)",
+    ["outcome"],
+)
 REPLAYED = Counter(
     "mailstream_events_replayed_total",
     "Messages delivered again after a restart or rebalance whose effect was already applied;"

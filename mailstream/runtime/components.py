@@ -22,12 +22,15 @@ from mailstream.delivery.unsubscribe_links import UnsubscribeTokens
 from mailstream.exceptions import ConfigError
 from mailstream.kafka.access import kafka_access
 from mailstream.kafka.broker_watch import BrokerContact
+from mailstream.kafka.clients import PRODUCER_BATCH_BYTES
 from mailstream.kafka.direct_reader import DirectReader, Positions
 from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.kafka.intake import Intake
 from mailstream.kafka.membership import Membership, exit_paused
 from mailstream.kafka.records import RawMessage
 from mailstream.kafka.topics import changelog_configs
+from mailstream.kafka.transactions import Transactions
+from mailstream.kafka.transactions import install as install_transactions
 from mailstream.providers import build_provider
 from mailstream.providers.base import Provider
 from mailstream.state.rocksdb_store import PartitionStore, TableSpec, raw_table
@@ -103,6 +106,8 @@ class Runtime:
         )
         for store in self.tables.stores():
             store.membership = self.membership
+        # exactly_once: flushes commit through this (mailstream.kafka.transactions)
+        self.transactions = self._transactions() if config.exactly_once else None
         self.broker_contact = BrokerContact(lost_after=config.broker.lost_after)
         # Read directly (mailstream.kafka.direct_reader), Faust only keeps the events
         # partitions assigned: without acks, its monitor does not take the paused stream
@@ -130,6 +135,35 @@ class Runtime:
         self._automations = {name: self._automation(config.tenant(name)) for name in config.tenants}
         self._appliers = {name: self._applier(config.tenant(name), name) for name in config.tenants}
         self._other_applier = self._applier(config, OTHER_LABEL)
+
+    def _transactions(self) -> Transactions:
+        app, config, users = self.app, self.config, self.tables.users
+
+        def owned() -> list[int]:
+            actives = app.assignor.assigned_actives()
+            return sorted(tp.partition for tp in actives if tp.topic == users.changelog_topic)
+
+        transactions = Transactions(
+            kafka_access(config),
+            config.app_id,
+            config.topics.partitions,
+            owned,
+            lambda: bool(app.rebalancing),
+            exit_paused,
+            {
+                "compression_type": config.broker.compression_type,
+                "max_batch_size": PRODUCER_BATCH_BYTES,
+            },
+        )
+        install_transactions(app, transactions)
+        self.close_when_stopping(transactions)
+        return transactions
+
+    @property
+    def writer(self) -> Any:
+        """What flushes go through (mailstream.state.staged_flush): the transactions
+        under exactly_once, else Faust's producer."""
+        return self.transactions if self.transactions is not None else self.app.producer
 
     def _automation(self, cfg: Config) -> Automation:
         return Automation(
@@ -203,7 +237,7 @@ class Runtime:
             app.consumer.pause_partitions({TP(topic, p) for p in partitions})
 
         async def advance(positions: Positions) -> None:
-            await intake.advance(positions, app.producer)
+            await intake.advance(positions, self.writer)
 
         async def read() -> None:
             await reader.run(

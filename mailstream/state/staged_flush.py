@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
+
+from aiokafka import AIOKafkaProducer
 
 from mailstream.kafka.partitioning import partition_count, partition_for
 from mailstream.observability import metrics
@@ -45,6 +47,9 @@ class Outbox:
         default_factory=lambda: {stage: {} for stage in STAGES}
     )
     messages: list[Message] = field(default_factory=list)
+    # per message, the partition whose state it belongs with (None: its key's), which
+    # under exactly-once decides the transaction it commits in
+    origins: list[int | None] = field(default_factory=list)
 
     def put(
         self,
@@ -98,6 +103,7 @@ class Outbox:
                 for key, value in items.items():
                     self.put(store, partition, key, value, stage)
         self.messages.extend(other.messages)
+        self.origins.extend(other.origins)
 
     def move_to_end(self, store: Store, keys: Iterable[bytes]) -> None:
         """Send ``keys`` of ``store`` after everything else in their partitions (progress
@@ -137,10 +143,39 @@ class Outbox:
         value: bytes,
         headers: Headers | None = None,
         partition: int | None = None,
+        origin: int | None = None,
     ) -> None:
         """A message to a topic; sent with the first stage, before any state. Without
-        ``partition``, a keyed message goes to its key's partition (partition_for)."""
+        ``partition``, a keyed message goes to its key's partition (partition_for).
+        ``origin``: the partition of the state it belongs with, where that is not its
+        key's (a dead letter or a copy of a message read from another partition)."""
         self.messages.append((topic, key, value, headers, partition))
+        self.origins.append(origin)
+
+    def by_origin(self, partitions: int) -> dict[int, Outbox]:
+        """This outbox cut in one per partition of the tables (of ``partitions``): each
+        partition's state writes, with the messages that belong with them (their
+        ``origin``, else their key's partition). Under exactly-once each commits in
+        that partition's transaction."""
+        parts: dict[int, Outbox] = {}
+        for stage, slots in self.writes.items():
+            for (store, partition), items in slots.items():
+                parts.setdefault(partition, Outbox()).writes[stage][(store, partition)] = items
+        for message, origin in zip(self.messages, self.origins, strict=True):
+            key = message[1]
+            if origin is None and key is not None:
+                origin = partition_for(key, partitions)
+            elif origin is None and len(parts) == 1:
+                origin = next(iter(parts))
+            elif origin is None:
+                raise ValueError(
+                    f"a message to {message[0]} without a key or an origin, in a flush of"
+                    f" partitions {sorted(parts)}: no transaction to put it in"
+                )
+            part = parts.setdefault(origin, Outbox())
+            part.messages.append(message)
+            part.origins.append(origin)
+        return parts
 
     def __bool__(self) -> bool:
         return bool(self.messages or any(self.writes.values()))
@@ -159,29 +194,48 @@ Written = tuple[str, int, int, bytes | None, bytes]
 HANDOFF: dict[str, Callable[[list[Written]], None]] = {}
 
 
+@runtime_checkable
+class Committer(Protocol):
+    """What a flush goes through under exactly-once (mailstream.kafka.transactions): it
+    commits an outbox in Kafka transactions and gives, per changelog slot, the highest
+    offset written, and per transaction its messages with the broker's metadata of each."""
+
+    async def commit_outbox(
+        self, outbox: Outbox
+    ) -> tuple[dict[tuple[Store, int], int], list[tuple[list[Message], list[Any]]]]: ...
+
+
 async def flush(producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None) -> None:
     """Send every record and message stage by stage, each stage acknowledged by the
     broker before the next starts, then write the local stores. Callers acknowledge
     their input only after this returns. ``staged(stage)`` is called as each stage is
-    acknowledged, for what may go ahead once that much is durable."""
+    acknowledged, for what may go ahead once that much is durable.
+
+    ``producer`` may be a ``Committer`` instead (exactly-once): then everything is
+    written in one transaction per partition, and ``staged`` is called for every stage
+    once all of them have committed."""
     names = sorted({store.name for stage in outbox.writes.values() for store, _ in stage})
     locks = [_STORE_LOCKS.setdefault(name, asyncio.Lock()) for name in names]
     for lock in locks:  # always in name order, so two flushes cannot deadlock
         await lock.acquire()
     try:
-        await _flush(producer, outbox, staged)
+        if isinstance(producer, Committer):
+            await _commit(producer, outbox, staged)
+        else:
+            await _flush(producer, outbox, staged)
     finally:
         for lock in reversed(locks):
             lock.release()
 
 
-async def _send_stage(
+async def send_records(
     producer: Any,
     items: dict[tuple[Store, int], dict[bytes, bytes | None]],
     messages: list[Message],
-) -> dict[tuple[Store, int], int]:
-    """Send one stage's changelog records (and messages) and wait for the broker's
-    acknowledgement. Returns the highest changelog offset acknowledged per slot."""
+) -> tuple[dict[tuple[Store, int], int], list[Any]]:
+    """Send changelog records (and messages) and wait for the broker's acknowledgement.
+    Returns the highest changelog offset acknowledged per slot, and each message's
+    record metadata."""
     batches = _batch_producer(producer)
     # (slot, how many records its future's offset covers, future)
     pending: list[tuple[tuple[Store, int], int, Any]] = []
@@ -200,17 +254,15 @@ async def _send_stage(
                 counts[topic] = await partition_count(producer, topic)
             count = counts[topic]
             partition = None if count is None else partition_for(msg_key, count)
-        futures.append(await producer.send(topic, msg_key, value, partition, None, headers))
+        futures.append(await _send(producer, topic, msg_key, value, partition, headers))
     last: dict[tuple[Store, int], int] = {}
     if not futures:
-        return last
+        return last, []
     acked = await asyncio.gather(*futures)
     for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
         # md.offset: the record's, or the first of a batch of ``count``
         last[slot] = max(md.offset + count - 1, last.get(slot, -1))
-    if HANDOFF:
-        _hand_off(messages, acked[len(pending) :])
-    return last
+    return last, list(acked[len(pending) :])
 
 
 def _hand_off(messages: list[Message], acked: list[Any]) -> None:
@@ -225,16 +277,30 @@ def _hand_off(messages: list[Message], acked: list[Any]) -> None:
 async def _send_record(
     producer: Any, slot: tuple[Store, int], key: bytes, value: bytes | None
 ) -> Any:
-    return await producer.send(slot[0].changelog_topic, key, value, slot[1], None, None)
+    return await _send(producer, slot[0].changelog_topic, key, value, slot[1], None)
+
+
+async def _send(
+    producer: Any,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    partition: int | None,
+    headers: Headers | None,
+) -> Any:
+    """``producer.send`` of Faust's producer, or of an aiokafka one (exactly-once's), whose
+    arguments come in another order."""
+    if isinstance(producer, AIOKafkaProducer):
+        return await producer.send(topic, value, key, partition, None, headers)
+    return await producer.send(topic, key, value, partition, None, headers)
 
 
 def _batch_producer(producer: Any) -> Any:
-    """The aiokafka producer under Faust's, whose record batches a flush fills itself:
-    one future per batch instead of one per record. None: send record by record."""
+    """The aiokafka producer (or the one under Faust's), whose record batches a flush
+    fills itself: one future per batch instead of one per record. None: send record by
+    record."""
     ensure = getattr(producer, "_ensure_producer", None)
-    if ensure is None:
-        return None
-    inner = ensure()
+    inner = producer if ensure is None else ensure()
     return inner if hasattr(inner, "create_batch") else None
 
 
@@ -265,14 +331,36 @@ async def _flush(
     producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None
 ) -> None:
     last: dict[tuple[Store, int], int] = {}
-    merged: dict[tuple[Store, int], dict[bytes, bytes | None]] = {}
     for stage in STAGES:
         messages = outbox.messages if stage == BEFORE_STATE else []
-        acked = await _send_stage(producer, outbox.writes[stage], messages)
+        acked, written = await send_records(producer, outbox.writes[stage], messages)
+        if HANDOFF and written:
+            _hand_off(messages, written)
         if staged is not None:
             staged(stage)
         for slot, offset in acked.items():
             last[slot] = max(offset, last.get(slot, -1))
+    _write_locally(outbox, last)
+
+
+async def _commit(
+    committer: Committer, outbox: Outbox, staged: Callable[[int], None] | None = None
+) -> None:
+    last, committed = await committer.commit_outbox(outbox)
+    if HANDOFF:  # only what has committed: a reader of committed records sees it too
+        for messages, written in committed:
+            _hand_off(messages, written)
+    if staged is not None:
+        for stage in STAGES:
+            staged(stage)
+    _write_locally(outbox, last)
+
+
+def _write_locally(outbox: Outbox, last: dict[tuple[Store, int], int]) -> None:
+    """Write the flushed records to the local stores, each slot with the changelog
+    offset of its last record (where its recovery goes on from)."""
+    merged: dict[tuple[Store, int], dict[bytes, bytes | None]] = {}
+    for stage in STAGES:
         for slot, items in outbox.writes[stage].items():
             merged.setdefault(slot, {}).update(items)
     for slot, items in merged.items():

@@ -93,7 +93,7 @@ def dead_letter_message(
     max request size) when it would not."""
     headers = dead_letter_headers(code, reason, message.topic, message.partition, message.offset)
     key, value, headers = fit_dead_letter(message.key, message.value or b"", headers, max_bytes)
-    outbox.send(dlq_topic, key, value, headers)
+    outbox.send(dlq_topic, key, value, headers, origin=message.partition)
 
 
 def dead_letter_counted(

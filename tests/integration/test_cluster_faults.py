@@ -49,9 +49,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
     kafka.stop()
 
 
-@pytest.fixture
-async def deploy(cluster: LocalKafka, tmp_path: Path) -> AsyncIterator[MakeDeployment]:
-    """Makes a deployment on the fault cluster, every node of it running and awake."""
+@pytest.fixture(params=["at_least_once", "exactly_once"])
+async def deploy(
+    cluster: LocalKafka, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[MakeDeployment]:
+    """Makes a deployment on the fault cluster, every node of it running and awake, with
+    each processing guarantee in turn."""
     for node in cluster.nodes:
         if node.node_id in cluster.running():
             cluster.signal_node(node.node_id, signal.SIGCONT)
@@ -62,6 +65,7 @@ async def deploy(cluster: LocalKafka, tmp_path: Path) -> AsyncIterator[MakeDeplo
     async def make(partitions: int = 4) -> Deployment:
         d = Deployment(cluster, tmp_path, partitions=partitions)  # type: ignore[arg-type]
         d.overrides["workflows"] = WORKFLOWS
+        d.overrides["processing_guarantee"] = request.param
         await d.setup()
         made.append(d)
         return d
