@@ -99,11 +99,9 @@ class IngestAgent:
         outbox = Outbox()
         # Messages go out in the first stage, acknowledged before any progress record: a
         # crash before the progress record copies again, and the copy is deduplicated.
-        for moved in result.reroutes:
-            m = moved.message
-            outbox.send(
-                m.topic, m.key, m.value or b"", list(m.headers), moved.partition, m.partition
-            )
+        for moved in result.reroutes:  # from the partition read to the key's
+            m, to = moved.message, moved.partition
+            outbox.send(m.topic, m.key, m.value or b"", list(m.headers), to, m.partition)
         for slot, state in result.changed.items():
             raw = state.encode()
             outbox.put(self.users, slot[0], slot[1], raw)

@@ -130,6 +130,12 @@ def cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def format_arguments(cid: str, properties: Path) -> list[str]:
+    """Kafka's storage tool formatting a node for cluster ``cid``. The id goes as one
+    argument: one id in 64 starts with "-", which would be taken for an option."""
+    return ["kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(properties)]
+
+
 @dataclass(frozen=True)
 class SecuredListener:
     """A SASL_SSL client listener: the broker's certificate chain and its private key (PEM,
@@ -306,7 +312,7 @@ class LocalKafka:
             node.directory.mkdir(parents=True, exist_ok=True)
             props = node.directory / "server.properties"
             props.write_text(self.properties(node))
-            cmd = self._java(libs, "kafka.tools.StorageTool", "format", "-t", cid, "-c", f"{props}")
+            cmd = self._java(libs, *format_arguments(cid, props))
             if self.secured is not None:
                 cmd += self.secured.scram_arguments()
             formatted = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # noqa: S603

@@ -211,6 +211,13 @@ class Transactions:
 
 
 async def _close(producer: AIOKafkaProducer) -> None:
+    # A transaction that failed (fenced, say) leaves its error on aiokafka's transaction
+    # waiter, which only a commit or an abort would read; read here, or it is logged as
+    # never retrieved when collected.
+    manager = getattr(producer, "_txn_manager", None)
+    waiter = getattr(manager, "_transaction_waiter", None)
+    if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+        waiter.exception()
     try:
         await producer.stop()
     except Exception as exc:  # a producer given up on may fail to close; nothing waits on it

@@ -258,7 +258,13 @@ async def send_records(
     last: dict[tuple[Store, int], int] = {}
     if not futures:
         return last, []
-    acked = await asyncio.gather(*futures)
+    # every future waited for, so none is left failing unread when one fails
+    outcomes = await asyncio.gather(*futures, return_exceptions=True)
+    acked: list[Any] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+        acked.append(outcome)
     for (slot, count, _), md in zip(pending, acked[: len(pending)], strict=True):
         # md.offset: the record's, or the first of a batch of ``count``
         last[slot] = max(md.offset + count - 1, last.get(slot, -1))

@@ -220,15 +220,19 @@ async def settle(
     except AssertionError:
         cart = {r.metadata["user_id"] for r in fake.received if _is(r, "cart")}
         missing = sorted(set(load.users) - cart)[:2]
-        views = await get_users(workers[0], [("default", u) for u in missing])
-        shown = {
-            u: {k: v[k] for k in ("enrollments", "send_decisions", "deliveries") if k in v}
-            for (_, u), (_, v) in views.items()
-        }
+        stopped = [w for w in workers if not w.alive()]
+        shown: Any = "(no worker to ask)"
+        if workers[0].alive():
+            views = await get_users(workers[0], [("default", u) for u in missing])
+            shown = {
+                u: {k: v[k] for k in ("enrollments", "send_decisions", "deliveries") if k in v}
+                for (_, u), (_, v) in views.items()
+            }
         raise AssertionError(
             f"users without a reminder: {shown};\n"
             f"not settled: ledger {ledger}, of {len(load.messages)} messages;"
             f" {_sent(fake, load)}; health {health}"
+            + "".join(f"\n{w.name} stopped; its log ends:\n{w.log_tail(15)}" for w in stopped)
         ) from None
     return ledger
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mailstream.kafka.local_cluster import KafkaUnavailable, resolve
+from mailstream.kafka.local_cluster import KafkaUnavailable, format_arguments, resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 A_KAFKA_TEST = "tests/integration/test_producing.py"
@@ -57,3 +57,14 @@ def test_resolving_kafka_without_java_names_what_is_missing(
     monkeypatch.setenv("PATH", path_without_java(tmp_path))
     with pytest.raises(KafkaUnavailable, match="needs java"):
         resolve()
+
+
+def test_a_cluster_id_that_starts_with_a_dash_is_given_to_the_storage_tool_as_one_argument(
+    tmp_path: Path,
+) -> None:
+    props = tmp_path / "server.properties"
+    args = format_arguments("-Ab3dTq9sQ2mWk1xYz0uVw", props)
+
+    assert "--cluster-id=-Ab3dTq9sQ2mWk1xYz0uVw" in args
+    assert not any(a.startswith("-A") for a in args)  # nothing left for argparse to misread
+    assert args[-2:] == ["-c", str(props)]

@@ -659,3 +659,11 @@ def test_the_cluster_section_and_the_message_limit_default_safely() -> None:
 )
 def test_a_bad_cluster_or_limit_value_fails_naming_the_key(raw: dict[str, Any], key: str) -> None:
     assert key in config_error(raw)
+
+
+def test_exactly_once_on_the_embedded_broker_is_refused_naming_the_setting() -> None:
+    message = config_error({"processing_guarantee": "exactly_once", "broker": {"embedded": True}})
+
+    assert "processing_guarantee: exactly_once needs Kafka transactions" in message
+    assert parse_config({"processing_guarantee": "exactly_once"}).exactly_once
+    assert not parse_config({}).exactly_once

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from mailstream.kafka.partitioning import partition_for
 from mailstream.state import staged_flush as outbox_module
 from mailstream.state.memory_store import MemoryStore
-from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox, flush
+from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, STATE, Outbox, flush
 
 
 @dataclass
@@ -318,3 +319,36 @@ async def test_progress_moved_to_the_end_is_sent_after_writes_put_after_it() -> 
     producer = Producer()
     await flush(producer, box)
     assert [key for _, _, key, _ in producer.sent] == [b"send-1", b"progress"]
+
+
+def test_cut_by_origin_each_partition_gets_its_writes_and_the_messages_that_belong_there() -> None:
+    users, timers = Table("users"), Table("timers")
+    box = three_stage_outbox(users, timers)  # "sends" keyed u1, no origin given
+    box.send("dlq", b"someone-else", b"moved", origin=1)  # read in 1, keyed elsewhere
+    box.send("sends", b"u3", b"command")
+    partitions = 4
+
+    parts = box.by_origin(partitions)
+
+    home = {key: partition_for(key, partitions) for key in (b"u1", b"u3")}
+    assert set(parts) == {0, 1} | set(home.values())
+    assert parts[0].writes[BEFORE_STATE] == {(timers, 0): {b"t1": b"1", b"t2": b"2"}}
+    assert parts[0].writes[AFTER_STATE] == {(timers, 0): {b"old": None}}
+    assert parts[1].writes[STATE] == {(users, 1): {b"u3": b"c"}}
+    assert ("dlq", b"someone-else", b"moved", None, None) in parts[1].messages
+    for key, partition in home.items():
+        assert ("sends", key, b"command", None, None) in parts[partition].messages
+    assert sum(len(p.messages) for p in parts.values()) == 3
+    assert all(p.origins == [n] * len(p.messages) for n, p in parts.items())
+
+
+def test_cut_by_origin_refuses_a_message_with_neither_key_nor_origin_among_partitions() -> None:
+    users = Table("users")
+    box = Outbox()
+    box.put(users, 0, b"u1", b"a")
+    box.send("dlq", None, b"x")
+    assert box.by_origin(4)[0].messages == [("dlq", None, b"x", None, None)]
+
+    box.put(users, 1, b"u2", b"b")
+    with pytest.raises(ValueError, match="without a key or an origin"):
+        box.by_origin(4)

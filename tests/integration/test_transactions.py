@@ -1,0 +1,117 @@
+"""Exactly-once's transactions on Apache Kafka (mailstream.kafka.transactions): a flush
+commits whole or not at all, the partition's next owner aborts what its predecessor left
+open and fences it, and a fenced worker that still thinks it owns the partition is told
+to exit.
+
+Apache Kafka only: the embedded broker (tansu) has no transactions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from mailstream.kafka.access import KafkaAccess
+from mailstream.kafka.transactions import Fenced, Transactions, committed_ends
+from mailstream.state.memory_store import MemoryStore
+from mailstream.state.staged_flush import BEFORE_STATE, Outbox, flush
+
+pytestmark = pytest.mark.only_on("kafka", reason="the embedded broker has no transactions")
+
+
+async def topics(servers: str, *names: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 2, 3) for n in names])
+    finally:
+        await admin.close()
+
+
+async def committed(servers: str, topic: str, partition: int) -> list[tuple[bytes, bytes]]:
+    """Every committed record of one partition, read to its last stable offset."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        got: list[tuple[bytes, bytes]] = []
+        while await consumer.position(tp) < end:
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                got.extend((r.key, r.value) for r in records)
+        return got
+    finally:
+        await consumer.stop()
+
+
+def transactions(servers: str, app_id: str, lost: list[str]) -> Transactions:
+    return Transactions(
+        KafkaAccess.plain(servers), app_id, 2, lambda: [0], lambda: False, lost.append
+    )
+
+
+async def test_a_new_owner_aborts_what_the_old_one_left_open_and_fences_it(broker: Any) -> None:
+    servers = broker.bootstrap_servers
+    app = f"tx-{uuid.uuid4().hex[:8]}"
+    changelog, sends = f"{app}-users-changelog", f"{app}.sends"
+    await topics(servers, changelog, sends)
+    users = MemoryStore("users", [0], changelog)
+    lost_old: list[str] = []
+    old, new = transactions(servers, app, lost_old), transactions(servers, app, [])
+    try:
+        first = Outbox()
+        first.put(users, 0, b"u-first", b"1")
+        first.send(sends, b"u-first", b"command-1", partition=0, origin=0)
+        await flush(old, first)
+        # a crashed owner of partition 1 left a transaction open
+        crashed = AIOKafkaProducer(
+            bootstrap_servers=servers, transactional_id=new.transactional_id(1)
+        )
+        await crashed.start()
+        await crashed.begin_transaction()
+        await (await crashed.send(changelog, b"u-open", b"left-open", partition=1))
+
+        await new.take_over([0, 1])
+        await crashed.stop()
+        late = Outbox()
+        late.put(users, 0, b"u-late", b"2", BEFORE_STATE)
+        with pytest.raises(Fenced):
+            await flush(old, late)
+        after = Outbox()
+        after.put(users, 0, b"u-new", b"3")
+        await flush(new, after)
+
+        assert await committed(servers, changelog, 0) == [(b"u-first", b"1"), (b"u-new", b"3")]
+        # the open transaction was ended (its record and an abort marker are below the
+        # last stable offset) and none of it is read
+        assert await _stable_end(servers, changelog, 1) == 2
+        assert await committed(servers, changelog, 1) == []
+        assert await committed(servers, sends, 0) == [(b"u-first", b"command-1")]
+        # the old owner still held partition 0 as far as it knew: it is told to exit
+        assert len(lost_old) == 1 and "fenced" in lost_old[0]
+        assert users.get(0, b"u-late") is None  # nothing of a fenced flush is kept
+        listed = {TopicPartition(changelog, 0): await _stable_end(servers, changelog, 0)}
+        ends = await committed_ends(KafkaAccess.plain(servers), listed)
+        # recovery reads to the offset after the last committed record, not to a marker
+        assert ends[TopicPartition(changelog, 0)] == (users.changelog_offset(0) or 0) + 1
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def _stable_end(servers: str, topic: str, partition: int) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, isolation_level="read_committed")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        return int((await consumer.end_offsets([tp]))[tp])
+    finally:
+        await consumer.stop()
