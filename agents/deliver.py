@@ -24,7 +24,7 @@ from mailstream.kafka.embedded_quirks import fetch_max_wait
 from mailstream.kafka.intake import Intake
 from mailstream.kafka.records import RawMessage
 from mailstream.runtime.components import DeliveryRuntime, Runtime
-from mailstream.state.staged_flush import HANDOFF
+from mailstream.state.staged_flush import HANDOFF, Written
 
 # How long the direct reader waits for a fetch before it looks at its partitions again.
 READ_WITHIN = 0.2
@@ -83,9 +83,10 @@ class DeliveryAgent:
         tps = {TP(topic, p) for topic in self.topics for p in partitions}
         self.rt.app.consumer.pause_partitions(tps)
 
-    def take_written(self, written: list[tuple[str, int, int, bytes | None, bytes]]) -> None:
+    def take_written(self, written: list[Written]) -> None:
         """The commands this worker writes, straight to the reader."""
-        self.reader.offer(RawMessage(*w) for w in written)
+        since = {(t, p, offset): start for t, p, offset, _, _, start in written}
+        self.reader.offer((RawMessage(*w[:5]) for w in written), since)
 
     async def accept_sends(self, stream: Any) -> None:
         await self.intake.drain(stream)

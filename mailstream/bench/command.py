@@ -5,7 +5,9 @@ latency, scale-out and state size; in mailstream.bench.pipeline),
 ``timers`` (how late waits fire, and what a tick costs, with many pending timers; in
 mailstream.bench.timer_lag) and
 ``delivery`` (sends per second to a local provider, and how well a rate limit holds;
-in mailstream.bench.delivery_rate).
+in mailstream.bench.delivery_rate) and ``guarantees`` (throughput and latency at
+least once against exactly once, on an Apache Kafka cluster; in
+mailstream.bench.guarantees).
 """
 
 from __future__ import annotations
@@ -26,20 +28,26 @@ def add_bench_parser(sub: Any) -> None:
     """Add ``mailstream bench`` and its options to the CLI's subcommands ``sub``."""
     p = sub.add_parser(
         "bench",
-        help="measure the pipeline against a bare Faust agent, timer lag or delivery rate;"
-        " prints figures and writes them as JSON",
+        help="measure the pipeline against a bare Faust agent, timer lag, delivery rate, or"
+        " the two processing guarantees; prints figures and writes them as JSON",
         epilog="MAILSTREAM_BENCH_KEEP=1 keeps the run's logs and data in its temporary"
         " directory (printed at the end).",
     )
     p.add_argument(
-        "scenario", choices=["pipeline", "timers", "delivery"], nargs="?", default="pipeline"
+        "scenario",
+        choices=["pipeline", "timers", "delivery", "guarantees"],
+        nargs="?",
+        default="pipeline",
     )
-    p.add_argument("--events", type=int, default=50_000, help="pipeline: events produced")
+    p.add_argument(
+        "--events", type=int, default=50_000, help="pipeline, guarantees: events produced"
+    )
     p.add_argument(
         "--mix-users",
         type=int,
         default=5_000,
-        help="pipeline: distinct users in the traffic (twice as many for two workers)",
+        help="pipeline, guarantees: distinct users in the traffic (in pipeline, twice as many"
+        " for two workers)",
     )
     p.add_argument(
         "--users",
@@ -51,7 +59,7 @@ def add_bench_parser(sub: Any) -> None:
         "--latency-seconds",
         type=float,
         default=15.0,
-        help="pipeline: how long traffic runs at half the measured rate for latency",
+        help="pipeline, guarantees: how long traffic runs at half the measured rate for latency",
     )
     p.add_argument(
         "--latency-rate",
@@ -64,7 +72,8 @@ def add_bench_parser(sub: Any) -> None:
         type=int,
         default=2,
         help="pipeline: scale-out rounds of two workers then one worker again (the ratio is"
-        " of the means, one worker measured on both sides of every two)",
+        " of the means, one worker measured on both sides of every two); guarantees: rounds"
+        " of one worker in each mode",
     )
     p.add_argument(
         "--broker",
@@ -72,7 +81,8 @@ def add_bench_parser(sub: Any) -> None:
         help="an existing Kafka cluster (kafka://host:port[,host:port]) instead of the"
         " embedded broker; the run's topics, app ids and consumer groups carry a suffix of"
         " their own and are deleted at the end, and the broker's CPU is not measured; TLS"
-        " and SASL as the broker.security of the file --config names",
+        " and SASL as the broker.security of the file --config names; guarantees needs one"
+        " (the embedded broker has no transactions)",
     )
     p.add_argument("--pending", type=int, default=100_000, help="timers: timers held pending")
     p.add_argument("--probes", type=int, default=200, help="timers: short waits measured")
@@ -115,6 +125,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 broker_url=args.broker,
                 security=security,
                 pairs=args.pairs,
+            )
+        )
+    elif args.scenario == "guarantees":
+        from mailstream.bench.guarantees import bench_guarantees
+
+        if args.broker is None:
+            print(
+                "mailstream bench guarantees: give --broker kafka://host:port, an Apache Kafka"
+                " cluster: the embedded broker has no transactions (`mailstream kafka` starts"
+                " a local one)",
+                file=sys.stderr,
+            )
+            return 2
+        result = asyncio.run(
+            bench_guarantees(
+                args.events,
+                args.mix_users,
+                args.latency_seconds,
+                out,
+                args.broker,
+                security,
+                rounds=args.pairs,
             )
         )
     elif args.scenario == "delivery":

@@ -26,16 +26,23 @@ REBALANCES = "faust_rebalance_done_latency_seconds_count"
 
 
 async def measure_latency(
-    bench: Bench, topics: dict[str, str], users: int, load: float, seconds: float
+    bench: Bench,
+    topics: dict[str, str],
+    users: int,
+    load: float,
+    seconds: float,
+    settings: dict[str, Any] | None = None,
+    name: str = "bench-latency",
 ) -> dict[str, Any]:
-    """Run the latency phase on a new worker with ``topics``: the mix over ``users`` new
-    users at ``load`` events per second for ``LATENCY_WARMUP`` + ``seconds``; its
-    figures, and what the worker and the broker spent meanwhile."""
+    """Run the latency phase on a new worker of app ``name`` with ``topics`` (and
+    ``settings`` added to its config): the mix over ``users`` new users at ``load`` events
+    per second for ``LATENCY_WARMUP`` + ``seconds``; its figures, and what the worker and
+    the broker spent meanwhile."""
     # New users on a new worker, like the pipeline's at its start: users' records grow
     # as their events come in (the deduplication window, the decisions kept), and on
     # the pipeline's users, aged by its events, an event cost a paced worker about 5 %
     # more CPU: half the pipeline's rate was a little more than half load there.
-    worker = bench.start_worker("bench-latency", topics)
+    worker = bench.start_worker(name, topics, settings=settings)
     await wait_until(lambda: worker_ready(worker), 120, "the latency worker to be ready")
     latency_cpu = CpuSpan([bench.procs[-1].pid])
     latency_broker = bench.broker_cpu()
@@ -80,6 +87,8 @@ async def latency(
     of the first ``warmup`` seconds are reported apart: a worker just started has cold
     caches, templates not yet compiled and no connection to the provider yet."""
     source = synthetic_events(random.Random(2), users)
+    # the same mix each time: an earlier phase's receipts carry the same order ids
+    bench.sink.receipts.clear()
     produced: dict[str, float] = {}
     warm: set[str] = set()  # the orders of the warm-up
     async with EventProducer(bench.kafka, topic, linger_ms=1) as producer:

@@ -8,6 +8,7 @@ import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import yaml
@@ -46,10 +47,18 @@ class Bench(Site):
                 await producer.send_raw(key, value)
             await producer.flush()
 
-    def start_worker(self, name: str, topics: dict[str, str], index: int = 0) -> str:
-        """Start a worker of app ``name``; returns its web URL."""
+    def start_worker(
+        self,
+        name: str,
+        topics: dict[str, str],
+        index: int = 0,
+        settings: dict[str, Any] | None = None,
+    ) -> str:
+        """Start a worker of app ``name`` (with ``settings`` added to its config);
+        returns its web URL."""
         port = free_port()
-        config = {
+        config: dict[str, Any] = {
+            **(settings or {}),
             "app_id": self.apart(name),
             "broker": self.broker_config(),
             "topics": topics,

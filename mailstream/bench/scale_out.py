@@ -51,9 +51,17 @@ async def two_workers(bench: Bench, name: str, events_topic: str, events: int) -
     return phase
 
 
-async def one_worker(bench: Bench, name: str, events_topic: str, events: int) -> Phase:
-    """One worker of a new app on ``events_topic``, until it has consumed ``events``."""
-    url = bench.start_worker(name, await bench.topics(name, events_from=events_topic))
+async def one_worker(
+    bench: Bench,
+    name: str,
+    events_topic: str,
+    events: int,
+    settings: dict[str, Any] | None = None,
+) -> Phase:
+    """One worker of a new app on ``events_topic`` (with ``settings`` added to its
+    config), until it has consumed ``events``."""
+    topics = await bench.topics(name, events_from=events_topic)
+    url = bench.start_worker(name, topics, settings=settings)
     cpu = CpuSpan([bench.procs[-1].pid])
     stolen = StolenSpan()
     run = await consume_rate([url], events, "one worker again", [cpu, stolen])

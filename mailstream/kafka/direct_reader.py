@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -134,12 +134,18 @@ class DirectReader:
         whichever is further (-1: neither, since the partition was assigned)."""
         return max(self._offered_next.get(tp, -1), self._applied.get(tp, -1))
 
-    def offer(self, messages: Iterable[RawMessage]) -> None:
+    def offer(
+        self,
+        messages: Iterable[RawMessage],
+        since: Mapping[tuple[str, int, int], int] | None = None,
+    ) -> None:
         """Messages this worker has just written to the reader's topics, acknowledged by
         the broker: those that follow on from what this reader has applied in a partition
         it owns are applied without waiting for a fetch to bring them, and the consumer
         moves past them, so that no fetch brings them again (one already under way may:
-        those are skipped). The others are fetched as usual."""
+        those are skipped). The others are fetched as usual. ``since``: (topic,
+        partition, offset) -> the offset a message follows on from, where the offsets
+        between hold only transaction markers (mailstream.state.staged_flush.Written)."""
         if self._assigned_epoch != self.epoch:
             return
         moved: dict[tuple[str, int], int] = {}
@@ -148,7 +154,9 @@ class DirectReader:
             # Only right after what this reader has applied or been offered, whichever is
             # further: a message before it may not be read yet, and the progress record
             # must not pass it.
-            if m.offset == self._taken(tp):
+            # (or after offsets that hold nothing to read: ``since``, a transaction marker)
+            start = m.offset if since is None else since.get((*tp, m.offset), m.offset)
+            if start <= self._taken(tp) <= m.offset:
                 self._offered.append(m)
                 self._offered_next[tp] = moved[tp] = m.offset + 1
                 self._offers.set()

@@ -1,8 +1,9 @@
 """Exactly-once (``processing_guarantee: exactly_once``): every flush commits in Kafka
 transactions, one per partition of the tables.
 
-Each partition of the tables has one transactional producer, ``{app_id}.tx.{partition}``,
-on the worker that owns the partition. Everything a flush writes for that partition (its
+Each partition of the tables has one transactional producer per role (the users' state,
+deliveries, webhook calls, the replay guard), ``{app_id}.tx.{role}.{partition}``, on the
+worker that owns the partition. Everything a flush writes for that partition (its
 changelog records, the send commands, webhook commands and dead letters that belong with
 them, its progress records, which are the consumer positions) goes in one transaction:
 readers, which all read committed records only, see all of it or none.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -36,7 +37,7 @@ from mailstream.exceptions import BrokerError
 from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 from mailstream.observability import metrics
-from mailstream.state.staged_flush import STAGES, Message, Outbox, send_records
+from mailstream.state.staged_flush import STAGES, Committed, Outbox, send_records
 from mailstream.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -49,21 +50,32 @@ class Fenced(Exception):
     commit, and this worker no longer owns the partition."""
 
 
-class Transactions:
-    """The transactional producers of the partitions this worker owns, each used by one
-    flush at a time.
+TXN_RETRY_BACKOFF_MS = 10
 
-    ``owned()``: the partitions the worker owns now. ``rebalancing()``: whether the group
-    is moving partitions (then a fenced flush is the expected end of a moved partition's
-    last round). ``lost(message)``: called when a producer is fenced while the worker
-    still owns its partition, which means the group dropped this worker without its
-    noticing; it exits (mailstream.kafka.membership.exit_paused)."""
+# A transactional producer: (role, partition of the tables)
+Key = tuple[str, int]
+
+
+class Transactions:
+    """The transactional producers of the partitions this worker owns, one per role and
+    partition, each used by one flush at a time.
+
+    ``roles``: table name -> the role of the flushes that write it (the ingest and timers
+    write the users' state, the delivery agent its records and queue, ...). A flush
+    commits through its role's producers, so that the delivery agent's transactions do
+    not wait for the ingest's on the same partition. ``owned()``: the partitions the
+    worker owns now. ``rebalancing()``: whether the group is moving partitions (then a
+    fenced flush is the expected end of a moved partition's last round).
+    ``lost(message)``: called when a producer is fenced while the worker still owns its
+    partition, which means the group dropped this worker without its noticing; it exits
+    (mailstream.kafka.membership.exit_paused)."""
 
     def __init__(
         self,
         access: KafkaAccess,
         app_id: str,
         partitions: int,
+        roles: Mapping[str, str],
         owned: Callable[[], Iterable[int]],
         rebalancing: Callable[[], bool],
         lost: Callable[[str], None],
@@ -73,23 +85,33 @@ class Transactions:
         self.access = access
         self.app_id = app_id
         self.partitions = partitions
+        self.roles = dict(roles)
+        self.role_names = sorted(set(self.roles.values()))
         self.owned = owned
         self.rebalancing = rebalancing
         self.lost = lost
         self.options = producer_options or {}
         self.timeout = timeout
-        self._producers: dict[int, AIOKafkaProducer] = {}
-        self._locks: dict[int, asyncio.Lock] = {}
+        self._producers: dict[Key, AIOKafkaProducer] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # (role, topic, partition) -> the offset of the last message that role's producer
+        # of the partition committed there
+        self._last_written: dict[tuple[str, str, int], int] = {}
 
-    def transactional_id(self, partition: int) -> str:
-        return f"{self.app_id}.tx.{partition}"
+    def transactional_id(self, role: str, partition: int) -> str:
+        return f"{self.app_id}.tx.{role}.{partition}"
 
-    def _lock(self, partition: int) -> asyncio.Lock:
-        return self._locks.setdefault(partition, asyncio.Lock())
+    def _lock(self, key: Key) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
 
-    async def _producer(self, partition: int) -> AIOKafkaProducer:
-        producer = self._producers.get(partition)
+    def role_of(self, outbox: Outbox) -> str:
+        """The role of the flush of ``outbox``: that of the first table it writes."""
+        names = sorted({store.name for slots in outbox.writes.values() for store, _ in slots})
+        return self.roles.get(names[0], self.role_names[0]) if names else self.role_names[0]
+
+    async def _producer(self, key: Key) -> AIOKafkaProducer:
+        producer = self._producers.get(key)
         if producer is not None:
             return producer
         producer = AIOKafkaProducer(
@@ -97,17 +119,24 @@ class Transactions:
             **self.options,
             acks="all",
             enable_idempotence=True,
-            transactional_id=self.transactional_id(partition),
+            # The broker answers CONCURRENT_TRANSACTIONS while it writes the previous
+            # transaction's markers, and aiokafka waits the retry backoff before asking
+            # again: 100 ms by default, a long time beside a flush.
+            retry_backoff_ms=TXN_RETRY_BACKOFF_MS,
+            transactional_id=self.transactional_id(*key),
             transaction_timeout_ms=int(self.timeout * 1000),
         )
         # registers the transactional id: aborts the previous owner's open transaction
         # and fences it
         await asyncio.wait_for(start_client(producer), self.timeout)
-        self._producers[partition] = producer
+        self._producers[key] = producer
         return producer
 
-    def _drop(self, partition: int) -> None:
-        producer = self._producers.pop(partition, None)
+    def _drop(self, key: Key) -> None:
+        # what follows a dropped producer's last transaction is not known (an abort)
+        role = key[0]
+        self._last_written = {k: v for k, v in self._last_written.items() if k[0] != role}
+        producer = self._producers.pop(key, None)
         if producer is not None:
             self._close_later(producer)
 
@@ -120,57 +149,73 @@ class Transactions:
         """Start the producers of the ``owned`` partitions that have none (fencing
         their previous owners), and drop those of partitions no longer owned. Called
         when the group gives this worker its partitions, before the tables recover."""
-        wanted = set(owned)
-        for partition in sorted(set(self._producers) - wanted):
-            async with self._lock(partition):
-                self._drop(partition)
+        wanted = {(role, p) for role in self.role_names for p in owned}
+        for key in sorted(set(self._producers) - wanted):
+            async with self._lock(key):
+                self._drop(key)
 
-        async def start(partition: int) -> None:
-            async with self._lock(partition):
-                await self._producer(partition)
+        async def start(key: Key) -> None:
+            async with self._lock(key):
+                await self._producer(key)
 
-        await asyncio.gather(*(start(p) for p in sorted(wanted)))
+        await asyncio.gather(*(start(key) for key in sorted(wanted)))
 
-    async def commit_outbox(
-        self, outbox: Outbox
-    ) -> tuple[dict[Slot, int], list[tuple[list[Message], list[Any]]]]:
+    async def commit_outbox(self, outbox: Outbox) -> tuple[dict[Slot, int], list[Committed]]:
         """Commit ``outbox``, one transaction per partition it writes, all at once. Raises
         the first failure once every transaction has committed or been given up: what
         committed is then in the changelogs, and the caller, whose local state has none
         of it, tries again (its progress records make the retry apply each input once)."""
+        role = self.role_of(outbox)
         parts = sorted(outbox.by_origin(self.partitions).items())
-        locks = [self._lock(partition) for partition, _ in parts]
+        locks = [self._lock((role, partition)) for partition, _ in parts]
         for lock in locks:  # in partition order, so two flushes cannot deadlock
             await lock.acquire()
         try:
             results = await asyncio.gather(
-                *(self._commit_part(partition, part) for partition, part in parts),
+                *(self._commit_part((role, partition), part) for partition, part in parts),
                 return_exceptions=True,
             )
         finally:
             for lock in reversed(locks):
                 lock.release()
         last: dict[Slot, int] = {}
-        committed: list[tuple[list[Message], list[Any]]] = []
+        committed: list[Committed] = []
         for result, (_, part) in zip(results, parts, strict=True):
             if isinstance(result, BaseException):
                 raise result
             acked, written = result
             last.update(acked)
-            committed.append((part.messages, written))
+            committed.append((part.messages, written, self._follow_on(role, written)))
         return last, committed
 
-    async def _commit_part(self, partition: int, part: Outbox) -> tuple[dict[Slot, int], list[Any]]:
-        producer = await self._producer(partition)
+    def _follow_on(self, role: str, written: list[Any]) -> dict[tuple[str, int], int]:
+        """Per (topic, partition) of ``written`` (a transaction's messages, as the broker
+        placed them), the offset its first message there follows on from: right after
+        the last message of this producer's previous transaction there when the offset
+        between holds its marker (a producer's marker lies between its transactions'
+        records, and one offset leaves room for nothing else); else the message's own
+        offset. A reader of the handed-over messages then goes on without a fetch."""
+        since: dict[tuple[str, int], int] = {}
+        for md in written:
+            tp = (md.topic, md.partition)
+            if tp not in since:
+                previous = self._last_written.get((role, *tp))
+                gap = previous is not None and md.offset == previous + 2
+                since[tp] = previous + 1 if gap and previous is not None else md.offset
+            self._last_written[(role, *tp)] = md.offset
+        return since
+
+    async def _commit_part(self, key: Key, part: Outbox) -> tuple[dict[Slot, int], list[Any]]:
+        producer = await self._producer(key)
         try:
             return await asyncio.wait_for(self._transaction(producer, part), self.timeout)
         except ProducerFenced as exc:
-            self._drop(partition)
+            self._drop(key)
             metrics.TRANSACTIONS.labels("fenced").inc()
-            raise self._fenced(partition) from exc
+            raise self._fenced(key) from exc
         except BaseException:
             # a new producer for the next flush: starting it aborts this transaction
-            self._drop(partition)
+            self._drop(key)
             metrics.TRANSACTIONS.labels("failed").inc()
             raise
 
@@ -190,10 +235,11 @@ class Transactions:
         metrics.TRANSACTIONS.labels("committed").inc()
         return last, written
 
-    def _fenced(self, partition: int) -> Fenced:
+    def _fenced(self, key: Key) -> Fenced:
+        partition = key[1]
         message = (
             f"partition {partition}'s transactions were taken over by another worker"
-            f" ({self.transactional_id(partition)} fenced)"
+            f" ({self.transactional_id(*key)} fenced)"
         )
         if partition in set(self.owned()) and not self.rebalancing():
             self.lost(
@@ -204,8 +250,8 @@ class Transactions:
         return Fenced(message)
 
     async def close(self) -> None:
-        for partition in list(self._producers):
-            self._drop(partition)
+        for key in list(self._producers):
+            self._drop(key)
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=self.timeout)
 

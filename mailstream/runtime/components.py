@@ -52,6 +52,19 @@ from tables.webhook_calls import WEBHOOK_CALLS, WEBHOOK_QUEUE
 READ_BATCH = 500
 READ_WITHIN = 0.2
 
+# Under exactly_once, the role of a flush that writes a table: flushes of one role share
+# their transactional producers (mailstream.kafka.transactions), those of two roles run
+# side by side.
+ROLES = {
+    "users": "state",
+    "timers": "state",
+    "deliveries": "delivery",
+    "delivery_queue": "delivery",
+    "webhook_calls": "webhooks",
+    "webhook_queue": "webhooks",
+    "replay_guard": "replay",
+}
+
 # what an agent does with a batch of messages
 ApplyBatch = Callable[[list[RawMessage]], Awaitable[None]]
 
@@ -147,6 +160,7 @@ class Runtime:
             kafka_access(config),
             config.app_id,
             config.topics.partitions,
+            {store.name: ROLES.get(store.name, store.name) for store in self.tables.stores()},
             owned,
             lambda: bool(app.rebalancing),
             exit_paused,

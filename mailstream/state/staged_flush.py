@@ -188,10 +188,17 @@ class Outbox:
 _STORE_LOCKS: dict[str, asyncio.Lock] = {}
 
 # topic -> told of the messages a flush wrote to it, once the broker has acknowledged
-# them: (topic, partition, offset, key, value) each. The delivery agent takes the send
-# commands this worker writes from here rather than waiting for a fetch to bring them.
-Written = tuple[str, int, int, bytes | None, bytes]
+# them (or they have committed): (topic, partition, offset, key, value, since) each, where
+# the offsets from ``since`` up to ``offset`` hold nothing a reader sees (the marker of
+# this worker's previous transaction), or ``since`` is ``offset``. The delivery agent
+# takes the send commands this worker writes from here rather than waiting for a fetch.
+Written = tuple[str, int, int, bytes | None, bytes, int]
 HANDOFF: dict[str, Callable[[list[Written]], None]] = {}
+
+
+# one transaction's messages, the broker's metadata of each, and per (topic, partition)
+# the offset its first message there follows on from (see ``Written``)
+Committed = tuple[list[Message], list[Any], dict[tuple[str, int], int]]
 
 
 @runtime_checkable
@@ -202,7 +209,7 @@ class Committer(Protocol):
 
     async def commit_outbox(
         self, outbox: Outbox
-    ) -> tuple[dict[tuple[Store, int], int], list[tuple[list[Message], list[Any]]]]: ...
+    ) -> tuple[dict[tuple[Store, int], int], list[Committed]]: ...
 
 
 async def flush(producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None) -> None:
@@ -271,11 +278,18 @@ async def send_records(
     return last, list(acked[len(pending) :])
 
 
-def _hand_off(messages: list[Message], acked: list[Any]) -> None:
+def _hand_off(
+    messages: list[Message], acked: list[Any], since: dict[tuple[str, int], int] | None = None
+) -> None:
+    """``since``: per (topic, partition), where the first of ``messages`` in it follows on
+    from, when that is before its offset (the rest follow on from the one before)."""
     written: dict[str, list[Written]] = {}
     for (topic, key, value, _, _), md in zip(messages, acked, strict=True):
         if topic in HANDOFF:
-            written.setdefault(topic, []).append((topic, md.partition, md.offset, key, value))
+            start = (since or {}).pop((topic, md.partition), md.offset)
+            written.setdefault(topic, []).append(
+                (topic, md.partition, md.offset, key, value, start)
+            )
     for topic, items in written.items():
         HANDOFF[topic](items)
 
@@ -354,8 +368,8 @@ async def _commit(
 ) -> None:
     last, committed = await committer.commit_outbox(outbox)
     if HANDOFF:  # only what has committed: a reader of committed records sees it too
-        for messages, written in committed:
-            _hand_off(messages, written)
+        for messages, written, since in committed:
+            _hand_off(messages, written, dict(since))
     if staged is not None:
         for stage in STAGES:
             staged(stage)

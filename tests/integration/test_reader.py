@@ -27,12 +27,15 @@ class Applier:
         self.progress: dict[tuple[str, int], int] = {}
         self.replays = 0  # messages handed over again after they were applied
         self.takes = 0.0  # seconds each batch takes to apply, as a flush would
+        self.markers: set[int] = set()  # offsets that hold a transaction marker
 
     async def __call__(self, messages: list[RawMessage]) -> None:
         if self.takes:
             await asyncio.sleep(self.takes)
         for m in messages:
             expected = self.progress.get((m.topic, m.partition), 0)
+            while expected in self.markers:
+                expected += 1
             if m.offset < expected:
                 self.replays += 1  # below the progress record: skipped
                 continue
@@ -124,6 +127,26 @@ async def test_written_messages_are_taken_from_the_offer_and_are_not_fetched_aga
         assert applier.replays == 0
         assert reader.fetched_again == 0
         assert [v for p, _, v in applier.applied if p == 0][3] == b"as offered"
+
+
+async def test_an_offer_after_a_transaction_marker_follows_on_from_before_the_marker(
+    broker: EmbeddedBroker, topic: str, producer: AIOKafkaProducer
+) -> None:
+    reader = DirectReader(broker.bootstrap_servers, [topic], 100, within=3.0, fetch_max_wait=3.0)
+    async with reading(reader) as applier:
+        await _write(producer, topic, 0, b"first")
+        await _until(lambda: applier.offsets(0) == [0], "the first message")
+        # Offset 1 held the marker of the transaction that wrote offset 0 (as the writer
+        # knows): the message at 2 follows on, and is taken without a fetch.
+        applier.markers.add(1)
+        offered = time.monotonic()
+        reader.offer([RawMessage(topic, 0, 2, b"k", b"after a marker")], {(topic, 0, 2): 1})
+        await _until(lambda: applier.offsets(0) == [0, 2], "the offered message")
+        assert time.monotonic() - offered < 1.5, "the offer waited for the fetch"
+        # without that knowledge, a gap is left to the fetch
+        reader.offer([RawMessage(topic, 0, 4, b"k", b"after a gap")])
+        await asyncio.sleep(0.3)
+        assert applier.offsets(0) == [0, 2]
 
 
 async def test_an_offer_that_does_not_follow_on_is_left_to_the_fetch(

@@ -54,7 +54,13 @@ async def committed(servers: str, topic: str, partition: int) -> list[tuple[byte
 
 def transactions(servers: str, app_id: str, lost: list[str]) -> Transactions:
     return Transactions(
-        KafkaAccess.plain(servers), app_id, 2, lambda: [0], lambda: False, lost.append
+        KafkaAccess.plain(servers),
+        app_id,
+        2,
+        {"users": "state"},
+        lambda: [0],
+        lambda: False,
+        lost.append,
     )
 
 
@@ -73,7 +79,7 @@ async def test_a_new_owner_aborts_what_the_old_one_left_open_and_fences_it(broke
         await flush(old, first)
         # a crashed owner of partition 1 left a transaction open
         crashed = AIOKafkaProducer(
-            bootstrap_servers=servers, transactional_id=new.transactional_id(1)
+            bootstrap_servers=servers, transactional_id=new.transactional_id("state", 1)
         )
         await crashed.start()
         await crashed.begin_transaction()

@@ -215,7 +215,7 @@ async def test_messages_of_a_handed_off_topic_are_handed_over_once_acknowledged(
     box.send("dlq", b"u1", b"a dead letter")  # a topic nobody takes
     await flush(producer, box)
     # the command, with the partition and offset the broker gave it
-    assert handed == [("sends", None, 0, b"u1", b"command")]
+    assert handed == [("sends", None, 0, b"u1", b"command", 0)]
     # right after the first stage: before any user record was sent
     assert all(t != "users-changelog" for t, *_ in producer.sent[: sent_when_handed[0]])
 
