@@ -89,7 +89,15 @@ async def bench_guarantees(
                 bench, topics, users, load, latency_seconds, settings, name
             )
             result[f"{mode}_latency_events_per_s"] = round(load)
-            for key in ("p50_ms", "p99_ms", "max_ms", "receipts", "rebalances"):
+            for key in (
+                "p50_ms",
+                "p99_ms",
+                "max_ms",
+                "receipts",
+                "rebalances",
+                "ingest_flush_ms_mean",
+                "worker_cores_busy",
+            ):
                 result[f"{mode}_latency_{key}"] = figures[f"latency_{key}"]
             # where the time goes: event to each stage of a send
             for key in [k for k in figures if k.startswith("path_")]:

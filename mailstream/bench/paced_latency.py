@@ -13,7 +13,7 @@ import orjson
 from mailstream.bench.cpu_time import CpuSpan, StolenSpan
 from mailstream.bench.pipeline_site import Bench, worker_ready
 from mailstream.bench.run_site import stop_processes, wait_until
-from mailstream.bench.worker_metrics import Samples, quantile, read_samples, total_over
+from mailstream.bench.worker_metrics import Samples, quantile, read_samples, total, total_over
 from mailstream.cli.loadgen import synthetic_events
 from mailstream.producer import EventProducer
 
@@ -67,7 +67,12 @@ async def measure_latency(
     result["latency_cpu_stolen_share"] = round(latency_stolen.share, 3)
     # a rebalance pauses the worker for a second or more: one here explains a high p99
     result["latency_rebalances"] = int(total_over([worker], REBALANCES) - rebalances_before)
-    result.update(send_path(read_samples(worker)))
+    samples = read_samples(worker)
+    result.update(send_path(samples))
+    # what an ingest batch's flush took, on average (its part of the latency)
+    flushes = total(samples, "mailstream_ingest_flush_seconds_count")
+    flush_sum = total(samples, "mailstream_ingest_flush_seconds_sum")
+    result["latency_ingest_flush_ms_mean"] = round(1000 * flush_sum / max(flushes, 1), 1)
     stop_processes(bench.procs)
     return result
 

@@ -377,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a worker until SIGTERM or Ctrl-C.",
         epilog="exit codes: 1 the broker stayed unreachable for broker.lost_after; 2 the"
         " broker lacks data this worker's local state was built from; 3 the worker was"
-        " paused for longer than its group session allows (start it again)",
+        " paused for longer than its group session allows, or (exactly_once) another"
+        " worker fenced a partition it still held (start it again)",
     )
     p.add_argument("--web-port", type=int, help="override web.port")
     p.add_argument("--data-dir", help="override data_dir (each worker on a host needs its own)")

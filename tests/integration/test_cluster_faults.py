@@ -120,7 +120,7 @@ async def loaded(
             use_fake(d, fake, rate_limit=2000, concurrency=16)
             workers = [start(d, fake, name) for name in names]
             await d.wait_ready(workers)
-            load = Load.make(seed=seed, users=100)
+            load = Load.make(seed=seed, users=60)
             return Run(mode, d, fake, workers, load, asyncio.create_task(load.run(d, per_second)))
 
         runs = [await run(mode) for mode in MODES]
@@ -202,7 +202,7 @@ async def test_three_workers_on_12_partitions_one_leaves_and_rejoins_twice(
             await r.d.wait_ready([a, b, c])
         await r.finish([a, b, c])
 
-    async with loaded(deploy, ("a", "b", "c"), seed=5, per_second=20, partitions=12) as runs:
+    async with loaded(deploy, ("a", "b", "c"), seed=5, per_second=30, partitions=12) as runs:
         await each(runs, fault)
 
 
