@@ -13,7 +13,6 @@ The embedded broker has no transactions: this scenario needs ``--broker``.
 from __future__ import annotations
 
 import random
-import tempfile
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import orjson
 
 from mailstream.bench.paced_latency import LATENCY_WARMUP, measure_latency
-from mailstream.bench.pipeline_site import Bench
+from mailstream.bench.pipeline_site import running_bench
 from mailstream.bench.scale_out import Phase, one_worker
 from mailstream.cli.loadgen import synthetic_events
 from mailstream.config.kafka_sections import SecurityConfig
@@ -39,11 +38,7 @@ async def bench_guarantees(
     rounds: int = 2,
 ) -> dict[str, Any]:
     """Run the guarantees scenario's phases; its figures, also written to ``out``."""
-    root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    bench = Bench(root, broker_url, security)
-    try:
-        bench.broker.start()
-        await bench.sink.start()
+    async with running_bench(broker_url, security) as bench:
         source = await bench.events_topic("bench-source")
         print(f"producing {events:,} events over {users:,} users ...", flush=True)
         mix = synthetic_events(random.Random(1), users, duplicates=0.02, malformed=0.005)
@@ -104,6 +99,3 @@ async def bench_guarantees(
                 result[f"{mode}_{key}"] = figures[key]
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
-    finally:
-        await bench.sink.stop()
-        await bench.close(bench.procs)

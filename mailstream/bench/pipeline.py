@@ -22,7 +22,6 @@ Phases, each an app of its own writing to topics of its own, so one cannot feed 
 from __future__ import annotations
 
 import random
-import tempfile
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -32,7 +31,7 @@ import orjson
 from mailstream.bench.consume_rates import CONSUMED, consume_rate, us_per_event
 from mailstream.bench.cpu_time import CpuSpan, StolenSpan
 from mailstream.bench.paced_latency import LATENCY_WARMUP, measure_latency
-from mailstream.bench.pipeline_site import Bench, broker_cores, ceiling_rate
+from mailstream.bench.pipeline_site import broker_cores, ceiling_rate, running_bench
 from mailstream.bench.run_site import stop_processes
 from mailstream.bench.scale_out import Phase, one_worker, scale_out_figures, two_workers
 from mailstream.bench.state_size import measure_state, rss_mb
@@ -53,11 +52,7 @@ async def bench_pipeline(
     pairs: int = 2,
 ) -> dict[str, Any]:
     """Run the pipeline scenario's phases; its figures, also written to ``out``."""
-    root = Path(tempfile.mkdtemp(prefix="mailstream-bench-"))
-    bench = Bench(root, broker_url, security)
-    try:
-        bench.broker.start()
-        await bench.sink.start()
+    async with running_bench(broker_url, security) as bench:
         one = await bench.topics("bench-one")
         two_topic = await bench.events_topic("bench-two")
         paced = await bench.topics("bench-latency")
@@ -164,6 +159,3 @@ async def bench_pipeline(
         result.update(await measure_state(bench, state, state_users))
         out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
         return result
-    finally:
-        await bench.sink.stop()
-        await bench.close(bench.procs)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,22 @@ class Bench(Site):
             self.spawn_worker(f"{name}-{index}", config, port, POSTMARK_SERVER_TOKEN="bench")
         )
         return f"http://127.0.0.1:{port}"
+
+
+@asynccontextmanager
+async def running_bench(
+    broker_url: str | None, security: SecurityConfig | None
+) -> AsyncIterator[Bench]:
+    """A bench with its broker (started here unless ``broker_url``) and sink running, in
+    a temporary directory; everything stopped and cleaned up after."""
+    bench = Bench(Path(tempfile.mkdtemp(prefix="mailstream-bench-")), broker_url, security)
+    try:
+        bench.broker.start()
+        await bench.sink.start()
+        yield bench
+    finally:
+        await bench.sink.stop()
+        await bench.close(bench.procs)
 
 
 def broker_cores(bench: Bench, cpu: CpuSpan, seconds: float) -> str:
