@@ -45,6 +45,9 @@ async def read_dead_letters(config: Config, *, limit: int, idle: float) -> list[
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
+        # exactly_once workers write dead letters in transactions: an aborted one's are
+        # written again by the retry, and would show twice
+        isolation_level="read_committed",
     )
     try:
         await start_client(consumer)

@@ -165,6 +165,7 @@ class GlobalSuppressionList:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            isolation_level="read_committed",  # exactly_once workers write in transactions
         )
         try:
             await start_client(consumer)
@@ -426,6 +427,7 @@ async def read_all(config: Config, idle: float = 1.0) -> dict[str, Suppression]:
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await start_client(consumer)
     entries: dict[bytes, Suppression | None] = {}

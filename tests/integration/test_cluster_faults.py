@@ -123,7 +123,7 @@ async def loaded(
             load = Load.make(seed=seed, users=60)
             return Run(mode, d, fake, workers, load, asyncio.create_task(load.run(d, per_second)))
 
-        runs = [await run(mode) for mode in MODES]
+        runs = list(await asyncio.gather(*(run(mode) for mode in MODES)))
         try:
             yield runs
         finally:

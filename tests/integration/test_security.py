@@ -270,5 +270,12 @@ def test_the_pipeline_bench_runs_on_the_secured_cluster(secured: Secured, tmp_pa
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = orjson.loads(out.read_bytes())
+    # every phase measured something
     assert result["ceiling_events_per_s"] > 0 and result["pipeline_events_per_s"] > 0
-    assert result["latency_receipts"] > 0 and result["state_users"] == 200
+    assert result["two_workers_events_per_s"] > 0
+    assert result["latency_receipts"] > 0 and result["latency_p99_ms"] > 0
+    assert result["state_users"] == 200 and result["state_worker_rss_mb"] > 0
+    # no figure for a broker process the bench did not start
+    assert result["broker_cpu_us_per_event"] is None
+    assert result["latency_broker_cores_busy"] is None
+    assert result["cores_busy_worker_broker"].endswith("+ n/a")
