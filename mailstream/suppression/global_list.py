@@ -1,9 +1,8 @@
 """The global suppression list: a compacted topic keyed by address, and each worker's copy.
 
-Every worker reads the whole topic (all partitions, no consumer group) into a local
-RocksDB store, so a lookup is a local read. Each write to the store carries the
-partitions' next offsets and the address count with the entries, so a restart resumes
-where it stopped and counts nothing twice.
+Every worker reads the whole topic (all partitions, no group, committed records only)
+into a local RocksDB store, so a lookup is a local read. Each write to the store carries
+the partitions' next offsets and the address count, so a restart resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -165,7 +164,7 @@ class GlobalSuppressionList:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            isolation_level="read_committed",  # exactly_once workers write in transactions
+            isolation_level="read_committed",
         )
         try:
             await start_client(consumer)

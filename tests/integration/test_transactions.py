@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.transactions import Fenced, Transactions, committed_ends
 from mailstream.state.memory_store import MemoryStore
 from mailstream.state.staged_flush import BEFORE_STATE, Outbox, flush
+from tests.integration.harness import wait_for
 
 pytestmark = pytest.mark.only_on("kafka", reason="the embedded broker has no transactions")
 
@@ -96,7 +98,11 @@ async def test_a_new_owner_aborts_what_the_old_one_left_open_and_fences_it(broke
         after.put(users, 0, b"u-new", b"3")
         await flush(new, after)
 
-        assert await committed(servers, changelog, 0) == [(b"u-first", b"1"), (b"u-new", b"3")]
+        # a commit returns before its markers are written: read once they are
+        expected = [(b"u-first", b"1"), (b"u-new", b"3")]
+        await wait_for(
+            lambda: _equal(committed(servers, changelog, 0), expected), 10, "the new commit"
+        )
         # the open transaction was ended (its record and an abort marker are below the
         # last stable offset) and none of it is read
         assert await _stable_end(servers, changelog, 1) == 2
@@ -116,6 +122,10 @@ async def test_a_new_owner_aborts_what_the_old_one_left_open_and_fences_it(broke
         # here rather than in whatever runs next (CPython 3.11 fails an ast.parse that a
         # collection interrupts with a log call)
         gc.collect()
+
+
+async def _equal(got: Awaitable[Any], expected: Any) -> bool:
+    return await got == expected
 
 
 async def _stable_end(servers: str, topic: str, partition: int) -> int:
