@@ -223,14 +223,13 @@ class Transactions:
         self, producer: AIOKafkaProducer, part: Outbox
     ) -> tuple[dict[Slot, int], list[Any]]:
         await producer.begin_transaction()
-        last: dict[Slot, int] = {}
-        written: list[Any] = []
-        for stage in STAGES:  # in stage order, though none waits for another here
-            messages = part.messages if stage == STAGES[0] else []
-            acked, metadata = await send_records(producer, part.writes[stage], messages)
-            written.extend(metadata)
-            for slot, offset in acked.items():
-                last[slot] = max(offset, last.get(slot, -1))
+        # Every stage's records in one send, in stage order: the commit makes them
+        # readable together, so no stage needs to wait for the one before it.
+        records: dict[Slot, dict[bytes, bytes | None]] = {}
+        for stage in STAGES:
+            for slot, items in part.writes[stage].items():
+                records.setdefault(slot, {}).update(items)
+        last, written = await send_records(producer, records, part.messages)
         await producer.commit_transaction()
         metrics.TRANSACTIONS.labels("committed").inc()
         return last, written
