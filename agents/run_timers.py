@@ -10,6 +10,7 @@ import orjson
 
 from mailstream.core.isolate import ENGINE_ERROR, Unsettled, describe, isolate
 from mailstream.core.user_state import UserState, split_key
+from mailstream.exceptions import Fenced
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.state.staged_flush import AFTER_STATE, STATE_LOCK, Outbox, flush
@@ -127,7 +128,10 @@ class TimerRunner:
             started = time.perf_counter()
             now = int(time.time() * 1000)
             for partition in self.users.active_partitions():
-                await self.fire_partition(partition, now)
+                try:
+                    await self.fire_partition(partition, now)
+                except Fenced as exc:  # its new owner fires them (exactly_once)
+                    logger.info("timers of partition %d left to its new owner: %s", partition, exc)
             metrics.TIMER_TICK.observe(time.perf_counter() - started)
 
 

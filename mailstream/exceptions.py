@@ -13,3 +13,10 @@ class ConfigError(MailstreamError):
 
 class BrokerError(MailstreamError):
     """The embedded broker could not be found, started or reached."""
+
+
+class Fenced(MailstreamError):
+    """Under exactly_once, a flush wrote to a partition whose transactions are another
+    worker's now (it took the partition over, or this worker was given it up): that
+    partition's part of the flush did not commit, and it is no longer this worker's to
+    write. Nothing needs doing: its new owner goes on from what was committed."""

@@ -5,8 +5,9 @@ again, down to single inputs; one that still fails alone is handed to ``give_up`
 dead-lettered) and the others proceed, in their order. One bad input then costs a few
 retries, never a worker that fails on it at every restart.
 
-Errors of the surroundings (the broker unreachable, a timeout) say nothing about the
-input: they are raised as they are, for the caller's usual handling.
+Errors of the surroundings (the broker unreachable, a timeout, a partition that moved to
+another worker under exactly_once) say nothing about the input: they are raised as they
+are, for the caller's usual handling.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from mailstream.exceptions import Fenced
 from mailstream.state.staged_flush import Outbox
 from mailstream.state.store import Store
 
@@ -38,6 +40,8 @@ def transient(exc: BaseException) -> bool:
     (ProducerSendError), so the errors it was raised from count too."""
     seen: BaseException | None = exc
     while seen is not None:
+        if isinstance(seen, Fenced):
+            return True
         if isinstance(seen, KafkaError):
             if seen.retriable or isinstance(seen, KafkaConnectionError | KafkaTimeoutError):
                 return True

@@ -5,7 +5,8 @@ calls in flight, finished and not yet recorded."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+import logging
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -17,6 +18,8 @@ from mailstream.delivery.state_machine import Delivery
 from mailstream.observability import metrics
 from mailstream.state.staged_flush import AFTER_STATE, BEFORE_STATE, Outbox, flush
 from mailstream.workflows.apply_effects import dead_letter_headers
+
+logger = logging.getLogger(__name__)
 
 
 class Flush(Protocol):
@@ -139,10 +142,28 @@ class CallsInFlight(GuardedLoop, Generic[F]):
         self.settling: list[F] = []
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def collect(self) -> list[F]:
-        """The finished calls to settle in this round."""
+    def taken_of(self, item: F) -> Any:
+        """The queued command a finished call made (with its partition and record key)."""
+        raise NotImplementedError
+
+    def collect(self, owned: Collection[int]) -> list[F]:
+        """The finished calls to settle in this round: those of the ``owned`` partitions.
+        A call whose partition has moved to another worker is forgotten here: its new
+        owner decides from the durable records (``attempting``) what becomes of it, and
+        a record written here would be a write to a partition this worker lost."""
         while not self.results.empty():
             self.settling.append(self.results.get_nowait())
+        moved = [item for item in self.settling if self.taken_of(item).partition not in owned]
+        if moved:
+            self.settling = [i for i in self.settling if self.taken_of(i).partition in owned]
+            for item in moved:
+                self.inflight.discard(self.taken_of(item).record_key)
+            logger.info(
+                "%s dispatcher: %d finished call(s) of partitions that moved are their new"
+                " owner's to settle",
+                self.name,
+                len(moved),
+            )
         return list(self.settling)
 
     def recorded(self, finished: list[F]) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from mailstream.delivery.round_guard import ErrorPolicy, ErrorTracker
 from mailstream.delivery.state_machine import Delivery, dead_lettered
+from mailstream.exceptions import Fenced
 from mailstream.observability import metrics
 from mailstream.state.rocksdb_store import PartitionStore
 from mailstream.state.staged_flush import AFTER_STATE, Outbox
@@ -82,6 +83,12 @@ class GuardedLoop:
 
     async def after_error(self, exc: Exception) -> None:
         suspect, self.suspect = self.suspect, None
+        if isinstance(exc, Fenced):
+            # A partition moved to another worker (exactly_once): no command's fault, and
+            # what the round had of it is its new owner's to settle.
+            logger.info("%s dispatcher: a round left to a new owner: %s", self.name, exc)
+            await asyncio.sleep(self.tick_s)
+            return
         decision = self.errors.failed(suspect.key if suspect is not None else None)
         metrics.DISPATCHER_ERRORS.labels(self.name).inc()
         where = suspect.label if suspect is not None else "no command in hand"

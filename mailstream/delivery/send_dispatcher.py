@@ -234,11 +234,14 @@ class SendDispatcher(CallsInFlight[Finished]):
             outcome = SendFailure("error", repr(exc), retryable=True)
         await self.results.put(Finished(taken, outcome, started))
 
+    def taken_of(self, item: Finished) -> Taken:
+        return item.taken
+
     def settle(self, outbox: Outbox) -> tuple[list[Finished], list[Finished]]:
         """The outcomes of finished calls, in ``outbox``: returns the calls settled (taken
         from ``settling`` once the outbox is durable) and the hard bounces among them, to
         record on their users."""
-        finished = self.collect()
+        finished = self.collect(set(self.tables.queue.active_partitions()))
         now = self.now_ms()
         bounced: list[Finished] = []
         for item in finished:

@@ -35,6 +35,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from mailstream.exceptions import Fenced
 from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.records import RawMessage, headers_of
@@ -257,13 +258,23 @@ class DirectReader:
             async with lock:
                 if self._assigned_epoch != self.epoch or epoch != self.epoch or not settled():
                     continue  # read under an older assignment: read again from progress
-                if messages:
-                    await apply(messages)
-                    for m in messages:
-                        applied[(m.topic, m.partition)] = m.offset + 1
-                if moved and advance is not None:
-                    await advance(moved)
-                    applied.update(moved)
+                try:
+                    if messages:
+                        await apply(messages)
+                        for m in messages:
+                            applied[(m.topic, m.partition)] = m.offset + 1
+                    if moved and advance is not None:
+                        await advance(moved)
+                        applied.update(moved)
+                except Fenced as exc:
+                    # A partition of the batch is another worker's now (exactly_once):
+                    # its part did not commit, the others did; read again from progress
+                    # once the group has said who owns what.
+                    logger.info("a batch of %s left to its new owner: %s", self.topics, exc)
+                    self.invalidate()
+                else:
+                    continue
+            await asyncio.sleep(0.2)  # the group's word on it comes first
 
     def _moved(self, messages: list[RawMessage]) -> Positions:
         """The positions past the last applied record of the partitions this batch brings

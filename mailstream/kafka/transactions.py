@@ -16,10 +16,12 @@ anything for the partition, and is told so at its next commit (``ProducerFenced`
 new owner then recovers only committed records, so it goes on from exactly what its
 predecessor made durable.
 
-A producer whose transaction failed (a broker lost mid-commit, aiokafka's
-OutOfOrderSequence after an outage) is dropped and a new one started for the next flush:
-starting it aborts the failed transaction, and the flush is tried again from the local
-state, which has none of it.
+A transaction that fails (a broker lost mid-commit, aiokafka's OutOfOrderSequence after
+an outage) is tried again, for up to ``timeout``, with a new producer: starting it
+aborts the failed transaction, so the retry commits the same records once. Only the
+worker that owns a partition ever starts its producers: one whose partition moved, or
+whose producer was fenced, gets ``Fenced`` for it until the group gives it the partition
+again, so a worker that falls behind its group cannot fence the partition's new owner.
 """
 
 from __future__ import annotations
@@ -31,13 +33,19 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
-from mailstream.exceptions import BrokerError
+from mailstream.exceptions import BrokerError, Fenced
 from mailstream.kafka.access import KafkaAccess
 from mailstream.kafka.clients import start_client
 from mailstream.observability import metrics
-from mailstream.state.staged_flush import STAGES, Committed, Outbox, send_records
+from mailstream.state.staged_flush import STAGES, Committed, OnCommitted, Outbox, send_records
 from mailstream.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -45,12 +53,11 @@ logger = logging.getLogger(__name__)
 Slot = tuple[Store, int]
 
 
-class Fenced(Exception):
-    """Another worker has started this partition's transactions since: the flush did not
-    commit, and this worker no longer owns the partition."""
-
+__all__ = ["Fenced", "Transactions", "committed_ends", "install"]
 
 TXN_RETRY_BACKOFF_MS = 10
+# between two tries of a failed transaction: doubling from the first to the last
+RETRY_FIRST_S, RETRY_MAX_S = 0.1, 2.0
 
 # A transactional producer: (role, partition of the tables)
 Key = tuple[str, int]
@@ -95,6 +102,9 @@ class Transactions:
         self._producers: dict[Key, AIOKafkaProducer] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # producers fenced since the group last gave this worker their partition: not
+        # started again before it does (that would fence the partition's new owner)
+        self._fenced: set[Key] = set()
         # (role, topic, partition) -> the offset of the last message that role's producer
         # of the partition committed there
         self._last_written: dict[tuple[str, str, int], int] = {}
@@ -111,9 +121,20 @@ class Transactions:
         return self.roles.get(names[0], self.role_names[0]) if names else self.role_names[0]
 
     async def _producer(self, key: Key) -> AIOKafkaProducer:
+        """The producer of ``key``; a new one only while this worker owns the partition,
+        settled, and has not been fenced there since it was given it."""
         producer = self._producers.get(key)
         if producer is not None:
             return producer
+        partition = key[1]
+        if key in self._fenced or self.rebalancing() or partition not in set(self.owned()):
+            raise Fenced(
+                f"partition {partition} is not this worker's to write now"
+                f" ({self.transactional_id(*key)} not started)"
+            )
+        return await self._start(key)
+
+    async def _start(self, key: Key) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
             **self.access.client_kwargs(),
             **self.options,
@@ -150,21 +171,24 @@ class Transactions:
         their previous owners), and drop those of partitions no longer owned. Called
         when the group gives this worker its partitions, before the tables recover."""
         wanted = {(role, p) for role in self.role_names for p in owned}
+        self._fenced -= wanted
         for key in sorted(set(self._producers) - wanted):
             async with self._lock(key):
                 self._drop(key)
 
         async def start(key: Key) -> None:
             async with self._lock(key):
-                await self._producer(key)
+                if key not in self._producers:
+                    await self._start(key)
 
         await asyncio.gather(*(start(key) for key in sorted(wanted)))
 
-    async def commit_outbox(self, outbox: Outbox) -> tuple[dict[Slot, int], list[Committed]]:
-        """Commit ``outbox``, one transaction per partition it writes, all at once. Raises
-        the first failure once every transaction has committed or been given up: what
-        committed is then in the changelogs, and the caller, whose local state has none
-        of it, tries again (its progress records make the retry apply each input once)."""
+    async def commit_outbox(self, outbox: Outbox, committed: OnCommitted) -> None:
+        """Commit ``outbox``, one transaction per partition it writes, all at once, and
+        call ``committed`` for each that commits. Raises the first failure once every
+        transaction has committed or been given up: the caller, whose local state has
+        none of a failed part, tries it again or leaves it to the partition's new owner
+        (its progress records make a retry apply each input once)."""
         role = self.role_of(outbox)
         parts = sorted(outbox.by_origin(self.partitions).items())
         locks = [self._lock((role, partition)) for partition, _ in parts]
@@ -178,15 +202,16 @@ class Transactions:
         finally:
             for lock in reversed(locks):
                 lock.release()
-        last: dict[Slot, int] = {}
-        committed: list[Committed] = []
+        failure: BaseException | None = None
         for result, (_, part) in zip(results, parts, strict=True):
             if isinstance(result, BaseException):
-                raise result
+                failure = failure or result
+                continue
             acked, written = result
-            last.update(acked)
-            committed.append((part.messages, written, self._follow_on(role, written)))
-        return last, committed
+            done: Committed = (part.messages, written, self._follow_on(role, written))
+            committed(part, acked, done)
+        if failure is not None:
+            raise failure
 
     def _follow_on(self, role: str, written: list[Any]) -> dict[tuple[str, int], int]:
         """Per (topic, partition) of ``written`` (a transaction's messages, as the broker
@@ -206,18 +231,43 @@ class Transactions:
         return since
 
     async def _commit_part(self, key: Key, part: Outbox) -> tuple[dict[Slot, int], list[Any]]:
-        producer = await self._producer(key)
-        try:
-            return await asyncio.wait_for(self._transaction(producer, part), self.timeout)
-        except ProducerFenced as exc:
-            self._drop(key)
-            metrics.TRANSACTIONS.labels("fenced").inc()
-            raise self._fenced(key) from exc
-        except BaseException:
-            # a new producer for the next flush: starting it aborts this transaction
-            self._drop(key)
-            metrics.TRANSACTIONS.labels("failed").inc()
-            raise
+        """``part`` committed in one transaction of ``key``'s producer, tried again with a
+        new producer while it fails for reasons of the cluster's, for up to ``timeout``."""
+        deadline = time.monotonic() + self.timeout
+        pause, tries = RETRY_FIRST_S, 0
+        while True:
+            tries += 1
+            try:
+                producer = await self._producer(key)
+                left = max(0.1, deadline - time.monotonic())
+                done = await asyncio.wait_for(self._transaction(producer, part), left)
+                if tries > 1:
+                    logger.info("%s committed at try %d", self.transactional_id(*key), tries)
+                return done
+            except Fenced:
+                raise
+            except ProducerFenced as exc:
+                self._drop(key)
+                self._fenced.add(key)
+                metrics.TRANSACTIONS.labels("fenced").inc()
+                raise self._fenced_now(key) from exc
+            except BaseException as exc:
+                # a new producer for the next try: starting it aborts this transaction
+                self._drop(key)
+                metrics.TRANSACTIONS.labels("failed").inc()
+                if not _cluster_error(exc) or time.monotonic() + pause > deadline:
+                    raise
+                # one line per spell of failures (each failure is counted)
+                logger.log(
+                    logging.WARNING if tries == 1 else logging.DEBUG,
+                    "a transaction of %s failed (%s: %s); trying again in %.1fs",
+                    self.transactional_id(*key),
+                    type(exc).__name__,
+                    exc,
+                    pause,
+                )
+            await asyncio.sleep(pause)
+            pause = min(RETRY_MAX_S, pause * 2)
 
     async def _transaction(
         self, producer: AIOKafkaProducer, part: Outbox
@@ -234,7 +284,7 @@ class Transactions:
         metrics.TRANSACTIONS.labels("committed").inc()
         return last, written
 
-    def _fenced(self, key: Key) -> Fenced:
+    def _fenced_now(self, key: Key) -> Fenced:
         partition = key[1]
         message = (
             f"partition {partition}'s transactions were taken over by another worker"
@@ -253,6 +303,15 @@ class Transactions:
             self._drop(key)
         if self._closing:
             await asyncio.wait(set(self._closing), timeout=self.timeout)
+
+
+def _cluster_error(exc: BaseException) -> bool:
+    """Whether a transaction failed for reasons of the cluster's (a broker lost, a
+    timeout, aiokafka's state after an outage), which a new producer may get past;
+    not for its records (one too large), nor cancelled."""
+    if isinstance(exc, MessageSizeTooLargeError | RecordListTooLargeError | RecordTooLargeError):
+        return False
+    return isinstance(exc, KafkaError | TimeoutError | OSError)
 
 
 async def _close(producer: AIOKafkaProducer) -> None:

@@ -201,15 +201,18 @@ HANDOFF: dict[str, Callable[[list[Written]], None]] = {}
 Committed = tuple[list[Message], list[Any], dict[tuple[str, int], int]]
 
 
+# told of each transaction of a flush that commits: its part of the outbox, per changelog
+# slot the highest offset written, and its messages (``Committed``)
+OnCommitted = Callable[[Outbox, dict[tuple[Store, int], int], Committed], None]
+
+
 @runtime_checkable
 class Committer(Protocol):
     """What a flush goes through under exactly-once (mailstream.kafka.transactions): it
-    commits an outbox in Kafka transactions and gives, per changelog slot, the highest
-    offset written, and per transaction its messages with the broker's metadata of each."""
+    commits an outbox in Kafka transactions, one per partition, calls ``committed`` for
+    each that commits, and raises if any did not."""
 
-    async def commit_outbox(
-        self, outbox: Outbox
-    ) -> tuple[dict[tuple[Store, int], int], list[Committed]]: ...
+    async def commit_outbox(self, outbox: Outbox, committed: OnCommitted) -> None: ...
 
 
 async def flush(producer: Any, outbox: Outbox, staged: Callable[[int], None] | None = None) -> None:
@@ -366,14 +369,18 @@ async def _flush(
 async def _commit(
     committer: Committer, outbox: Outbox, staged: Callable[[int], None] | None = None
 ) -> None:
-    last, committed = await committer.commit_outbox(outbox)
-    if HANDOFF:  # only what has committed: a reader of committed records sees it too
-        for messages, written, since in committed:
+    def committed(part: Outbox, last: dict[tuple[Store, int], int], done: Committed) -> None:
+        # Each part as it commits, even if another fails: the local stores then hold
+        # what the changelogs do, and a retry of the flush finds that part applied.
+        messages, written, since = done
+        if HANDOFF:  # only what has committed: a reader of committed records sees it too
             _hand_off(messages, written, dict(since))
+        _write_locally(part, last)
+
+    await committer.commit_outbox(outbox, committed)
     if staged is not None:
         for stage in STAGES:
             staged(stage)
-    _write_locally(outbox, last)
 
 
 def _write_locally(outbox: Outbox, last: dict[tuple[Store, int], int]) -> None:

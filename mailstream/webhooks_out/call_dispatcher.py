@@ -239,9 +239,12 @@ class CallDispatcher(CallsInFlight[FinishedCall]):
             result = CallResult(SendFailure("error", type(exc).__name__, retryable=True))
         await self.results.put(FinishedCall(chosen, result, started))
 
+    def taken_of(self, item: FinishedCall) -> Taken:
+        return item.chosen.taken
+
     async def settle(self) -> None:
         """Record the outcomes of finished calls, in one flush."""
-        finished = self.collect()
+        finished = self.collect(set(self.tables.queue.active_partitions()))
         if not finished:
             return
         now = self.now_ms()

@@ -282,3 +282,17 @@ async def test_a_round_whose_flush_fails_loses_no_outcome() -> None:
     await d.round()
     assert d.record("s1").state == states.SENT
     assert len(d.rt.provider.sent) == 1
+
+
+async def test_a_call_that_ends_after_its_partition_moved_is_left_to_the_new_owner() -> None:
+    d = Deliveries()
+    d.queue_send("s1")
+    await d.dispatcher.run_round()  # the call starts
+    d.queue.assign([1])  # and partition 0 moves to another worker meanwhile
+    await asyncio.gather(*list(d.dispatcher.tasks))
+    await d.round()
+    # no write to a partition this worker lost: its new owner finds the send
+    # `attempting` and applies the category's policy
+    assert d.record("s1").state == states.ATTEMPTING
+    assert d.dispatcher.settling == [] and d.dispatcher.inflight == set()
+    assert len(d.rt.provider.sent) == 1

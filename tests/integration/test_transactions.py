@@ -55,13 +55,17 @@ async def committed(servers: str, topic: str, partition: int) -> list[tuple[byte
         await consumer.stop()
 
 
-def transactions(servers: str, app_id: str, lost: list[str]) -> Transactions:
+def transactions(
+    servers: str, app_id: str, lost: list[str], owned: list[int] | None = None
+) -> Transactions:
+    """Transactions of a worker that owns ``owned`` (a list the test may change)."""
+    held = [0] if owned is None else owned
     return Transactions(
         KafkaAccess.plain(servers),
         app_id,
         2,
         {"users": "state"},
-        lambda: [0],
+        lambda: held,
         lambda: False,
         lost.append,
     )
@@ -121,6 +125,54 @@ async def test_a_new_owner_aborts_what_the_old_one_left_open_and_fences_it(broke
         # aiokafka leaves a fenced producer's batch waiters failed and unread; collected
         # here rather than in whatever runs next (CPython 3.11 fails an ast.parse that a
         # collection interrupts with a log call)
+        gc.collect()
+
+
+async def test_a_worker_whose_partition_moved_never_fences_its_new_owner(broker: Any) -> None:
+    servers = broker.bootstrap_servers
+    app = f"tx-{uuid.uuid4().hex[:8]}"
+    changelog = f"{app}-users-changelog"
+    await topics(servers, changelog)
+    old_users = MemoryStore("users", [0, 1], changelog)
+    new_users = MemoryStore("users", [1], changelog)
+    owned_by_old = [0, 1]
+    lost: list[str] = []
+    old = transactions(servers, app, lost, owned_by_old)
+    new = transactions(servers, app, [], [1])
+    try:
+        await old.take_over([0, 1])
+        # the group moves partition 1 to the new worker while the old one is busy
+        owned_by_old.remove(1)
+        await new.take_over([1])
+        both = Outbox()
+        both.put(old_users, 0, b"u-0", b"kept")
+        both.put(old_users, 1, b"u-1", b"moved")
+        with pytest.raises(Fenced):
+            await flush(old, both)
+        # partition 0's transaction committed, and is in the local store as in the
+        # changelog; partition 1's did not
+        assert old_users.get(0, b"u-0") == b"kept"
+        assert old_users.get(1, b"u-1") is None
+        # the old worker tries partition 1 again (a retry, a dispatcher's next round):
+        # it is refused without starting a producer, which would fence the new owner
+        again = Outbox()
+        again.put(old_users, 1, b"u-1", b"moved")
+        with pytest.raises(Fenced):
+            await flush(old, again)
+        mine = Outbox()
+        mine.put(new_users, 1, b"u-1", b"new owner's")
+        await flush(new, mine)
+        assert new_users.get(1, b"u-1") == b"new owner's"
+        await wait_for(
+            lambda: _equal(committed(servers, changelog, 1), [(b"u-1", b"new owner's")]),
+            10,
+            "the new owner's commit",
+        )
+        assert await committed(servers, changelog, 0) == [(b"u-0", b"kept")]
+        assert lost == []  # fenced while it no longer held the partition: no exit
+    finally:
+        await old.close()
+        await new.close()
         gc.collect()
 
 

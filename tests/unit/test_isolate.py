@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError, Requ
 from faust.exceptions import ProducerSendError
 
 from mailstream.core.isolate import Unsettled, describe, isolate, transient
+from mailstream.exceptions import Fenced
 from mailstream.state.memory_store import MemoryStore
 from mailstream.state.staged_flush import STATE, Outbox
 
@@ -94,7 +95,13 @@ async def test_an_empty_batch_attempts_nothing() -> None:
 
 @pytest.mark.parametrize(
     "error",
-    [KafkaConnectionError("broker gone"), RequestTimedOutError(), TimeoutError(), OSError(5)],
+    [
+        KafkaConnectionError("broker gone"),
+        RequestTimedOutError(),
+        TimeoutError(),
+        OSError(5),
+        Fenced("partition 3 is not this worker's to write now"),
+    ],
 )
 async def test_an_error_of_the_surroundings_is_raised_not_blamed_on_an_input(
     error: Exception,
