@@ -24,13 +24,12 @@ demo: $(STAMP) ## embedded broker, a worker and synthetic traffic; Ctrl-C stops 
 bench: $(STAMP) ## mailstream bench: the pipeline's figures (ARGS= for another scenario or size)
 	$(VENV)/bin/mailstream bench $(ARGS)
 
-# Three test processes on two cores: the integration tests mostly wait (group joins,
-# timers), and a third process keeps the cores busy through those waits. Each
+# Two test processes: the integration tests mostly wait (group joins, timers). Each
 # integration test runs on both brokers: the embedded one (one per process) and a local
 # 3-node Apache Kafka (one for the session; its jars are resolved with Maven on first use).
 # MAILSTREAM_TEST_BROKERS=embedded (or kafka) runs one tier. --dist loadfile keeps a
 # file's tests together; the 25 slowest tests are listed at the end.
-PARALLEL := -n 3 --dist loadfile --durations=25
+PARALLEL := -n 2 --dist loadfile --durations=25
 
 test: $(STAMP) ## the whole suite: unit tests, and integration tests on the embedded broker and on Apache Kafka
 	$(PY) -m pytest $(PARALLEL) tests
