@@ -9,7 +9,7 @@ import time
 from mailstream.core.ingest_batch import NOT_READ
 from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key, note_feedback
-from mailstream.feedback.normalised import Feedback, FeedbackSettings, apply_feedback
+from mailstream.feedback.normalised import LIFT, Feedback, FeedbackSettings, apply_feedback
 from mailstream.kafka.intake import Intake
 from mailstream.kafka.partitioning import partition_for
 from mailstream.kafka.records import RawMessage
@@ -70,6 +70,9 @@ class FeedbackApplier:
             state = states.get(slot)
             if state is None:
                 stored = self.users.get(*slot)
+                if stored is None and fb.kind == LIFT:  # nothing to lift
+                    metrics.FEEDBACK.labels(fb.kind, "no_user").inc()
+                    continue
                 # Feedback can overtake the user's own first events (another topic): it
                 # starts the record rather than be lost, and their identify fills it in.
                 tenant = fb.tenant_id or self.config.ingest.default_tenant

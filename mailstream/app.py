@@ -110,7 +110,7 @@ def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtim
     import agents.ingest
     import agents.run_timers
     import agents.sweep_retention
-    from mailstream.web import dashboard, feedback_views, login, routes
+    from mailstream.web import dashboard, feedback_views, login, routes, suppression_views
     from mailstream.workflows import health_snapshots
 
     app = create_app(config)
@@ -134,6 +134,7 @@ def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtim
     health = health_snapshots.register(app, rt.workflow_names)
     dashboard.register(views, sessions, health)
     feedback_views.register(rt)
+    suppression_views.register(rt, views)
     watch_the_broker(rt)
     follow_membership(rt)
     return app, rt

@@ -41,7 +41,7 @@ commands:
   emit      send one event
   loadgen   send a realistic mix of synthetic events
   dlq       print dead-lettered messages with their reasons
-  suppress  add, remove, import or list addresses that must never be mailed
+  suppress  add, remove, import or list suppressed addresses; lift a user's
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
   bench     measure the pipeline against a bare Faust agent, timer lag or delivery rate

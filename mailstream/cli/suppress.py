@@ -23,6 +23,8 @@ examples:
   mailstream suppress import do-not-mail.csv        # a header row with an email column, or
                                                     # one address per line
   mailstream suppress list --json
+  mailstream suppress lift user-42 --reason "asked by phone, ticket 1234"
+  mailstream suppress lift ada@example.com --reason "bounced during the outage of 3 May"
 """
 
 
@@ -30,9 +32,10 @@ def add_suppress_parser(sub: Any) -> None:
     """Add the ``suppress`` subcommand to the ``mailstream`` command line."""
     p = sub.add_parser(
         "suppress",
-        help="add, remove, import or list addresses that must never be mailed",
+        help="add, remove, import or list suppressed addresses; lift a user's",
         description="Manage the global suppression list that every worker checks before a"
-        " send. Changes reach the workers within a second or so.",
+        " send, and lift a user's own suppressions. Changes reach the workers within a"
+        " second or so.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -62,6 +65,20 @@ def add_suppress_parser(sub: Any) -> None:
         "--skip-invalid", action="store_true", help="import the valid rows, report the others"
     )
     a.set_defaults(func=cmd_import)
+
+    a = actions.add_parser(
+        "lift",
+        help="lift a user's suppressions, or an address's global entry, saying why",
+        description="A user id lifts that user's own suppressions (every one, or --only"
+        " one reason): a hard bounce or a complaint is lifted only this way, and the lift is"
+        " kept in the user's history with the reason. An address lifts its entry on the"
+        " global list.",
+    )
+    a.add_argument("targets", nargs="+", metavar="USER_OR_ADDRESS")
+    a.add_argument("--reason", required=True, help="why: kept in the user's history")
+    a.add_argument("--only", choices=reasons, help="lift only this suppression of a user")
+    a.add_argument("--tenant", help="the users' tenant (default: ingest.default_tenant)")
+    a.set_defaults(func=cmd_lift)
 
     a = actions.add_parser("list", help="print the list, sorted by address")
     a.add_argument("--json", action="store_true", help="one JSON object per line")
@@ -138,6 +155,33 @@ def cmd_import(args: argparse.Namespace) -> int:
     print(f"suppressed {count} addresses")
     if errors:
         print(f"skipped {len(errors)} invalid lines")
+    return 0
+
+
+def cmd_lift(args: argparse.Namespace) -> int:
+    from mailstream.kafka.produce_once import produce_keyed
+    from mailstream.suppression.lift_requests import lift_request
+
+    now = _now_ms()
+    addresses = [t for t in args.targets if "@" in t]
+    requests = [
+        lift_request(user, args.tenant, args.reason, args.only, "cli", now)
+        for user in args.targets
+        if "@" not in user
+    ]
+    config = _config(args)
+    if addresses:
+        from mailstream.suppression.global_list import publish
+
+        count = asyncio.run(publish(config, [(a, None) for a in _addresses(addresses)]))
+        print(f"lifted the global entries of {count} addresses")
+    if requests:
+        records = [(fb.key() or b"", fb.encode()) for fb in requests]
+        asyncio.run(produce_keyed(config, config.topics.feedback, records))
+        print(
+            f"asked for {len(requests)} users' suppressions to be lifted; each user's page"
+            " shows the lift in its history once their worker has applied it"
+        )
     return 0
 
 

@@ -11,6 +11,7 @@ import orjson
 
 from mailstream.core.dedup import SeenIds
 from mailstream.core.events import CONSENT_FLAGS, Event, Invalid, Limits, normalise_email
+from mailstream.suppression import lifecycle
 from mailstream.suppression.entries import Suppression
 
 _HEADER = struct.Struct("<BI")
@@ -60,6 +61,9 @@ class UserState:
     throttle: dict[str, list[int]] = field(default_factory=dict)
     # suppression reason -> entry (bounces, complaints, unsubscribes)
     suppressions: dict[str, Suppression] = field(default_factory=dict)
+    # the latest suppressions and lifts, oldest first, laid out as
+    # mailstream.suppression.lifecycle.LOG_FIELDS
+    suppression_log: list[list[Any]] = field(default_factory=list)
     # times (ms) of recent marketing sends, for the frequency caps
     sent: list[int] = field(default_factory=list)
     # times (ms) of recent soft bounces; enough of them make a hard bounce
@@ -87,6 +91,7 @@ class UserState:
             "enrollments": self.enrollments,
             "entries": self.entries,
             "suppressions": {r: s.to_json() for r, s in self.suppressions.items()},
+            "suppression_history": lifecycle.history(self),
             "deferred_sends": [
                 {"send_id": sid, **{k: d[k] for k in ("workflow", "template", "until", "reason")}}
                 for sid, d in self.deferred.items()
@@ -116,6 +121,8 @@ class UserState:
             doc["th"] = self.throttle
         if self.suppressions:
             doc["su"] = {r: [s.source, s.at] for r, s in self.suppressions.items()}
+        if self.suppression_log:
+            doc["sl"] = self.suppression_log
         if self.sent:
             doc["se"] = self.sent
         if self.soft_bounces:
@@ -155,6 +162,7 @@ class UserState:
             suppressions={
                 r: Suppression(r, source, at) for r, (source, at) in doc.get("su", {}).items()
             },
+            suppression_log=doc.get("sl", []),
             sent=doc.get("se", []),
             soft_bounces=doc.get("sb", []),
             deferred=doc.get("df", {}),
@@ -232,6 +240,9 @@ def apply_event(state: UserState, event: Event) -> None:
         state.first_seen = event.timestamp
     if event.event_type == "identify":
         merge_traits(state, event.payload)
+        if lifecycle.opted_in_by_user(event.payload, event.metadata):
+            # the user's own opt-in undoes their unsubscribe (never a bounce or complaint)
+            lifecycle.lift(state, ["unsubscribe"], "user:identify", event.timestamp, by_user=True)
         return
     if state.last_activity is None or event.timestamp > state.last_activity:
         state.last_activity = event.timestamp

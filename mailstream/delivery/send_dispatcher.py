@@ -28,7 +28,7 @@ from mailstream.delivery.state_machine import QueueKey
 from mailstream.observability import metrics
 from mailstream.providers.base import Accepted, SendFailure
 from mailstream.state.staged_flush import STATE, STATE_LOCK, Outbox
-from mailstream.suppression.entries import Suppression
+from mailstream.suppression import lifecycle
 from mailstream.workflows.health_labels import known_workflow
 
 logger = logging.getLogger(__name__)
@@ -308,6 +308,6 @@ class SendDispatcher(CallsInFlight[Finished]):
         user = UserState.decode(stored)
         provider = self.rt.provider_for(command["tenant_id"]).name
         source = f"delivery:{provider}:{failure.code}"
-        user.suppressions["hard_bounce"] = Suppression("hard_bounce", source, now)
+        lifecycle.suppress(user, "hard_bounce", source, now, failure.message[:200])
         outbox.put(self.users, p, key, user.encode())
         metrics.SUPPRESSED.labels("hard_bounce").inc()

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from mailstream.core.user_state import UserState
+from mailstream.suppression import lifecycle
 from mailstream.suppression.entries import Suppression, normalise_address
 
 BOUNCE = "bounce"
@@ -21,7 +22,9 @@ DELIVERED = "delivered"
 DEFERRED = "deferred"
 OPEN = "open"
 CLICK = "click"
-KINDS = (BOUNCE, COMPLAINT, UNSUBSCRIBE, DELIVERED, DEFERRED, OPEN, CLICK)
+# an operator lifting a user's suppressions (mailstream suppress lift, the API)
+LIFT = "lift"
+KINDS = (BOUNCE, COMPLAINT, UNSUBSCRIBE, DELIVERED, DEFERRED, OPEN, CLICK, LIFT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,7 @@ class Feedback:
     bounce: str | None = None  # for BOUNCE: "hard" or "soft"
     reason: str = ""  # the provider's words (bounce diagnostics, complaint type), trimmed
     url: str | None = None  # for CLICK
+    lifts: str | None = None  # for LIFT: the suppression reason lifted (None: every one)
     event_id: str | None = None  # the provider's id of this event, when it has one
 
     def key(self) -> bytes | None:
@@ -106,6 +110,10 @@ def apply_feedback(user: UserState, fb: Feedback, settings: FeedbackSettings) ->
         return _suppress(user, "complaint", source, fb.at)
     if fb.kind == UNSUBSCRIBE:
         return _suppress(user, "unsubscribe", source, fb.at)
+    if fb.kind == LIFT:
+        reasons = None if fb.lifts is None else [fb.lifts]
+        lifted = lifecycle.lift(user, reasons, f"operator:{fb.provider}", fb.at, fb.reason)
+        return LIFT if lifted else None
     trait = ENGAGEMENT_TRAITS.get(fb.kind)
     if trait is not None:
         current = user.traits.get(trait)
@@ -116,7 +124,4 @@ def apply_feedback(user: UserState, fb: Feedback, settings: FeedbackSettings) ->
 
 
 def _suppress(user: UserState, reason: str, source: str, at: int) -> str | None:
-    if reason in user.suppressions:
-        return None  # already: the first one's time and source stay
-    user.suppressions[reason] = Suppression(reason, source, at)
-    return reason
+    return reason if lifecycle.suppress(user, reason, source, at) else None

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import rocksdict
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from mailstream.config.schema import Config
 from mailstream.exceptions import BrokerError, MailstreamError
 from mailstream.kafka.access import KafkaAccess, kafka_access
 from mailstream.kafka.clients import start_client
-from mailstream.kafka.embedded_quirks import idempotence_supported
-from mailstream.kafka.partitioning import keyed_partition
-from mailstream.kafka.topics import create_topics, topic_partitions
+from mailstream.kafka.produce_once import produce_keyed
+from mailstream.kafka.topics import topic_partitions
 from mailstream.observability.metrics import SUPPRESSION_LIST_SIZE
 from mailstream.suppression.entries import Suppression, normalise_address
 
@@ -383,31 +382,7 @@ async def publish(config: Config, changes: list[tuple[str, Suppression | None]])
         if normalised is None:
             raise MailstreamError(f'"{address}" is not an email address')
         keyed.append((normalised.encode(), entry.encode() if entry is not None else None))
-    topic = config.topics.suppression
-    access = kafka_access(config)
-    # created (compacted) and checked as a worker does, so no other way in makes it wrong
-    await create_topics(config, access)
-    # the embedded broker lacks InitProducerId, which idempotence needs
-    idempotent = not config.broker.embedded and await idempotence_supported(access)
-    producer = AIOKafkaProducer(
-        **access.client_kwargs(), acks="all", enable_idempotence=idempotent, linger_ms=5
-    )
-    try:
-        await start_client(producer)
-    except Exception as exc:
-        raise BrokerError(f"cannot reach the broker at {config.bootstrap_servers}: {exc}") from exc
-    try:
-        # Every entry for an address in one partition, or compaction keeps stale ones.
-        pending = [
-            await producer.send(
-                topic, value, key=key, partition=await keyed_partition(producer, topic, key)
-            )
-            for key, value in keyed
-        ]
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-    return len(keyed)
+    return await produce_keyed(config, config.topics.suppression, keyed)
 
 
 async def read_all(config: Config, idle: float = 1.0) -> dict[str, Suppression]:

@@ -53,7 +53,7 @@ async def publish(app: Any, topics: TopicsConfig, claims: list[Claim]) -> None:
         await future
 
 
-def _problem(web: View, status: int, reason: str, detail: str) -> Response:
+def problem(web: View, status: int, reason: str, detail: str) -> Response:
     return web.json({"error": reason, "detail": detail}, status=status)
 
 
@@ -78,7 +78,7 @@ def register(rt: Runtime) -> None:
             handler = handlers.get(provider)
             if handler is None:
                 metrics.WEBHOOKS.labels("unknown", "not_configured").inc()
-                return _problem(
+                return problem(
                     self, 404, "not_configured", f"no webhook configured for {provider!r}"
                 )
             declared = http.content_length
@@ -86,13 +86,13 @@ def register(rt: Runtime) -> None:
             body = None if too_large else await read_body(http.content, MAX_BODY)
             if body is None:
                 metrics.WEBHOOKS.labels(provider, "too_large").inc()
-                return _problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
+                return problem(self, 413, "too_large", f"the body is over {MAX_BODY} bytes")
             webhook = WebhookRequest(dict(http.headers), body, content_type(http) or "")
             try:
                 claims = handler.handle(webhook, time.time())
             except WebhookRejected as rejected:
                 metrics.WEBHOOKS.labels(provider, rejected.reason).inc()
-                return _problem(self, rejected.status, rejected.reason, rejected.detail)
+                return problem(self, rejected.status, rejected.reason, rejected.detail)
             await publish(app, topics, claims)
             metrics.WEBHOOKS.labels(provider, "accepted").inc()
             return self.json({"accepted": sum(len(claim.feedback) for claim in claims)})

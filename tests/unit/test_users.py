@@ -309,6 +309,7 @@ def test_to_json_is_the_api_view_without_the_dedup_window() -> None:
         "enrollments",
         "entries",
         "suppressions",
+        "suppression_history",
         "deferred_sends",
         "send_decisions",
         "segments",
