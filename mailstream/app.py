@@ -110,7 +110,14 @@ def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtim
     import agents.ingest
     import agents.run_timers
     import agents.sweep_retention
-    from mailstream.web import dashboard, feedback_views, login, routes, suppression_views
+    from mailstream.web import (
+        dashboard,
+        feedback_views,
+        login,
+        routes,
+        suppression_views,
+        track_api,
+    )
     from mailstream.workflows import health_snapshots
 
     app = create_app(config)
@@ -135,6 +142,7 @@ def build_app(config: Config, env: Mapping[str, str]) -> tuple[faust.App, Runtim
     dashboard.register(views, sessions, health)
     feedback_views.register(rt)
     suppression_views.register(rt, views)
+    track_api.register(rt)
     watch_the_broker(rt)
     follow_membership(rt)
     return app, rt

@@ -15,6 +15,7 @@ from mailstream.config.sections import (
     ClusterConfig,
     DeliveryConfig,
     FeedbackConfig,
+    HttpIngestConfig,
     IngestConfig,
     ProvidersConfig,
     RetentionConfig,
@@ -40,6 +41,7 @@ class Config(Section):
     topics: TopicsConfig = TopicsConfig()
     ingest: IngestConfig = IngestConfig()
     web: WebConfig = WebConfig()
+    http_ingest: HttpIngestConfig = HttpIngestConfig()
     cluster: ClusterConfig = ClusterConfig()
     # event type -> how many of its events to keep (never identify)
     sampling: SamplingRules = {}

@@ -15,7 +15,12 @@ from pydantic import (
 )
 
 from mailstream.config.durations import parse_duration
-from mailstream.config.provider_settings import MailgunSettings, PostmarkSettings, SendGridSettings
+from mailstream.config.provider_settings import (
+    EnvName,
+    MailgunSettings,
+    PostmarkSettings,
+    SendGridSettings,
+)
 from mailstream.config.webhook_settings import (
     MailgunWebhookSettings,
     PostmarkWebhookSettings,
@@ -178,6 +183,23 @@ class WebConfig(Section):
     # this long between requests (against slow-header attacks); longer than the 15 s
     # aiohttp clients (other workers) keep an idle connection, so they drop it first
     header_timeout: Annotated[Seconds, Field(ge=0.1, le=3600)] = 20.0
+
+
+class HttpIngestConfig(Section):
+    """``POST /v1/track``, ``/v1/identify`` and ``/v1/batch``: Segment-shaped events over
+    HTTP, for apps without a Kafka producer (see docs/http-ingest.md)."""
+
+    enabled: bool = False
+    # tenant -> the NAME of the variable holding that tenant's write key (16 or more
+    # characters); a request's key decides its events' tenant
+    write_keys_env: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], EnvName] = {
+        "default": "MAILSTREAM_WRITE_KEY"
+    }
+    # events a second each write key may send, and how many at once
+    events_per_second: float = Field(2000.0, gt=0)
+    burst: float = Field(4000.0, ge=1)
+    # a larger body is refused with 413 (Segment's own limit for a batch is 500 KB)
+    max_body_bytes: int = Field(512_000, ge=1024, le=16_000_000)
 
 
 class ClusterConfig(Section):
