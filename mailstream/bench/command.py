@@ -5,7 +5,8 @@ latency, scale-out and state size; in mailstream.bench.pipeline),
 ``timers`` (how late waits fire, and what a tick costs, with many pending timers; in
 mailstream.bench.timer_lag) and
 ``delivery`` (sends per second to a local provider, and how well a rate limit holds;
-in mailstream.bench.delivery_rate) and ``guarantees`` (throughput and latency at
+in mailstream.bench.delivery_rate), ``http`` (events per second through one worker's HTTP
+endpoint; in mailstream.bench.http_ingest) and ``guarantees`` (throughput and latency at
 least once against exactly once, on an Apache Kafka cluster; in
 mailstream.bench.guarantees).
 """
@@ -28,19 +29,19 @@ def add_bench_parser(sub: Any) -> None:
     """Add ``mailstream bench`` and its options to the CLI's subcommands ``sub``."""
     p = sub.add_parser(
         "bench",
-        help="measure the pipeline against a bare Faust agent, timer lag, delivery rate, or"
-        " the two processing guarantees; prints figures and writes them as JSON",
+        help="measure the pipeline against a bare Faust agent, timer lag, delivery rate, HTTP"
+        " ingestion, or the two processing guarantees; prints figures and writes them as JSON",
         epilog="MAILSTREAM_BENCH_KEEP=1 keeps the run's logs and data in its temporary"
         " directory (printed at the end).",
     )
     p.add_argument(
         "scenario",
-        choices=["pipeline", "timers", "delivery", "guarantees"],
+        choices=["pipeline", "timers", "delivery", "http", "guarantees"],
         nargs="?",
         default="pipeline",
     )
     p.add_argument(
-        "--events", type=int, default=50_000, help="pipeline, guarantees: events produced"
+        "--events", type=int, default=50_000, help="pipeline, guarantees, http: events produced"
     )
     p.add_argument(
         "--mix-users",
@@ -89,6 +90,8 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--wait", type=float, default=3.0, help="timers: the probes' wait, seconds")
     p.add_argument("--sends", type=int, default=5_000, help="delivery: sends with no limit")
     p.add_argument("--rate", type=float, default=100.0, help="delivery: the limit measured")
+    p.add_argument("--batch", type=int, default=100, help="http: calls per /v1/batch request")
+    p.add_argument("--connections", type=int, default=8, help="http: requests at once")
     p.add_argument("--out", help="where to write the JSON figures (default bench-SCENARIO.json)")
     p.set_defaults(func=cmd_bench)
 
@@ -148,6 +151,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 security,
                 rounds=args.pairs,
             )
+        )
+    elif args.scenario == "http":
+        from mailstream.bench.http_ingest import bench_http
+
+        result = asyncio.run(
+            bench_http(args.events, out, args.broker, security, args.batch, args.connections)
         )
     elif args.scenario == "delivery":
         from mailstream.bench.delivery_rate import bench_delivery

@@ -44,7 +44,7 @@ commands:
   suppress  add, remove, import or list suppressed addresses; lift a user's
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
-  bench     measure the pipeline against a bare Faust agent, timer lag or delivery rate
+  bench     measure the pipeline, timer lag, delivery rate, HTTP ingestion or guarantees
   kafka     run a local Apache Kafka cluster (needs Java and Maven)
 """
 

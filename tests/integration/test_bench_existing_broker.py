@@ -91,3 +91,11 @@ async def test_the_delivery_bench_runs_on_an_existing_broker(
     result = await _bench(broker, tmp_path, "delivery", "--sends", "300", "--rate", "10")
     assert result["sends"] == 300 and result["sends_per_s_no_limit"] > 0
     assert result["sends_per_s_limited"] > 0
+
+
+async def test_the_http_bench_runs_on_an_existing_broker(
+    broker: EmbeddedBroker, tmp_path: Path
+) -> None:
+    result = await _bench(broker, tmp_path, "http", "--events", "1000", "--batch", "50")
+    assert result["events"] == 1000 and result["http_events_per_s"] > 0
+    assert 0 < result["request_p50_ms"] <= result["request_p99_ms"]
