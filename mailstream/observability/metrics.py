@@ -112,6 +112,27 @@ SUPPRESSION_LIST_SIZE = Gauge(
     "mailstream_suppression_list_addresses",
     "Addresses on the global suppression list held by this worker.",
 )
+SUPPRESSION_LIST_LOADED = Gauge(
+    "mailstream_suppression_list_loaded",
+    "1 once this worker has read the whole global suppression list (it sends nothing and"
+    " fires no timer before), else 0.",
+)
+READY = Gauge(
+    "mailstream_ready",
+    "1 while /health reports this worker ready (joined, tables recovered, suppression list"
+    " read, broker answering), else 0.",
+)
+EVENTS_LAG = Gauge(
+    "mailstream_events_lag",
+    "Events in this worker's partitions of the events topic not yet applied, as last"
+    " measured (every 15 s while the worker is settled and the broker answers).",
+)
+SEND_QUEUE_AGE = Gauge(
+    "mailstream_send_queue_oldest_seconds",
+    "How long the oldest send of this worker's delivery queue that may go now has waited"
+    " since it could go, by category (0: none waiting), as last measured (every 15 s).",
+    ["category"],
+)
 
 
 class LabelCap:

@@ -20,13 +20,16 @@ from faust.web import Request, Response, View
 from mailstream.config.schema import default_workflows
 from mailstream.core.ingest_batch import REROUTED
 from mailstream.core.user_state import UserState
+from mailstream.delivery.fair_share import CLASSES
 from mailstream.delivery.pacing import warmup_cap
+from mailstream.delivery.state_machine import queue_ready, rank_bounds
 from mailstream.kafka.access import kafka_access
 from mailstream.kafka.clients import start_client
 from mailstream.kafka.dead_letters import describe
 from mailstream.kafka.embedded_quirks import corrected_end_offsets
 from mailstream.kafka.topics import topic_partitions
 from mailstream.observability import metrics
+from mailstream.state.store import Store
 from mailstream.web.admin_auth import CSRF_COOKIE, SESSION_SECONDS
 from mailstream.web.board import (
     label_funnel,
@@ -44,6 +47,24 @@ from tables.deliveries import sent_on
 logger = logging.getLogger(__name__)
 
 DLQ_SHOWN = 20
+BACKLOG_EVERY = 15.0  # seconds; Prometheus' usual scrape interval
+SEND_CLASSES = dict(zip(("transactional", "marketing"), CLASSES, strict=True))
+
+
+def oldest_ready(
+    queue: Store, partitions: list[int], lanes: list[str], ranks: tuple[int, ...], now: int
+) -> int | None:
+    """The ready time (epoch ms) of the oldest send of ``ranks`` that may go at ``now``
+    in these partitions of the delivery queue (None: none): the first of each lane and
+    rank, as the queue orders its keys (mailstream.delivery.state_machine.QueueKey)."""
+    found = [
+        queue_ready(key)
+        for p in partitions
+        for lane in lanes
+        for r in ranks
+        for key in queue.keys_between(p, *rank_bounds(r, now, lane), 1)
+    ]
+    return min(found, default=None)
 
 
 class Dashboard:
@@ -88,6 +109,25 @@ class Dashboard:
         metrics.TIMERS_PENDING.set(
             sum(sum(1 for _ in self.timers.items(p)) for p in self.timers.active_partitions())
         )
+
+    async def measure_backlog(self) -> None:
+        """For alerting: the events of this worker's partitions not yet applied, and how
+        long the oldest send that may go has waited (mailstream.observability.metrics)."""
+        if not self.rt.settled() or not self.rt.broker_contact.reachable(time.monotonic()):
+            return
+        partitions = self.users.active_partitions()
+        applied = {p: self.users.progress(p) for p in partitions}  # before the ends
+        ends = await self.events_end_offsets(partitions)
+        lags = [partition_lag(ends.get(p), applied[p])["lag"] for p in partitions]
+        if None not in lags:  # unknown: the last measure stands, /health says why
+            metrics.EVENTS_LAG.set(sum(lag or 0 for lag in lags))
+        queue = self.rt.tables.delivery_queue
+        owned, lanes = queue.active_partitions(), self.rt.tenancy.names
+        now = int(time.time() * 1000)
+        for category, ranks in SEND_CLASSES.items():
+            ready = oldest_ready(queue, owned, lanes, ranks, now)
+            age = 0.0 if ready is None else max(0, now - ready) / 1000
+            metrics.labelled(metrics.SEND_QUEUE_AGE, category).set(age)
 
     async def events_end_offsets(self, partitions: list[int]) -> dict[int, int | None]:
         """The end offsets of these partitions of the events topic, from the broker.
@@ -325,6 +365,7 @@ def register(views: Views, sessions: Sessions, health: HealthSnapshots) -> Dashb
 
     app.timer(interval=5.0)(board.snapshot_figures)
     app.timer(interval=views.config.web.funnel_every)(board.count_waiting)
+    app.timer(interval=BACKLOG_EVERY)(board.measure_backlog)
     app.page("/api/local/stats")(local_stats_view)
     app.page("/")(dashboard)
     app.page("/api/dashboard")(dashboard_json)

@@ -25,6 +25,7 @@ from mailstream.core.user_state import UserState, user_key
 from mailstream.delivery.state_machine import Delivery, delivery_key
 from mailstream.exceptions import ConfigError
 from mailstream.kafka.partitioning import partition_for
+from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.web.admin_auth import SESSION_COOKIE, AdminAuth, bearer_matches, mask_email
 
@@ -227,6 +228,15 @@ def register(rt: Runtime) -> Views:
     app, config = rt.app, rt.config
     suppression_list, broker_contact = rt.suppression_list, rt.broker_contact
 
+    def ready(now: float) -> bool:
+        # not while the broker does not answer: nothing this worker takes in can be
+        # made durable (mailstream.kafka.broker_watch)
+        return rt.settled() and suppression_list.ready.is_set() and broker_contact.reachable(now)
+
+    # read at each scrape, as /health reads them
+    metrics.READY.set_function(lambda: float(ready(time.monotonic())))
+    metrics.SUPPRESSION_LIST_LOADED.set_function(lambda: float(suppression_list.ready.is_set()))
+
     async def metrics_page(web: View, request: Request) -> Response:
         """Prometheus text; with ``$MAILSTREAM_METRICS_TOKEN`` set, only for that bearer."""
         token = rt.env.get(config.web.metrics_token_env)
@@ -245,11 +255,7 @@ def register(rt: Runtime) -> Views:
             web,
             {
                 "status": "ok",
-                # not while the broker does not answer: nothing this worker takes in can be
-                # made durable (mailstream.kafka.broker_watch)
-                "ready": rt.settled()
-                and suppression_list.ready.is_set()
-                and broker_contact.reachable(now),
+                "ready": ready(now),
                 "broker": broker_contact.status(now),
                 "suppression_list": len(suppression_list)
                 if suppression_list.ready.is_set()
