@@ -1,6 +1,7 @@
 """The operator's view on two real workers: figures gathered from both, users answered by
-their owner, access refused without the token, metrics that promtool accepts, and a real
-browser that logs in and finds a user."""
+their owner, access refused without the token, metrics that promtool accepts and that hold
+every series the alert rules and the Grafana dashboard in deploy/ use, and a real browser
+that logs in and finds a user."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from tests.integration.harness import (
     wait_for,
 )
 from tests.system_packages import install_debian_package
+from tests.unit.test_deploy_files import deploy_metric_names, exported_names
 
 FLOWS: dict[str, Any] = {
     "hello": {
@@ -89,7 +91,8 @@ async def settled_metrics(workers: list[Worker]) -> list[dict[str, float]]:
 
 
 async def check_metrics_with_promtool(workers: list[Worker]) -> None:
-    """Every worker's /metrics passes promtool and has the metrics operators need."""
+    """Every worker's /metrics passes promtool and has the metrics operators need: those
+    the alert rules and the dashboard in deploy/ use among them."""
     promtool = install_debian_package("promtool", "prometheus")
     texts = []
     for worker in workers:
@@ -110,6 +113,9 @@ async def check_metrics_with_promtool(workers: list[Worker]) -> None:
         "faust_events_runtime_seconds_bucket",
     ):
         assert needed in names, needed
+    exported = set().union(*(exported_names(text) for text in texts))
+    unknown = deploy_metric_names() - exported
+    assert not unknown, f"deploy/ uses series no worker serves: {sorted(unknown)}"
     # ?name[]=: only the samples named, as Prometheus' own client serves them
     status, text = await workers[0].get(
         "/metrics?name[]=mailstream_sends_total&name[]=mailstream_timers_pending", token=None
