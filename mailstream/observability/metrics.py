@@ -112,6 +112,13 @@ SUPPRESSION_LIST_SIZE = Gauge(
     "mailstream_suppression_list_addresses",
     "Addresses on the global suppression list held by this worker.",
 )
+HTTP_EVENTS = Counter(
+    "mailstream_http_events_total",
+    "Events sent over HTTP (/v1/track, /v1/identify, /v1/batch) by result: accepted,"
+    " invalid, unauthorized, too_large, rate_limited, unavailable (counted per request"
+    " for the refusals that read no events).",
+    ["result"],
+)
 SUPPRESSION_LIST_LOADED = Gauge(
     "mailstream_suppression_list_loaded",
     "1 once this worker has read the whole global suppression list (it sends nothing and"

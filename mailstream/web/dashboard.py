@@ -115,6 +115,12 @@ class Dashboard:
         long the oldest send that may go has waited (mailstream.observability.metrics)."""
         if not self.rt.settled() or not self.rt.broker_contact.reachable(time.monotonic()):
             return
+        try:
+            await self._measure_backlog()
+        except Exception as exc:  # a timer that raised would stop the worker; the next run tries
+            logger.warning("measuring the backlog failed: %r", exc)
+
+    async def _measure_backlog(self) -> None:
         partitions = self.users.active_partitions()
         applied = {p: self.users.progress(p) for p in partitions}  # before the ends
         ends = await self.events_end_offsets(partitions)

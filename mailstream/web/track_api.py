@@ -31,12 +31,21 @@ from mailstream.core.segment_calls import BadCall, batch_calls, to_event
 from mailstream.delivery.pacing import TokenBucket
 from mailstream.exceptions import ConfigError
 from mailstream.kafka.partitioning import keyed_partition
+from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
 from mailstream.web.request_body import read_body
 
 logger = logging.getLogger(__name__)
 
 MIN_KEY = 16
+# the result label of each refusal
+RESULTS = {
+    400: "invalid",
+    401: "unauthorized",
+    413: "too_large",
+    429: "rate_limited",
+    503: "unavailable",
+}
 
 
 def write_keys(config: Config, env: Mapping[str, str]) -> dict[str, str]:
@@ -126,7 +135,15 @@ def register(rt: Runtime) -> None:
         tenant: TokenBucket(settings.events_per_second, settings.burst) for tenant in keys.values()
     }
 
-    def problem(web: View, status: int, code: str, detail: str, **headers: str) -> Response:
+    def problem(
+        web: View,
+        status: int,
+        code: str,
+        detail: str,
+        count: int = 1,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        metrics.HTTP_EVENTS.labels(RESULTS.get(status, "invalid")).inc(count)
         body = orjson.dumps({"error": code, "detail": detail})
         return web.bytes(body, content_type="application/json", status=status, headers=headers)
 
@@ -165,7 +182,12 @@ def register(rt: Runtime) -> None:
         if wait > 0:
             detail = f"over {settings.events_per_second:g} events a second for this write key"
             return problem(
-                web, 429, "rate_limited", detail, **{"Retry-After": str(math.ceil(wait))}
+                web,
+                429,
+                "rate_limited",
+                detail,
+                len(events),
+                {"Retry-After": str(math.ceil(wait))},
             )
         try:
             await produce(app, topic, events)
@@ -176,8 +198,10 @@ def register(rt: Runtime) -> None:
                 503,
                 "unavailable",
                 "the broker did not take the events",
-                **{"Retry-After": "1"},
+                len(events),
+                {"Retry-After": "1"},
             )
+        metrics.HTTP_EVENTS.labels("accepted").inc(len(events))
         return web.json({"success": True, "accepted": len(events)})
 
     def endpoint(kind: str | None) -> type[View]:

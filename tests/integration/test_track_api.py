@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.integration.harness import Deployment, Worker, wait_for
+from tests.integration.harness import Deployment, Worker, metric_sum, wait_for
 
 WRITE_KEY = "write-key-for-the-http-tests"
 BASIC = {"Authorization": "Basic " + base64.b64encode(WRITE_KEY.encode() + b":").decode()}
@@ -74,6 +74,18 @@ async def test_track_identify_and_batch_reach_the_users_once_and_bad_calls_are_r
 
     expected = ({"signup": 1}, "pro", {"page_viewed": 12})
     await wait_for(lambda: _equal(arrived(), expected), 30, "the events over HTTP applied")
+    m = await worker.metrics()
+    counted = {
+        result: metric_sum(m, "mailstream_http_events_total", result=result)
+        for result in ("accepted", "invalid", "unauthorized", "too_large", "rate_limited")
+    }
+    assert counted == {
+        "accepted": 16,
+        "invalid": 3,
+        "unauthorized": 2,
+        "too_large": 1,
+        "rate_limited": 10,
+    }
 
 
 async def _equal(got: Any, expected: Any) -> bool:
