@@ -207,7 +207,7 @@ def _timestamp(doc: dict[str, Any]) -> int | Invalid:
     return ts
 
 
-def _object_field(doc: dict[str, Any], name: str) -> dict[str, Any] | Invalid:
+def object_field(doc: dict[str, Any], name: str) -> dict[str, Any] | Invalid:
     value = doc.get(name)
     if value is None:
         return {}
@@ -348,10 +348,10 @@ def decode_event(
     timestamp = _timestamp(doc)
     if isinstance(timestamp, Invalid):
         return timestamp
-    payload = _object_field(doc, "payload")
+    payload = object_field(doc, "payload")
     if isinstance(payload, Invalid):
         return payload
-    metadata = _object_field(doc, "metadata")
+    metadata = object_field(doc, "metadata")
     if isinstance(metadata, Invalid):
         return metadata
     if not within_limits(raw, limits):

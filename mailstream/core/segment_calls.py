@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from mailstream.core.events import Event, Invalid, Limits, decode_event
+from mailstream.core.events import Event, Invalid, Limits, decode_event, object_field
 
 KINDS = ("track", "identify")
 
@@ -64,11 +64,9 @@ def _timestamp(value: Any, now_ms: int) -> int:
 
 
 def _object(call: dict[str, Any], name: str) -> dict[str, Any]:
-    value = call.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadCall("not_object", f"{name}: must be an object")
+    value = object_field(call, name)
+    if isinstance(value, Invalid):
+        raise BadCall(value.code, f"{name}: must be an object")
     return value
 
 
