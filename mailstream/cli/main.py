@@ -42,6 +42,7 @@ commands:
   loadgen   send a realistic mix of synthetic events
   dlq       print dead-lettered messages with their reasons
   suppress  add, remove, import or list suppressed addresses; lift a user's
+  users     export what is held about a user (an access request)
   check     validate a config file and the templates without starting anything
   render    preview a template: subject, text and HTML
   bench     measure the pipeline, timer lag, delivery rate, HTTP ingestion or guarantees
@@ -411,6 +412,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mailstream.cli.suppress import add_suppress_parser
 
     add_suppress_parser(sub)
+
+    from mailstream.cli.user_export import add_users_parser
+
+    add_users_parser(sub)
 
     from mailstream.cli.render import add_render_parser
 

@@ -272,6 +272,15 @@ def register(rt: Runtime) -> Views:
         nonce = views.forwarded_by_member(request)
         if nonce is None and not views.authorised(request):
             return refused(web)
+        http: Any = request
+        if nonce is None and http.query.get("export") == "1":
+            # an access request (mailstream users export): who and when, never the data
+            logger.info(
+                "audit: user %r of tenant %r exported by an admin from %s",
+                user_id[:80],
+                http.query.get("tenant") or config.ingest.default_tenant,
+                http.remote,
+            )
         status, body = await views.find_user(request, user_id, forwarded=nonce is not None)
         return views.member_answer(web, body, nonce, status)
 

@@ -5,6 +5,9 @@ saying why; the user's history says who did what, and mail flows again."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -111,6 +114,34 @@ async def test_an_opt_in_lifts_an_unsubscribe_and_an_operator_a_bounce_or_compla
         await p.flush()
     marketing = await read_json(deployment, deployment.topics["sends_marketing"], 3, 30)
     assert sorted(c["user_id"] for c in marketing) == sorted(USERS)
+
+    # an access request: everything held about the user, and an audit line without it
+    exported = await asyncio.to_thread(export, deployment, worker, "bouncer", ADMIN_TOKEN)
+    assert exported.returncode == 0, exported.stderr
+    user = orjson.loads(exported.stdout)["user"]
+    assert user["user_id"] == "bouncer" and user["traits"]["email"] == "bouncer@example.com"
+    assert [h["action"] for h in user["suppression_history"]] == ["suppressed", "lifted"]
+    assert "send_decisions" in user and "deliveries" in user and "enrollments" in user
+    log = worker.log_path.read_text(errors="replace")
+    audit = [line for line in log.splitlines() if "audit: user 'bouncer'" in line]
+    assert len(audit) == 1 and "example.com" not in audit[0], audit
+    refused = await asyncio.to_thread(export, deployment, worker, "bouncer", "wrong-token-x" * 2)
+    assert refused.returncode != 0 and "answered 401" in refused.stderr
+
+
+def export(
+    deployment: Deployment, worker: Worker, user: str, token: str
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILSTREAM_")}
+    config = str(deployment.config_path)
+    return subprocess.run(
+        [sys.executable, "-m", "mailstream", "--config", config, "users", "export", user]
+        + ["--url", worker.url],
+        env=env | {"MAILSTREAM_ADMIN_TOKEN": token},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 async def _equal(got: Any, expected: Any) -> bool:
