@@ -67,7 +67,7 @@ async def test_the_guarantees_bench_measures_both_modes_on_an_existing_broker(
         broker,
         tmp_path,
         "guarantees",
-        *("--events", "8000", "--mix-users", "400", "--latency-seconds", "1", "--pairs", "1"),
+        *("--events", "8000", "--mix-users", "400", "--latency-seconds", "3", "--pairs", "1"),
     )
     for mode in ("at_least_once", "exactly_once"):
         assert result[f"{mode}_events_per_s"] > 0

@@ -145,6 +145,7 @@ def replay(valid: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
                 "enrollments": {},
                 "entries": {},
                 "suppressions": {},
+                "suppression_history": [],
                 "deferred_sends": [],
                 "send_decisions": [],
                 "deliveries": [],
