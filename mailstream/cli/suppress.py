@@ -163,7 +163,8 @@ def cmd_lift(args: argparse.Namespace) -> int:
     from mailstream.suppression.lift_requests import lift_request
 
     now = _now_ms()
-    addresses = [t for t in args.targets if "@" in t]
+    # every argument checked before the broker is asked anything
+    addresses = _addresses([t for t in args.targets if "@" in t])
     requests = [
         lift_request(user, args.tenant, args.reason, args.only, "cli", now)
         for user in args.targets
@@ -173,7 +174,7 @@ def cmd_lift(args: argparse.Namespace) -> int:
     if addresses:
         from mailstream.suppression.global_list import publish
 
-        count = asyncio.run(publish(config, [(a, None) for a in _addresses(addresses)]))
+        count = asyncio.run(publish(config, [(a, None) for a in addresses]))
         print(f"lifted the global entries of {count} addresses")
     if requests:
         records = [(fb.key() or b"", fb.encode()) for fb in requests]

@@ -153,9 +153,12 @@ class CallsInFlight(GuardedLoop, Generic[F]):
         a record written here would be a write to a partition this worker lost."""
         while not self.results.empty():
             self.settling.append(self.results.get_nowait())
-        moved = [item for item in self.settling if self.taken_of(item).partition not in owned]
+        kept: list[F] = []
+        moved: list[F] = []
+        for item in self.settling:
+            (kept if self.taken_of(item).partition in owned else moved).append(item)
         if moved:
-            self.settling = [i for i in self.settling if self.taken_of(i).partition in owned]
+            self.settling = kept
             for item in moved:
                 self.inflight.discard(self.taken_of(item).record_key)
             logger.info(

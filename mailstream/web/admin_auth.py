@@ -84,15 +84,17 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def bearer_matches(authorization: str | None, token: str) -> bool:
-    """An ``Authorization: Bearer <token>`` header with exactly ``token`` (constant time)."""
+def bearer_value(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header (None: not one)."""
     scheme, _, value = (authorization or "").partition(" ")
     value = value.strip()
-    return (
-        bool(token and value)
-        and scheme.lower() == "bearer"
-        and hmac.compare_digest(value.encode(), token.encode())
-    )
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """An ``Authorization: Bearer <token>`` header with exactly ``token`` (constant time)."""
+    value = bearer_value(authorization)
+    return bool(token and value) and hmac.compare_digest((value or "").encode(), token.encode())
 
 
 class AdminAuth:

@@ -33,6 +33,7 @@ from mailstream.exceptions import ConfigError
 from mailstream.kafka.partitioning import keyed_partition
 from mailstream.observability import metrics
 from mailstream.runtime.components import Runtime
+from mailstream.web.admin_auth import bearer_value
 from mailstream.web.request_body import read_body
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,10 @@ def presented_key(header: str | None) -> str | None:
     any password) or Bearer."""
     if not header:
         return None
+    bearer = bearer_value(header)
+    if bearer is not None:
+        return bearer
     scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip() or None
     if scheme.lower() == "basic":
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode()
